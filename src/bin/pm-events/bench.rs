@@ -1,0 +1,318 @@
+//! `pm-events bench bus`: the bus measured beside baselines in the same run.
+//!
+//! Every figure is events per second over the same number of events built the
+//! same way (`Event::new` with a small JSON object), so the ratios compare
+//! what the bus adds, not what building events costs:
+//! - baseline A: the same publisher tasks send into a bounded
+//!   `tokio::sync::mpsc` channel read by one task that calls a no-op handler;
+//! - bus, log off: publishers `publish` into a bus without a log, one no-op handler;
+//! - baseline B: one loop serializes each event with serde_json into a
+//!   `BufWriter<File>` (flushed once at the end: no durability at all);
+//! - bus, log on: the same with the write-ahead log (fsync `batch`), where
+//!   each publish returns only after its line reached the OS.
+//!
+//! Then publish→handler latency at a steady rate, and peak memory during a burst.
+
+use crate::say;
+use anyhow::{Context, Result};
+use pm_events::{Config, Event, EventBus, FsyncPolicy};
+use serde_json::json;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Arguments of `bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to measure.
+    #[arg(value_enum, default_value = "bus")]
+    what: What,
+    /// Events per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Concurrent publisher tasks (the baselines use the same number of senders).
+    #[arg(long, default_value_t = 8)]
+    publishers: u64,
+    /// Rate of the latency run, events per second.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Events of the memory burst.
+    #[arg(long, default_value_t = 1_000_000)]
+    burst: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum What {
+    /// The event bus and its write-ahead log.
+    Bus,
+}
+
+fn make(i: u64) -> Event {
+    Event::new("bench", json!({"i": i, "file_path": "/tmp/bench.txt"}))
+}
+
+async fn noop(_e: Event) -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
+fn bench_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("pm-events-bench-{}", std::process::id()))
+}
+
+/// Runs the benchmark.
+pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
+    match args.what {
+        What::Bus => bus(cfg, args).await,
+    }
+}
+
+async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
+    let dir = bench_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let n = a.events;
+    let p = a.publishers.max(1);
+    say!(
+        "pm-events bench bus: {n} events, {p} publisher tasks, 1 no-op handler, queue capacity {}, {} cores",
+        cfg.queue_capacity,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let chan = baseline_channel(n, p, cfg.queue_capacity).await;
+    let off = bus_run(n, p, &cfg, None).await?;
+    let file = baseline_file(n, &dir.join("baseline.jsonl"))?;
+    let on = bus_run(n, p, &cfg, Some(dir.join("bus-logs"))).await?;
+    let on1 = bus_run(n / 4, 1, &cfg, Some(dir.join("bus-logs-1"))).await?;
+
+    say!("  {:<46} {:>12}", "run", "events/s");
+    say!(
+        "  {:<46} {:>12.0}",
+        "baseline A: bounded tokio mpsc channel",
+        chan
+    );
+    say!(
+        "  {:<46} {:>12.0}   ratio {:.2} of A (target >= 0.25)",
+        "bus, log off",
+        off,
+        off / chan
+    );
+    say!(
+        "  {:<46} {:>12.0}",
+        "baseline B: serde_json -> BufWriter<File>",
+        file
+    );
+    say!(
+        "  {:<46} {:>12.0}   ratio {:.2} of B (target >= 0.50)",
+        "bus, log on (fsync batch)",
+        on,
+        on / file
+    );
+    say!(
+        "  {:<46} {:>12.0}   ratio {:.2} of B (one publisher: one write per event)",
+        "bus, log on, 1 publisher",
+        on1,
+        on1 / file
+    );
+
+    let (p50, p99, p999, count) = latency(&cfg, a.rate, a.seconds, &dir.join("lat-logs")).await?;
+    say!(
+        "  latency publish->handler at {} events/s for {} s (log on): p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us ({count} samples)",
+        a.rate,
+        a.seconds,
+        p50,
+        p99,
+        p999
+    );
+
+    let (before, peak) = burst(&cfg, a.burst, p, &dir.join("burst-logs")).await?;
+    say!(
+        "  burst of {} events (log on, capacity {}): RSS {:.1} MiB before, peak {:.1} MiB (+{:.1} MiB)",
+        a.burst,
+        cfg.queue_capacity,
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        (peak.saturating_sub(before)) as f64 / 1048576.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn split(n: u64, p: u64, k: u64) -> std::ops::Range<u64> {
+    (n * k / p)..(n * (k + 1) / p)
+}
+
+async fn baseline_channel(n: u64, p: u64, cap: usize) -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(cap);
+    let t0 = Instant::now();
+    let consumer = tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let _ = noop(e).await;
+        }
+    });
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in split(n, p, k) {
+                if tx.send(make(i)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = consumer.await;
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn baseline_file(n: u64, path: &Path) -> Result<f64> {
+    let t0 = Instant::now();
+    let f = std::fs::File::create(path)?;
+    let mut w = BufWriter::new(f);
+    for i in 0..n {
+        serde_json::to_writer(&mut w, &make(i))?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn bus_run(n: u64, p: u64, cfg: &Config, log: Option<PathBuf>) -> Result<f64> {
+    let b = EventBus::builder()
+        .queue_capacity(cfg.queue_capacity)
+        .fsync(FsyncPolicy::Batch);
+    let bus = match log {
+        Some(d) => b.log_dir(d),
+        None => b.without_log(),
+    }
+    .build();
+    bus.subscribe("bench", noop);
+    bus.start().await?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in split(n, p, k) {
+                bus.publish_event(make(i)).await?;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let s = bus.stats();
+    anyhow::ensure!(s.handled == n, "handled {} of {n} events", s.handled);
+    Ok(rate)
+}
+
+async fn latency(cfg: &Config, rate: u64, secs: u64, dir: &Path) -> Result<(f64, f64, f64, usize)> {
+    let bus = EventBus::builder()
+        .queue_capacity(cfg.queue_capacity)
+        .log_dir(dir)
+        .build();
+    let base = Instant::now();
+    let total = rate * secs;
+    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(total as usize)));
+    let s2 = samples.clone();
+    bus.subscribe("bench", move |e: Event| {
+        let s = s2.clone();
+        async move {
+            let now = base.elapsed().as_nanos() as u64;
+            if let Some(t) = e.data.get("t").and_then(|t| t.as_u64()) {
+                if let Ok(mut v) = s.lock() {
+                    v.push(now.saturating_sub(t));
+                }
+            }
+            Ok::<(), std::convert::Infallible>(())
+        }
+    });
+    bus.start().await?;
+    let pubs = 4u64;
+    let mut tasks = Vec::new();
+    for _ in 0..pubs {
+        let bus = bus.clone();
+        let per = total / pubs;
+        let r = rate as f64 / pubs as f64;
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < per {
+                let due = ((start.elapsed().as_secs_f64() * r) as u64).min(per);
+                while sent < due {
+                    let t = base.elapsed().as_nanos() as u64;
+                    bus.publish("bench", json!({"t": t})).await?;
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let mut v = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    v.sort_unstable();
+    let pct = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Ok((pct(0.50), pct(0.99), pct(0.999), v.len()))
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn burst(cfg: &Config, n: u64, p: u64, dir: &Path) -> Result<(u64, u64)> {
+    let bus = EventBus::builder()
+        .queue_capacity(cfg.queue_capacity)
+        .log_dir(dir)
+        .build();
+    bus.subscribe("bench", noop);
+    bus.start().await?;
+    // Reset the high-water mark so the peak is this burst's (Linux: "5" > clear_refs).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss_kib("VmRSS:") * 1024;
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in split(n, p, k) {
+                bus.publish_event(make(i)).await?;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let peak = rss_kib("VmHWM:") * 1024;
+    Ok((before, peak.max(before)))
+}

@@ -1,0 +1,100 @@
+//! `pm-events`: the command-line face of the pm-events library.
+//!
+//! It parses arguments, reads the configuration, and calls the library; every
+//! subcommand lives in its own module. Exit codes: 0 success, 1 runtime
+//! failure, 2 usage or configuration error.
+
+mod bench;
+mod demo;
+mod publish;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use pm_events::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Prints a line to stdout, ignoring a closed pipe (`pm-events ... | head` is not an error).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// pm-events: the Personal Manager event bus, event log and webhooks.
+#[derive(Parser)]
+#[command(name = "pm-events", version, about, propagate_version = true)]
+struct Cli {
+    /// Root of the log files and durable state (overrides PM_LOG_DIR; default ./logs).
+    #[arg(long, global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demonstration: publish the seed's example events and show them handled.
+    Demo,
+    /// Publish one event in-process: handlers run, the bus drains, the command exits.
+    Publish(publish::Args),
+    /// Measure the bus against baselines run in the same process.
+    Bench(bench::Args),
+}
+
+/// A usage problem: reported in one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pm-events: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<pm_events::ConfigError>().is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pm_events=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn config(cli_log_dir: Option<PathBuf>) -> Result<Config> {
+    let mut c = Config::from_env()?;
+    if let Some(d) = cli_log_dir {
+        c.log_dir = d;
+    }
+    Ok(c)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cfg = config(cli.log_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Demo => demo::run(cfg).await,
+            Command::Publish(args) => publish::run(cfg, args).await,
+            Command::Bench(args) => bench::run(cfg, args).await,
+        }
+    })
+}

@@ -1,0 +1,56 @@
+//! `pm-events publish TYPE JSON`: publish one event in-process.
+
+use crate::{UsageError, say};
+use anyhow::Result;
+use pm_events::{Config, Event, EventBus};
+use std::process::ExitCode;
+
+/// Arguments of `publish`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The event type (letters, digits, '_' and '-').
+    #[arg(value_name = "TYPE")]
+    event_type: String,
+    /// The event data: a JSON object.
+    #[arg(value_name = "JSON")]
+    json: String,
+    /// The event source (default "personal-manager").
+    #[arg(long)]
+    source: Option<String>,
+}
+
+/// Parses the arguments into an event, or a usage error naming what is wrong.
+pub fn build_event(
+    event_type: &str,
+    json: &str,
+    source: Option<&str>,
+) -> Result<Event, UsageError> {
+    pm_events::event::validate_type(event_type)
+        .map_err(|m| UsageError(format!("invalid TYPE: {m}")))?;
+    let data: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
+    if !data.is_object() {
+        return Err(UsageError(format!(
+            "the event data must be a JSON object, got {}",
+            pm_events::event::json_kind(&data)
+        )));
+    }
+    let mut event = Event::new(event_type, data);
+    if let Some(s) = source {
+        event = event.with_source(s);
+    }
+    event.validate().map_err(UsageError)?;
+    Ok(event)
+}
+
+/// Runs `publish`.
+pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
+    let event = build_event(&args.event_type, &args.json, args.source.as_deref())?;
+    let bus = EventBus::builder().config(&cfg).build();
+    bus.start().await?;
+    let published = bus.publish_event(event).await;
+    bus.stop().await?;
+    let id = published?;
+    say!("{id}");
+    Ok(ExitCode::SUCCESS)
+}

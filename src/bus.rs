@@ -1,0 +1,858 @@
+//! The [`EventBus`]: subscribe handlers, start, publish, stop.
+//!
+//! # How an event travels
+//!
+//! 1. `publish` validates the event and takes one unit of capacity (a permit
+//!    of a semaphore of `queue_capacity` units): when none is free it waits
+//!    (backpressure), `try_publish` fails with [`BusError::QueueFull`].
+//! 2. The event is written to the main event log (write-ahead); only then is
+//!    it handed to the transport, and `publish` returns its id.
+//! 3. The dispatcher task takes events from the transport (priority lane
+//!    first), picks the subscriptions whose type (or `"*"`) and filter match,
+//!    and spawns one task per event that runs those handlers concurrently, each
+//!    under the handler timeout and with panics caught. At most `concurrency`
+//!    such tasks run at once.
+//! 4. When every handler of the event is done, the event is acknowledged and
+//!    its capacity unit is released.
+//!
+//! Events published *from inside a handler* do not wait for capacity (a
+//! handler waiting for capacity that only handlers can free would deadlock the
+//! bus) and are still accepted while the bus is stopping, so a handler's
+//! follow-up events are never lost to a shutdown.
+//!
+//! # Stopping
+//!
+//! `stop` refuses new publishes from outside, waits for publishes under way,
+//! then for every accepted event (and every event its handlers publish) to be
+//! handled, then closes the transport, waits for the dispatcher, and syncs and
+//! closes the event log.
+
+use crate::config::{Config, FsyncPolicy};
+use crate::error::BusError;
+use crate::event::{Event, EventId};
+use crate::handler::{Filter, Handler};
+use crate::journal::{self, EventLog};
+use crate::transport::{Ack, Consumer, Delivery, MemoryTransport, Permit, Priority, Transport};
+use futures_util::FutureExt;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+/// Identifies one subscription, for [`EventBus::unsubscribe`].
+pub type SubscriptionId = u64;
+
+/// The event type that subscribes to every type.
+pub const WILDCARD: &str = "*";
+
+/// Decides the lane of an event (see [`Priority`]).
+pub type PriorityRule = Arc<dyn Fn(&Event) -> Priority + Send + Sync + 'static>;
+
+tokio::task_local! {
+    /// Set while a handler runs: publishes made from it skip the capacity wait.
+    static IN_HANDLER: ();
+}
+
+struct Subscription {
+    id: SubscriptionId,
+    filter: Option<Filter>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Subscription {
+    fn accepts(&self, e: &Event) -> bool {
+        self.filter.as_ref().is_none_or(|f| f(e))
+    }
+}
+
+/// The subscription table; replaced whole on every change (copy on write) so
+/// the dispatcher reads it without holding a lock while it works.
+#[derive(Default, Clone)]
+struct Table {
+    by_type: HashMap<String, Vec<Arc<Subscription>>>,
+    wildcard: Vec<Arc<Subscription>>,
+}
+
+/// Counters of a bus since it was built; see [`EventBus::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Events accepted (logged and queued).
+    pub published: u64,
+    /// Events taken by the dispatcher.
+    pub dispatched: u64,
+    /// Events no subscription matched.
+    pub unhandled: u64,
+    /// Handler runs that returned `Ok`.
+    pub handled: u64,
+    /// Handler runs that returned `Err`.
+    pub failed: u64,
+    /// Handler runs that panicked.
+    pub panicked: u64,
+    /// Handler runs stopped at the handler timeout.
+    pub timed_out: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    dispatched: AtomicU64,
+    unhandled: AtomicU64,
+    handled: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Settings {
+    log_dir: Option<PathBuf>,
+    fsync: FsyncPolicy,
+    capacity: usize,
+    handler_timeout: Duration,
+    concurrency: usize,
+}
+
+/// What exists while the bus runs; shared by publishers, the dispatcher and `stop`.
+struct Run {
+    /// The write-ahead log; `None` when the bus runs without one.
+    log: Option<EventLog>,
+    /// `queue_capacity` units; a publisher holds one from before the event is
+    /// logged until its handlers are done (memory transport).
+    permits: Arc<Semaphore>,
+    /// Capacity for events published from inside handlers: never waited on.
+    overflow: Arc<Semaphore>,
+    /// Publishes from outside under way; `stop` waits for them after refusing new ones.
+    publishers: TaskTracker,
+    /// The per-event handler tasks, so `stop` can wait for every one.
+    handlers: TaskTracker,
+    /// The runtime the bus was started on, for `publish_sync`.
+    runtime: tokio::runtime::Handle,
+}
+
+enum State {
+    Idle,
+    Running {
+        run: Arc<Run>,
+        dispatcher: JoinHandle<()>,
+    },
+    Stopping(Arc<Run>),
+}
+
+struct Inner {
+    settings: Settings,
+    transport: Arc<dyn Transport>,
+    priority: Option<PriorityRule>,
+    table: RwLock<Arc<Table>>,
+    next_id: AtomicU64,
+    state: RwLock<State>,
+    /// Serializes `start` and `stop`.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Events handed to the transport and not yet finished by the dispatcher.
+    inflight: AtomicUsize,
+    /// Woken when `inflight` drops to zero; `stop` waits on it.
+    idle: Notify,
+    stats: Counters,
+}
+
+/// The event bus. Cheap to clone: clones share one bus.
+///
+/// ```
+/// use pm_events::{Event, EventBus};
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let bus = EventBus::builder().log_dir(dir.path()).build();
+/// bus.subscribe("file_change", |event: Event| async move {
+///     println!("changed: {}", event.data["file_path"]);
+///     Ok::<(), std::io::Error>(())
+/// });
+/// bus.start().await?;
+/// let id = bus.publish("file_change", json!({"file_path": "/tmp/a.txt"})).await?;
+/// bus.stop().await?; // every accepted event is handled before this returns
+/// assert!(std::fs::read_to_string(bus.get_log_file())?.contains(&id));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+/// What `publish` takes as its first argument: an event type or a whole [`Event`].
+pub enum EventOrType {
+    /// A type name; the bus builds the event.
+    Type(String),
+    /// A built event.
+    Event(Event),
+}
+
+impl From<&str> for EventOrType {
+    fn from(s: &str) -> Self {
+        EventOrType::Type(s.to_string())
+    }
+}
+impl From<String> for EventOrType {
+    fn from(s: String) -> Self {
+        EventOrType::Type(s)
+    }
+}
+impl From<&String> for EventOrType {
+    fn from(s: &String) -> Self {
+        EventOrType::Type(s.clone())
+    }
+}
+impl From<Event> for EventOrType {
+    fn from(e: Event) -> Self {
+        EventOrType::Event(e)
+    }
+}
+
+/// Builds an [`EventBus`] with settings other than the defaults.
+pub struct EventBusBuilder {
+    settings: Settings,
+    transport: Option<Arc<dyn Transport>>,
+    priority: Option<PriorityRule>,
+}
+
+impl Default for EventBusBuilder {
+    fn default() -> Self {
+        let c = Config::default();
+        EventBusBuilder {
+            settings: Settings {
+                log_dir: Some(c.log_dir),
+                fsync: c.fsync,
+                capacity: c.queue_capacity,
+                handler_timeout: c.handler_timeout,
+                concurrency: 512,
+            },
+            transport: None,
+            priority: None,
+        }
+    }
+}
+
+impl EventBusBuilder {
+    /// Takes the log directory, queue capacity, handler timeout and fsync policy from `config`.
+    pub fn config(mut self, config: &Config) -> Self {
+        self.settings.log_dir = Some(config.log_dir.clone());
+        self.settings.capacity = config.queue_capacity;
+        self.settings.handler_timeout = config.handler_timeout;
+        self.settings.fsync = config.fsync;
+        self
+    }
+    /// Writes the event log under `dir` (default `./logs`).
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.log_dir = Some(dir.into());
+        self
+    }
+    /// Runs without the main event log (events are not persisted).
+    pub fn without_log(mut self) -> Self {
+        self.settings.log_dir = None;
+        self
+    }
+    /// When the event log syncs to disk (default `batch`).
+    pub fn fsync(mut self, policy: FsyncPolicy) -> Self {
+        self.settings.fsync = policy;
+        self
+    }
+    /// Events accepted and not yet handled, at most (default 10,000; at least 1).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.settings.capacity = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+    /// Time limit of one handler on one event (default 30 s).
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.settings.handler_timeout = d;
+        self
+    }
+    /// Events whose handlers may run at the same time (default 512; at least 1).
+    /// With 1, each handler sees events one at a time in dispatch order.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.settings.concurrency = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+    /// The transport between publishers and the dispatcher (default: in-process).
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+    /// Decides which events travel in the priority lane.
+    pub fn priority(mut self, rule: impl Fn(&Event) -> Priority + Send + Sync + 'static) -> Self {
+        self.priority = Some(Arc::new(rule));
+        self
+    }
+    /// Builds the bus (not started).
+    pub fn build(self) -> EventBus {
+        EventBus {
+            inner: Arc::new(Inner {
+                settings: self.settings,
+                transport: self
+                    .transport
+                    .unwrap_or_else(|| Arc::new(MemoryTransport::new())),
+                priority: self.priority,
+                table: RwLock::new(Arc::new(Table::default())),
+                next_id: AtomicU64::new(1),
+                state: RwLock::new(State::Idle),
+                lifecycle: tokio::sync::Mutex::new(()),
+                inflight: AtomicUsize::new(0),
+                idle: Notify::new(),
+                stats: Counters::default(),
+            }),
+        }
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static GLOBAL: OnceLock<EventBus> = OnceLock::new();
+
+/// The process-wide bus. The first call builds it from the environment
+/// ([`Config::from_env`]; on an invalid value it logs the error and uses the
+/// defaults) unless [`set_event_bus`] installed one before.
+pub fn get_event_bus() -> &'static EventBus {
+    GLOBAL.get_or_init(|| match Config::from_env() {
+        Ok(c) => EventBus::builder().config(&c).build(),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration; the global event bus uses the defaults");
+            EventBus::new()
+        }
+    })
+}
+
+/// Installs `bus` as the process-wide bus; fails (returning it) if one is set already.
+pub fn set_event_bus(bus: EventBus) -> Result<(), EventBus> {
+    GLOBAL.set(bus)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl EventBus {
+    /// A bus with the default settings (log under `./logs`, capacity 10,000, 30 s handler timeout).
+    pub fn new() -> Self {
+        EventBusBuilder::default().build()
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::default()
+    }
+
+    /// A bus configured from the environment (DESIGN.md section 8).
+    pub fn from_env() -> Result<Self, crate::error::ConfigError> {
+        Ok(Self::builder().config(&Config::from_env()?).build())
+    }
+
+    /// Registers `handler` for `event_type` (`"*"` for every type).
+    pub fn subscribe(&self, event_type: &str, handler: impl Handler) -> SubscriptionId {
+        self.add(event_type, None, Arc::new(handler))
+    }
+
+    /// Registers `handler` for the events of `event_type` that `filter` accepts;
+    /// the others are never copied to it.
+    pub fn subscribe_filtered(
+        &self,
+        event_type: &str,
+        filter: impl Fn(&Event) -> bool + Send + Sync + 'static,
+        handler: impl Handler,
+    ) -> SubscriptionId {
+        self.add(event_type, Some(Arc::new(filter)), Arc::new(handler))
+    }
+
+    /// Registers a shared handler (one value subscribed to several types).
+    pub fn subscribe_arc(&self, event_type: &str, handler: Arc<dyn Handler>) -> SubscriptionId {
+        self.add(event_type, None, handler)
+    }
+
+    fn add(
+        &self,
+        event_type: &str,
+        filter: Option<Filter>,
+        handler: Arc<dyn Handler>,
+    ) -> SubscriptionId {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscription {
+            id,
+            filter,
+            handler,
+        });
+        let mut guard = write(&self.inner.table);
+        let table = Arc::make_mut(&mut guard);
+        if event_type == WILDCARD {
+            table.wildcard.push(sub);
+        } else {
+            table
+                .by_type
+                .entry(event_type.to_string())
+                .or_default()
+                .push(sub);
+        }
+        id
+    }
+
+    /// Removes the subscription `id` of `event_type`; `false` if there was none.
+    /// Events already dispatched to it still finish.
+    pub fn unsubscribe(&self, event_type: &str, id: SubscriptionId) -> bool {
+        let mut guard = write(&self.inner.table);
+        let table = Arc::make_mut(&mut guard);
+        let list = if event_type == WILDCARD {
+            Some(&mut table.wildcard)
+        } else {
+            table.by_type.get_mut(event_type)
+        };
+        let Some(list) = list else { return false };
+        let before = list.len();
+        list.retain(|s| s.id != id);
+        let removed = list.len() != before;
+        if list.is_empty() && event_type != WILDCARD {
+            table.by_type.remove(event_type);
+        }
+        removed
+    }
+
+    /// Handler counts by event type (`"*"` for wildcard subscriptions).
+    pub fn get_subscribers(&self) -> BTreeMap<String, usize> {
+        let table = read(&self.inner.table).clone();
+        let mut out: BTreeMap<String, usize> = table
+            .by_type
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect();
+        if !table.wildcard.is_empty() {
+            out.insert(WILDCARD.to_string(), table.wildcard.len());
+        }
+        out
+    }
+
+    /// Today's event log file (where the next accepted event goes).
+    pub fn get_log_file(&self) -> PathBuf {
+        let dir = self
+            .inner
+            .settings
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| Config::default().log_dir);
+        journal::day_path(&dir, journal::today())
+    }
+
+    /// The log directory, or `None` when the bus runs without a log.
+    pub fn log_dir(&self) -> Option<&std::path::Path> {
+        self.inner.settings.log_dir.as_deref()
+    }
+
+    /// Events accepted and waiting for the dispatcher.
+    pub fn queue_len(&self) -> usize {
+        self.inner.transport.queue_len()
+    }
+
+    /// The configured queue capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.settings.capacity
+    }
+
+    /// Whether the bus is running (started and not stopping).
+    pub fn is_running(&self) -> bool {
+        matches!(*read(&self.inner.state), State::Running { .. })
+    }
+
+    /// A snapshot of the bus's counters.
+    pub fn stats(&self) -> BusStats {
+        let s = &self.inner.stats;
+        BusStats {
+            published: s.published.load(Ordering::Relaxed),
+            dispatched: s.dispatched.load(Ordering::Relaxed),
+            unhandled: s.unhandled.load(Ordering::Relaxed),
+            handled: s.handled.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            panicked: s.panicked.load(Ordering::Relaxed),
+            timed_out: s.timed_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the bus: opens the event log and the transport and spawns the
+    /// dispatcher on the current tokio runtime.
+    pub async fn start(&self) -> Result<(), BusError> {
+        let _lc = self.inner.lifecycle.lock().await;
+        if !matches!(*read(&self.inner.state), State::Idle) {
+            return Err(BusError::AlreadyRunning);
+        }
+        let s = &self.inner.settings;
+        let log = match &s.log_dir {
+            Some(dir) => Some(EventLog::open(dir.clone(), s.fsync)?),
+            None => None,
+        };
+        let consumer = self
+            .inner
+            .transport
+            .open()
+            .await
+            .map_err(|e| BusError::Transport(e.to_string()))?;
+        let run = Arc::new(Run {
+            log,
+            permits: Arc::new(Semaphore::new(s.capacity)),
+            overflow: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            publishers: TaskTracker::new(),
+            handlers: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let dispatcher = tokio::spawn(dispatch_loop(
+            self.inner.clone(),
+            consumer,
+            run.handlers.clone(),
+            Arc::new(Semaphore::new(s.concurrency)),
+        ));
+        *write(&self.inner.state) = State::Running { run, dispatcher };
+        tracing::debug!(transport = self.inner.transport.name(), "event bus started");
+        Ok(())
+    }
+
+    /// Stops the bus gracefully: every accepted event is handled, and the log
+    /// synced and closed, before this returns. Stopping a bus that is not
+    /// running does nothing.
+    pub async fn stop(&self) -> Result<(), BusError> {
+        let _lc = self.inner.lifecycle.lock().await;
+        let (run, dispatcher) = {
+            let mut st = write(&self.inner.state);
+            match std::mem::replace(&mut *st, State::Idle) {
+                State::Running { run, dispatcher } => {
+                    *st = State::Stopping(run.clone());
+                    (run, dispatcher)
+                }
+                other => {
+                    *st = other;
+                    return Ok(());
+                }
+            }
+        };
+        run.publishers.close();
+        run.publishers.wait().await;
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.inflight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        self.inner.transport.close();
+        if let Err(e) = dispatcher.await {
+            tracing::error!(error = %e, "event bus dispatcher ended abnormally");
+        }
+        run.handlers.close();
+        run.handlers.wait().await;
+        if let Some(log) = &run.log {
+            log.close().await;
+        }
+        *write(&self.inner.state) = State::Idle;
+        tracing::debug!("event bus stopped");
+        Ok(())
+    }
+
+    /// The running state for a publish: the run, plus a token `stop` waits for.
+    fn enter(
+        &self,
+    ) -> Result<
+        (
+            Arc<Run>,
+            Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+        ),
+        BusError,
+    > {
+        let in_handler = IN_HANDLER.try_with(|_| ()).is_ok();
+        match &*read(&self.inner.state) {
+            State::Running { run, .. } => {
+                let token = (!in_handler).then(|| run.publishers.token());
+                Ok((run.clone(), token))
+            }
+            State::Stopping(run) if in_handler => Ok((run.clone(), None)),
+            State::Stopping(_) => Err(BusError::NotRunning("stopping")),
+            State::Idle => Err(BusError::NotRunning("not started")),
+        }
+    }
+
+    /// Publishes an event: either a type and its data, or a built [`Event`]
+    /// (whose data `data`, when `Some`, replaces). Waits while the queue is full;
+    /// returns the event id once the event is in the event log and queued.
+    ///
+    /// ```
+    /// # use pm_events::EventBus; use serde_json::json;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = EventBus::builder().without_log().build();
+    /// assert!(bus.publish("deployment", json!({"service": "api"})).await.is_err()); // not started
+    /// bus.start().await?;
+    /// let id = bus.publish("deployment", json!({"service": "api", "status": "success"})).await?;
+    /// assert_eq!(id.len(), 36);
+    /// bus.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        self.publish_event(make_event(event.into(), data.into()))
+            .await
+    }
+
+    /// Publishes a built event (see [`publish`](Self::publish)).
+    pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let (run, _token) = self.enter()?;
+        let permit = if IN_HANDLER.try_with(|_| ()).is_ok() {
+            run.overflow.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let permit = match permit {
+            Some(p) => p,
+            None => run
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| BusError::NotRunning("stopping"))?,
+        };
+        self.accept(&run, event, permit).await
+    }
+
+    /// Publishes without waiting for capacity: [`BusError::QueueFull`] when the queue is full.
+    pub async fn try_publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        let event = make_event(event.into(), data.into());
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let (run, _token) = self.enter()?;
+        let permit = run
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BusError::QueueFull {
+                capacity: self.inner.settings.capacity,
+            })?;
+        self.accept(&run, event, permit).await
+    }
+
+    /// Publishes from code that is not async (a plain thread): blocks until the
+    /// event is accepted. Inside an async runtime it refuses with
+    /// [`BusError::SyncInAsync`] instead of blocking the runtime.
+    pub fn publish_sync(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(BusError::SyncInAsync);
+        }
+        let runtime = self.enter()?.0.runtime.clone();
+        runtime.block_on(self.publish(event, data))
+    }
+
+    /// Publishes several events in order, logging them together (one hand-off
+    /// to the log writer per chunk). All are validated first: one invalid event
+    /// rejects the batch before anything is accepted.
+    pub async fn publish_batch(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<Vec<EventId>, BusError> {
+        let events: Vec<Event> = events.into_iter().collect();
+        for (i, e) in events.iter().enumerate() {
+            e.validate()
+                .map_err(|m| BusError::InvalidEvent(format!("event #{}: {m}", i + 1)))?;
+        }
+        let (run, _token) = self.enter()?;
+        let chunk_len = self.inner.settings.capacity.clamp(1, 1024);
+        let mut ids = Vec::with_capacity(events.len());
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            let mut permit = run
+                .permits
+                .clone()
+                .acquire_many_owned(chunk.len() as u32)
+                .await
+                .map_err(|_| BusError::NotRunning("stopping"))?;
+            if let Some(log) = &run.log {
+                log.append_batch(&chunk).await?;
+            }
+            let mut parts = Vec::with_capacity(chunk.len());
+            for _ in 1..chunk.len() {
+                parts.extend(permit.split(1));
+            }
+            parts.push(permit);
+            if parts.len() != chunk.len() {
+                return Err(BusError::Transport("capacity accounting error".into()));
+            }
+            let mut items = Vec::with_capacity(chunk.len());
+            for (e, p) in chunk.into_iter().zip(parts) {
+                ids.push(e.event_id.clone());
+                let prio = self.priority_of(&e);
+                items.push((e, prio, p));
+            }
+            let n = items.len();
+            self.inner.inflight.fetch_add(n, Ordering::SeqCst);
+            if let Err(e) = self.inner.transport.publish_batch(items).await {
+                self.inner.inflight.fetch_sub(n, Ordering::SeqCst);
+                self.inner.idle.notify_waiters();
+                return Err(BusError::Transport(e.to_string()));
+            }
+            self.inner
+                .stats
+                .published
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(ids)
+    }
+
+    fn priority_of(&self, e: &Event) -> Priority {
+        self.inner
+            .priority
+            .as_ref()
+            .map_or(Priority::Normal, |r| r(e))
+    }
+
+    async fn accept(&self, run: &Run, event: Event, permit: Permit) -> Result<EventId, BusError> {
+        if let Some(log) = &run.log {
+            log.append(&event).await?;
+        }
+        let id = event.event_id.clone();
+        let prio = self.priority_of(&event);
+        self.inner.inflight.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.inner.transport.publish(event, prio, permit).await {
+            finish_one(&self.inner);
+            tracing::error!(event_id = %id, error = %e, "event logged but the transport refused it");
+            return Err(BusError::Transport(e.to_string()));
+        }
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
+    }
+}
+
+fn make_event(first: EventOrType, data: Option<Value>) -> Event {
+    match first {
+        EventOrType::Type(t) => {
+            Event::new(t, data.unwrap_or_else(|| Value::Object(Default::default())))
+        }
+        EventOrType::Event(mut e) => {
+            if let Some(d) = data {
+                e.data = d;
+            }
+            e
+        }
+    }
+}
+
+fn finish_one(inner: &Inner) {
+    if inner.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        inner.idle.notify_waiters();
+    }
+}
+
+fn matching(inner: &Inner, e: &Event) -> Vec<Arc<Subscription>> {
+    let table = read(&inner.table).clone();
+    let mut out = Vec::new();
+    if let Some(list) = table.by_type.get(&e.event_type) {
+        out.extend(list.iter().filter(|s| s.accepts(e)).cloned());
+    }
+    out.extend(table.wildcard.iter().filter(|s| s.accepts(e)).cloned());
+    out
+}
+
+async fn dispatch_loop(
+    inner: Arc<Inner>,
+    mut consumer: Box<dyn Consumer>,
+    handlers: TaskTracker,
+    slots: Arc<Semaphore>,
+) {
+    while let Some(delivery) = consumer.next().await {
+        inner.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        let subs = matching(&inner, &delivery.event);
+        if subs.is_empty() {
+            inner.stats.unhandled.fetch_add(1, Ordering::Relaxed);
+            ack(delivery).await;
+            finish_one(&inner);
+            continue;
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let inner2 = inner.clone();
+        handlers.spawn(async move {
+            run_handlers(&inner2, delivery, subs).await;
+            drop(slot);
+            finish_one(&inner2);
+        });
+    }
+}
+
+async fn ack(delivery: Delivery) {
+    let Delivery { event, ack, .. } = delivery;
+    acknowledge(ack, &event.event_id).await;
+}
+
+async fn acknowledge(ack: Ack, event_id: &str) {
+    if let Err(e) = ack.done().await {
+        tracing::error!(%event_id, error = %e, "acknowledging an event failed; it may be delivered again");
+    }
+}
+
+async fn run_handlers(inner: &Inner, delivery: Delivery, subs: Vec<Arc<Subscription>>) {
+    let Delivery { event, ack, .. } = delivery;
+    let meta = (event.event_id.clone(), event.event_type.clone());
+    if let [only] = subs.as_slice() {
+        run_one(inner, only, event, &meta).await;
+    } else {
+        futures_util::future::join_all(
+            subs.iter().map(|s| run_one(inner, s, event.clone(), &meta)),
+        )
+        .await;
+    }
+    acknowledge(ack, &meta.0).await;
+}
+
+async fn run_one(inner: &Inner, sub: &Subscription, event: Event, meta: &(String, String)) {
+    let (event_id, event_type) = meta;
+    let fut = IN_HANDLER.scope(
+        (),
+        AssertUnwindSafe(sub.handler.handle(event)).catch_unwind(),
+    );
+    let c = &inner.stats;
+    match tokio::time::timeout(inner.settings.handler_timeout, fut).await {
+        Ok(Ok(Ok(()))) => {
+            c.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(Err(e))) => {
+            c.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%event_id, %event_type, handler = sub.handler.name(), error = %e, "handler failed");
+        }
+        Ok(Err(panic)) => {
+            c.panicked.fetch_add(1, Ordering::Relaxed);
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            tracing::error!(%event_id, %event_type, handler = sub.handler.name(), panic = %msg, "handler panicked");
+        }
+        Err(_) => {
+            c.timed_out.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%event_id, %event_type, handler = sub.handler.name(), timeout_ms = inner.settings.handler_timeout.as_millis() as u64, "handler timed out");
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Configuration from the environment (DESIGN.md section 8), validated once at
+//! start-up. An invalid value is a [`ConfigError`] naming the variable, the value
+//! and what was expected; secrets are never echoed back.
+//!
+//! An empty variable counts as unset. A CLI flag, where one exists, is applied by
+//! the binary on top of what [`Config::from_env`] returns.
+
+use crate::error::ConfigError;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When the event log calls `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Never: lines reach the OS with one `write(2)` per batch before `publish`
+    /// returns; the OS writes them to disk when it likes (and at `stop`).
+    Never,
+    /// Group commit (the default): one `write(2)` per batch of concurrent
+    /// publishes before they return, and an `fdatasync` at most every
+    /// [`BATCH_FSYNC_INTERVAL`] while unsynced lines exist. A process crash loses
+    /// nothing accepted; a power loss at most that interval.
+    #[default]
+    Batch,
+    /// `fdatasync` after every batch, before the publishes in it return.
+    Always,
+}
+
+/// How long the `batch` policy lets written lines wait for their `fdatasync`.
+pub const BATCH_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "never" => Ok(FsyncPolicy::Never),
+            "batch" => Ok(FsyncPolicy::Batch),
+            "always" => Ok(FsyncPolicy::Always),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A secret string: its `Debug` and `Display` print `***`, so it cannot leak
+/// into a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is used (signing, comparing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Every setting of pm-events, with the defaults of DESIGN.md section 8.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PM_LOG_DIR`: root of every log file and of durable state.
+    pub log_dir: PathBuf,
+    /// `PM_QUEUE_CAPACITY`: events accepted but not yet handled, at most.
+    pub queue_capacity: usize,
+    /// `PM_HANDLER_TIMEOUT_SECS`: time limit of one handler on one event.
+    pub handler_timeout: Duration,
+    /// `PM_FSYNC`: `never`, `batch` or `always`.
+    pub fsync: FsyncPolicy,
+    /// `PM_LOG_MAX_BYTES`: size at which a handler `.jsonl` file is rotated.
+    pub log_max_bytes: u64,
+    /// `PM_LOG_KEEP`: rotated handler log files kept (`file.jsonl.1` .. `.N`).
+    pub log_keep: usize,
+    /// `WEBHOOK_SIGNATURE_SECRET`: the signing key(s); several may be given,
+    /// separated by spaces, for rotation (the first one signs).
+    pub webhook_secrets: Vec<Secret>,
+    /// `PM_ALLOW_UNSIGNED`: allow webhook delivery without a secret.
+    pub allow_unsigned: bool,
+    /// `WEBHOOK_TIMEOUT_SECS`: time limit of one outgoing delivery attempt.
+    pub webhook_timeout: Duration,
+    /// `WEBHOOK_MAX_RETRIES`: retries after the first attempt.
+    pub webhook_max_retries: u32,
+    /// `WEBHOOK_BACKOFF_BASE_MS`: base of the exponential retry schedule.
+    pub webhook_backoff_base: Duration,
+    /// Webhook routes: the seed's `*_WEBHOOK_URL` variables, keyed by the
+    /// variable's name, and `PM_WEBHOOK_URL_<TYPE>` keyed by that variable's name too.
+    pub webhook_urls: BTreeMap<String, String>,
+    /// `PM_BIND`: the address `serve` listens on.
+    pub bind: SocketAddr,
+    /// `PM_API_TOKEN`: bearer token required by `POST /events`.
+    pub api_token: Option<Secret>,
+    /// `PM_MAX_BODY_BYTES`: incoming HTTP body limit.
+    pub max_body_bytes: usize,
+    /// `PM_SMTP_URL`: SMTP server for report distribution.
+    pub smtp_url: Option<String>,
+    /// `PM_REPORT_AUTO_DISTRIBUTE`: e-mail reports to their recipients.
+    pub report_auto_distribute: bool,
+    /// `PM_NATS_URL`: run the bus over NATS JetStream.
+    pub nats_url: Option<String>,
+    /// `PM_CONSUMER_GROUP`: durable consumer shared by cooperating processes.
+    pub consumer_group: String,
+    /// `PM_NODE_ID`: this process's name in the group (default: host name).
+    pub node_id: String,
+}
+
+/// The seed's webhook URL variables.
+pub const SEED_WEBHOOK_VARS: [&str; 7] = [
+    "FILE_CHANGE_WEBHOOK_URL",
+    "REPORT_READY_WEBHOOK_URL",
+    "CRITICAL_ALERT_WEBHOOK_URL",
+    "HIGH_ALERT_WEBHOOK_URL",
+    "MEDIUM_ALERT_WEBHOOK_URL",
+    "LOW_ALERT_WEBHOOK_URL",
+    "DEFAULT_RISK_WEBHOOK_URL",
+];
+
+/// Prefix of the route variables for other event types.
+pub const CUSTOM_WEBHOOK_PREFIX: &str = "PM_WEBHOOK_URL_";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_dir: PathBuf::from("./logs"),
+            queue_capacity: 10_000,
+            handler_timeout: Duration::from_secs(30),
+            fsync: FsyncPolicy::Batch,
+            log_max_bytes: 100 * 1024 * 1024,
+            log_keep: 5,
+            webhook_secrets: Vec::new(),
+            allow_unsigned: false,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_max_retries: 5,
+            webhook_backoff_base: Duration::from_millis(1000),
+            webhook_urls: BTreeMap::new(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            api_token: None,
+            max_body_bytes: 1024 * 1024,
+            smtp_url: None,
+            report_auto_distribute: true,
+            nats_url: None,
+            consumer_group: "pm-events".into(),
+            node_id: default_node_id(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pm-events".into())
+}
+
+fn err(var: &str, value: &str, expected: &str) -> ConfigError {
+    ConfigError {
+        var: var.into(),
+        value: value.into(),
+        expected: expected.into(),
+    }
+}
+
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        expected: &str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.trim().parse::<T>() {
+                Ok(t) if ok(&t) => Ok(Some(t)),
+                _ => Err(err(name, v, expected)),
+            },
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(err(name, v, "a boolean (true/false, 1/0, yes/no, on/off)")),
+            },
+        }
+    }
+
+    fn secs(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        Ok(self
+            .parse::<f64>(name, "a positive number of seconds", |s| {
+                s.is_finite() && *s > 0.0 && *s <= 86_400.0 * 365.0
+            })?
+            .map(Duration::from_secs_f64))
+    }
+
+    fn url(&self, name: &str, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let v = v.trim();
+                let ok = schemes.iter().any(|s| {
+                    v.strip_prefix(s)
+                        .and_then(|rest| rest.strip_prefix("://"))
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+                });
+                if ok {
+                    Ok(Some(v.to_string()))
+                } else {
+                    let expected = format!(
+                        "a URL starting with {}",
+                        schemes
+                            .iter()
+                            .map(|s| format!("{s}://"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    );
+                    Err(err(name, v, &expected))
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str().map(str::to_string) else {
+                continue;
+            };
+            if !is_ours(&k) {
+                continue;
+            }
+            match v.into_string() {
+                Ok(v) => vars.push((k, v)),
+                Err(_) => return Err(err(&k, "<not UTF-8>", "a UTF-8 value")),
+            }
+        }
+        Config::from_vars(vars)
+    }
+
+    /// Reads and validates the configuration from the given `(name, value)` pairs;
+    /// names that are not pm-events settings are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let v = Vars(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        let mut c = Config::default();
+        if let Some(d) = v.get("PM_LOG_DIR") {
+            c.log_dir = PathBuf::from(d);
+        }
+        if let Some(n) = v.parse(
+            "PM_QUEUE_CAPACITY",
+            "an integer from 1 to 10000000",
+            |n: &usize| (1..=10_000_000).contains(n),
+        )? {
+            c.queue_capacity = n;
+        }
+        if let Some(d) = v.secs("PM_HANDLER_TIMEOUT_SECS")? {
+            c.handler_timeout = d;
+        }
+        if let Some(s) = v.get("PM_FSYNC") {
+            c.fsync = s
+                .trim()
+                .parse()
+                .map_err(|_| err("PM_FSYNC", s, "one of never, batch, always"))?;
+        }
+        if let Some(n) = v.parse(
+            "PM_LOG_MAX_BYTES",
+            "an integer of at least 1024 (bytes)",
+            |n: &u64| *n >= 1024,
+        )? {
+            c.log_max_bytes = n;
+        }
+        if let Some(n) = v.parse("PM_LOG_KEEP", "an integer from 1 to 1000", |n: &usize| {
+            (1..=1000).contains(n)
+        })? {
+            c.log_keep = n;
+        }
+        if let Some(s) = v.get("WEBHOOK_SIGNATURE_SECRET") {
+            c.webhook_secrets = s.split_whitespace().map(Secret::new).collect();
+            for (i, s) in c.webhook_secrets.iter().enumerate() {
+                if let Some(b64) = s.expose().strip_prefix("whsec_") {
+                    if crate_base64_ok(b64).is_err() {
+                        return Err(err(
+                            "WEBHOOK_SIGNATURE_SECRET",
+                            &format!("<secret #{} starting with whsec_>", i + 1),
+                            "a whsec_ secret to be followed by valid base64",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(b) = v.bool("PM_ALLOW_UNSIGNED")? {
+            c.allow_unsigned = b;
+        }
+        if let Some(d) = v.secs("WEBHOOK_TIMEOUT_SECS")? {
+            c.webhook_timeout = d;
+        }
+        if let Some(n) = v.parse(
+            "WEBHOOK_MAX_RETRIES",
+            "an integer from 0 to 100",
+            |n: &u32| *n <= 100,
+        )? {
+            c.webhook_max_retries = n;
+        }
+        if let Some(n) = v.parse(
+            "WEBHOOK_BACKOFF_BASE_MS",
+            "an integer from 1 to 3600000 (milliseconds)",
+            |n: &u64| (1..=3_600_000).contains(n),
+        )? {
+            c.webhook_backoff_base = Duration::from_millis(n);
+        }
+        let mut names: Vec<&String> =
+            v.0.keys()
+                .filter(|k| {
+                    SEED_WEBHOOK_VARS.contains(&k.as_str()) || k.starts_with(CUSTOM_WEBHOOK_PREFIX)
+                })
+                .collect();
+        names.sort();
+        for name in names {
+            if let Some(suffix) = name.strip_prefix(CUSTOM_WEBHOOK_PREFIX) {
+                if crate::event::validate_type(&suffix.to_ascii_lowercase()).is_err() {
+                    return Err(err(
+                        name,
+                        "",
+                        "PM_WEBHOOK_URL_<TYPE> with TYPE made of letters, digits, '_' and '-'",
+                    ));
+                }
+            }
+            if let Some(url) = v.url(name, &["http", "https"])? {
+                c.webhook_urls.insert(name.clone(), url);
+            }
+        }
+        if let Some(s) = v.get("PM_BIND") {
+            c.bind = s
+                .trim()
+                .parse()
+                .map_err(|_| err("PM_BIND", s, "an IP address and port, like 127.0.0.1:8787"))?;
+        }
+        c.api_token = v.get("PM_API_TOKEN").map(Secret::new);
+        if let Some(n) = v.parse(
+            "PM_MAX_BODY_BYTES",
+            "an integer from 1024 to 1073741824 (bytes)",
+            |n: &usize| (1024..=1 << 30).contains(n),
+        )? {
+            c.max_body_bytes = n;
+        }
+        c.smtp_url = v.url("PM_SMTP_URL", &["smtp", "smtps"])?;
+        if let Some(b) = v.bool("PM_REPORT_AUTO_DISTRIBUTE")? {
+            c.report_auto_distribute = b;
+        }
+        c.nats_url = v.url("PM_NATS_URL", &["nats", "tls"])?;
+        if let Some(g) = v.get("PM_CONSUMER_GROUP") {
+            if crate::event::validate_type(g).is_err() {
+                return Err(err(
+                    "PM_CONSUMER_GROUP",
+                    g,
+                    "a name of letters, digits, '_' and '-'",
+                ));
+            }
+            c.consumer_group = g.to_string();
+        }
+        if let Some(n) = v.get("PM_NODE_ID") {
+            c.node_id = n.to_string();
+        }
+        Ok(c)
+    }
+
+    /// The configured URL for the webhook route variable `name`, if any.
+    pub fn webhook_url(&self, name: &str) -> Option<&str> {
+        self.webhook_urls.get(name).map(String::as_str)
+    }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.starts_with("PM_") || name.starts_with("WEBHOOK_") || SEED_WEBHOOK_VARS.contains(&name)
+}
+
+/// Checks standard base64 (padding optional) without decoding into a buffer we keep.
+fn crate_base64_ok(s: &str) -> Result<(), ()> {
+    let s = s.trim_end_matches('=');
+    if s.is_empty()
+        || s.len() % 4 == 1
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err(());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(c.log_dir, PathBuf::from("./logs"));
+        assert_eq!(c.queue_capacity, 10_000);
+        assert_eq!(c.handler_timeout, Duration::from_secs(30));
+        assert_eq!(c.fsync, FsyncPolicy::Batch);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8787");
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert!(c.report_auto_distribute);
+        assert_eq!(c.consumer_group, "pm-events");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (k, v) in [
+            ("PM_QUEUE_CAPACITY", "lots"),
+            ("PM_QUEUE_CAPACITY", "0"),
+            ("PM_HANDLER_TIMEOUT_SECS", "-1"),
+            ("PM_FSYNC", "sometimes"),
+            ("PM_BIND", "localhost"),
+            ("WEBHOOK_MAX_RETRIES", "many"),
+            ("FILE_CHANGE_WEBHOOK_URL", "ftp://x"),
+            ("PM_WEBHOOK_URL_DEPLOYMENT", "not a url"),
+            ("PM_ALLOW_UNSIGNED", "perhaps"),
+            ("PM_SMTP_URL", "http://x"),
+        ] {
+            let e = Config::from_vars([(k, v)]).unwrap_err();
+            assert_eq!(e.var, k);
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let e = Config::from_vars([("WEBHOOK_SIGNATURE_SECRET", "whsec_!!!!hunter2")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let c = Config::from_vars([("WEBHOOK_SIGNATURE_SECRET", "s3cret other")]).unwrap();
+        assert_eq!(c.webhook_secrets.len(), 2);
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn routes_are_collected() {
+        let c = Config::from_vars([
+            ("FILE_CHANGE_WEBHOOK_URL", "http://127.0.0.1:9/files"),
+            ("PM_WEBHOOK_URL_DEPLOYMENT", "https://example.test/d"),
+            ("UNRELATED", "x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_url("FILE_CHANGE_WEBHOOK_URL"),
+            Some("http://127.0.0.1:9/files")
+        );
+        assert_eq!(
+            c.webhook_url("PM_WEBHOOK_URL_DEPLOYMENT"),
+            Some("https://example.test/d")
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The [`Event`]: the unit everything in pm-events moves around.
+//!
+//! An event is a type name, a JSON object payload and three pieces of envelope
+//! (timestamp, id, source). Its JSON form is the seed's:
+//! `{"type","data","timestamp","event_id","source"}`; the main event log stores
+//! exactly that object, one per line.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The identifier of an event: a UUID v4 in its hyphenated text form.
+pub type EventId = String;
+
+/// The `source` every event gets unless its publisher says otherwise.
+pub const DEFAULT_SOURCE: &str = "personal-manager";
+
+/// Longest accepted event type name, in bytes.
+pub const MAX_TYPE_LEN: usize = 128;
+
+/// One event: what happened (`event_type`), its payload (`data`), when
+/// (`timestamp`, Unix seconds), which one (`event_id`) and who said so (`source`).
+///
+/// ```
+/// use pm_events::Event;
+/// use serde_json::json;
+///
+/// let e = Event::new("file_change", json!({"file_path": "/tmp/a.txt"}));
+/// assert_eq!(e.event_type, "file_change");
+/// assert_eq!(e.source, "personal-manager");
+/// assert_eq!(e.to_value()["type"], "file_change");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event type identifier (`file_change`, `report_ready`, `risk_alert`, or any custom name).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Event payload: a JSON object.
+    pub data: Value,
+    /// Unix timestamp in seconds (with fraction) at which the event was created.
+    pub timestamp: f64,
+    /// Unique event identifier (UUID v4).
+    pub event_id: EventId,
+    /// The system that produced the event.
+    #[serde(default = "default_source")]
+    pub source: String,
+}
+
+fn default_source() -> String {
+    DEFAULT_SOURCE.to_string()
+}
+
+/// The current time as Unix seconds with a fraction.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Event {
+    /// A new event of `event_type` carrying `data`, stamped now, with a fresh
+    /// UUID v4 and the default source `"personal-manager"`.
+    pub fn new(event_type: impl Into<String>, data: Value) -> Self {
+        Event {
+            event_type: event_type.into(),
+            data,
+            timestamp: now_unix(),
+            event_id: uuid::Uuid::new_v4().to_string(),
+            source: DEFAULT_SOURCE.to_string(),
+        }
+    }
+
+    /// The same event with another `source`.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// The event as a JSON object (the seed's `to_dict`).
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "type": self.event_type,
+            "data": self.data,
+            "timestamp": self.timestamp,
+            "event_id": self.event_id,
+            "source": self.source,
+        })
+    }
+
+    /// The event as a compact JSON string (the seed's `to_json`).
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings, a float and a `Value` cannot fail,
+        // except for a non-finite timestamp, which `validate` rejects; fall back
+        // to the Value form, which writes such a float as `null`.
+        serde_json::to_string(self).unwrap_or_else(|_| self.to_value().to_string())
+    }
+
+    /// Checks what every transport and log relies on: a type name of 1 to
+    /// 128 characters from `[A-Za-z0-9_-]` (it becomes a NATS subject token and
+    /// an environment-variable suffix), an object payload, a finite timestamp,
+    /// and a non-empty id and source.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_type(&self.event_type)?;
+        if !self.data.is_object() {
+            return Err(format!(
+                "event data must be a JSON object, got {}",
+                json_kind(&self.data)
+            ));
+        }
+        if !self.timestamp.is_finite() || self.timestamp < 0.0 {
+            return Err("timestamp must be a finite, non-negative number of seconds".into());
+        }
+        if self.event_id.is_empty() || self.event_id.len() > 256 {
+            return Err("event_id must be 1 to 256 characters".into());
+        }
+        if self.source.is_empty() || self.source.len() > 256 {
+            return Err("source must be 1 to 256 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks an event type name: 1 to [`MAX_TYPE_LEN`] characters from `[A-Za-z0-9_-]`.
+pub fn validate_type(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() {
+        return Err("event type must not be empty".into());
+    }
+    if event_type.len() > MAX_TYPE_LEN {
+        return Err(format!(
+            "event type is {} bytes long; the limit is {MAX_TYPE_LEN}",
+            event_type.len()
+        ));
+    }
+    if let Some(c) = event_type
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "event type {event_type:?} contains {c:?}; use letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A short name for the kind of a JSON value, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trip_uses_seed_field_names() {
+        let e = Event::new("deployment", json!({"service": "api"}));
+        let text = e.to_json();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        for k in ["type", "data", "timestamp", "event_id", "source"] {
+            assert!(v.get(k).is_some(), "missing {k} in {text}");
+        }
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(e.to_value(), v);
+    }
+
+    #[test]
+    fn ids_are_unique_uuid_v4() {
+        let a = Event::new("x", json!({}));
+        let b = Event::new("x", json!({}));
+        assert_ne!(a.event_id, b.event_id);
+        let u = uuid::Uuid::parse_str(&a.event_id).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate_type("file_change").is_ok());
+        assert!(validate_type("").unwrap_err().contains("empty"));
+        assert!(validate_type("a.b").unwrap_err().contains("'.'"));
+        assert!(
+            validate_type(&"x".repeat(200))
+                .unwrap_err()
+                .contains("limit")
+        );
+        let e = Event::new("x", json!([1]));
+        assert!(e.validate().unwrap_err().contains("an array"));
+    }
+}

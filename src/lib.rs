@@ -1,0 +1,51 @@
+//! # pm-events
+//!
+//! The event system of the Personal Manager: an async event bus whose every
+//! accepted event is written ahead to a JSON Lines log, with handlers that run
+//! concurrently and in isolation.
+//!
+//! ```
+//! use pm_events::{Event, EventBus};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let bus = EventBus::builder().log_dir(dir.path()).build();
+//! bus.subscribe("deployment", |e: Event| async move {
+//!     println!("Deployment {}: {}", e.data["status"], e.data["service"]);
+//!     Ok::<(), std::convert::Infallible>(())
+//! });
+//! bus.start().await?;
+//! bus.publish("deployment", json!({"service": "api-gateway", "status": "success"})).await?;
+//! bus.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`event`]: the [`Event`] type and its JSON form.
+//! - [`bus`]: the [`EventBus`] — subscriptions, dispatch, backpressure, start/stop.
+//! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
+//! - [`transport`]: the queue behind the bus (`memory` now; NATS JetStream later).
+//! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
+//! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
+//! - [`config`]: settings from the environment, validated once.
+//! - [`error`]: the error types of each area.
+//!
+//! The binary `pm-events` (in `src/bin/pm-events/`) is a thin CLI over this crate.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod journal;
+pub mod jsonl;
+pub mod transport;
+
+pub use bus::{BusStats, EventBus, EventBusBuilder, SubscriptionId, get_event_bus, set_event_bus};
+pub use config::{Config, FsyncPolicy};
+pub use error::{BusError, ConfigError, LogError};
+pub use event::{Event, EventId};
+pub use handler::{Handler, HandlerError};
+pub use transport::Priority;
