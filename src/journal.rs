@@ -17,12 +17,14 @@
 //!
 //! # Writing
 //!
-//! One writer thread owns the file. Publishers hand it their encoded lines
-//! and wait; it takes everything waiting as one batch, writes the batch with one
-//! `write(2)`, and then releases the publishers (group commit). What happens to
-//! durability is the [`FsyncPolicy`]: `never`, `batch` (an `fdatasync` at most
-//! every 100 ms while lines are unsynced) or `always` (an `fdatasync` per batch
-//! before its publishers return). A failed write is truncated away and reported
+//! Group commit without a writer thread: a publisher appends its encoded line
+//! to a shared buffer; whoever then holds the flush lock writes *everything*
+//! buffered with one `write(2)` and wakes the publishers whose lines it wrote.
+//! A lone publisher writes its own line at once (no hand-off); concurrent
+//! publishers share writes. Durability follows the [`FsyncPolicy`]: `never`;
+//! `batch` (a background thread calls `fdatasync` at most every 100 ms while
+//! lines are unsynced); `always` (the flusher calls `fdatasync` before it wakes
+//! the publishers of the batch). A failed write is truncated away and reported
 //! to every publisher of the batch: nothing half-written stays behind.
 //!
 //! # Reading
@@ -37,12 +39,10 @@ use crate::jsonl::{JsonlReader, append_all, open_append};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::Instant;
-use tokio::sync::oneshot;
-
-/// Most lines the writer takes into one batch.
-const MAX_BATCH_LINES: usize = 4096;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::Notify;
 
 /// The path of the event log of `day` under `log_dir`.
 pub fn day_path(log_dir: &Path, day: NaiveDate) -> PathBuf {
@@ -56,94 +56,233 @@ pub fn today() -> NaiveDate {
     Utc::now().date_naive()
 }
 
-enum Msg {
-    Append {
-        buf: Vec<u8>,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    Close(oneshot::Sender<()>),
+/// Lines waiting to be written, and the sequence numbers that track them.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// Sequence number of the last line appended to `buf` (lines are numbered from 1).
+    appended: u64,
+    closed: bool,
 }
 
-/// Handle to the writer thread of the main event log.
-pub struct EventLog {
+/// The open file; held (locked) by the one publisher writing a batch.
+struct FileState {
+    day: NaiveDate,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+struct Shared {
     dir: PathBuf,
-    /// The writer thread's inbox. Unbounded: the bus's capacity permits,
-    /// taken before an event reaches the log, bound it.
-    tx: std_mpsc::Sender<Msg>,
+    fsync: FsyncPolicy,
+    pending: Mutex<Pending>,
+    /// The flush lock: its holder writes batches. A std mutex: it is only ever
+    /// held across a synchronous `write(2)`, never across an `.await`.
+    file: Mutex<FileState>,
+    /// Sequence number up to which lines are written (or failed).
+    written: AtomicU64,
+    /// Woken after every batch.
+    flushed: Notify,
+    /// Batches whose write failed: `(first, last, message)`; rare, kept short.
+    failures: Mutex<Vec<(u64, u64, String)>>,
+    /// Set when a line is written and not yet synced; the sync thread clears it.
+    dirty: AtomicBool,
+    /// The current file, for the sync thread: it must never take the flush
+    /// lock (a publisher finding that lock taken counts on its holder to write).
+    sync_file: Mutex<Arc<File>>,
+}
+
+/// Handle to the main event log. Cheap to share behind an `Arc`.
+pub struct EventLog {
+    shared: Arc<Shared>,
+    /// Stops the background sync thread (policy `batch`) when dropped or closed.
+    sync_stop: Mutex<Option<std_mpsc::Sender<()>>>,
 }
 
 impl EventLog {
-    /// Creates `<log_dir>/events/`, opens today's file and starts the writer thread.
+    /// Creates `<log_dir>/events/` and opens today's file.
     pub fn open(log_dir: impl Into<PathBuf>, fsync: FsyncPolicy) -> Result<EventLog, LogError> {
         let dir = log_dir.into();
         let day = today();
         let path = day_path(&dir, day);
         let (file, len) = open_append(&path)?;
-        let (tx, rx) = std_mpsc::channel();
-        let writer = Writer {
-            dir: dir.clone(),
+        let file = Arc::new(file);
+        let shared = Arc::new(Shared {
+            dir,
             fsync,
-            day,
-            path,
-            file,
-            len,
-            unsynced: false,
-            last_sync: Instant::now(),
-        };
-        std::thread::Builder::new()
-            .name("pm-events-log".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| LogError::io("start the writer thread for", &dir, e))?;
-        Ok(EventLog { dir, tx })
+            pending: Mutex::new(Pending::default()),
+            sync_file: Mutex::new(file.clone()),
+            file: Mutex::new(FileState { day, path, file, len }),
+            written: AtomicU64::new(0),
+            flushed: Notify::new(),
+            failures: Mutex::new(Vec::new()),
+            dirty: AtomicBool::new(false),
+        });
+        let mut sync_stop = None;
+        if fsync == FsyncPolicy::Batch {
+            let (tx, rx) = std_mpsc::channel::<()>();
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("pm-events-fsync".into())
+                .spawn(move || {
+                    while let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(BATCH_FSYNC_INTERVAL) {
+                        s.sync();
+                    }
+                })
+                .map_err(|e| LogError::io("start the sync thread for", &shared.dir, e))?;
+            sync_stop = Some(tx);
+        }
+        Ok(EventLog {
+            shared,
+            sync_stop: Mutex::new(sync_stop),
+        })
     }
 
     /// The log directory this log writes under.
     pub fn log_dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// Today's log file path.
     pub fn current_path(&self) -> PathBuf {
-        day_path(&self.dir, today())
+        day_path(&self.shared.dir, today())
     }
 
     /// Appends one event; returns once its line is written (and synced under `always`).
     pub async fn append(&self, event: &Event) -> Result<(), LogError> {
-        let mut buf = Vec::with_capacity(256);
-        encode_line(event, &mut buf);
-        self.submit(buf).await
+        let mut line = Vec::with_capacity(256);
+        encode_line(event, &mut line);
+        self.submit(&line).await
     }
 
-    /// Appends several events as consecutive lines with one hand-off to the writer.
+    /// Appends several events as consecutive lines, written together.
     pub async fn append_batch(&self, events: &[Event]) -> Result<(), LogError> {
-        let mut buf = Vec::with_capacity(256 * events.len());
+        let mut lines = Vec::with_capacity(256 * events.len());
         for e in events {
-            encode_line(e, &mut buf);
+            encode_line(e, &mut lines);
         }
-        self.submit(buf).await
+        self.submit(&lines).await
     }
 
-    async fn submit(&self, buf: Vec<u8>) -> Result<(), LogError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Append { buf, done })
-            .map_err(|_| LogError::Closed)?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(LogError::io(
-                "append to",
-                self.current_path(),
-                std::io::Error::other(msg),
-            )),
-            Err(_) => Err(LogError::Closed),
+    async fn submit(&self, lines: &[u8]) -> Result<(), LogError> {
+        let s = &*self.shared;
+        let seq = {
+            let mut p = lock(&s.pending);
+            if p.closed {
+                return Err(LogError::Closed);
+            }
+            p.buf.extend_from_slice(lines);
+            p.appended += 1;
+            p.appended
+        };
+        s.flush_all();
+        loop {
+            let notified = s.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if s.written.load(Ordering::Acquire) >= seq {
+                break;
+            }
+            notified.await;
         }
+        s.result_of(seq)
     }
 
-    /// Writes and syncs everything handed over so far, then stops the writer thread.
+    /// Writes and syncs everything appended so far; later appends fail with
+    /// [`LogError::Closed`].
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Close(tx)).is_ok() {
-            let _ = rx.await;
+        lock(&self.shared.pending).closed = true;
+        self.shared.flush_all();
+        if let Some(tx) = lock(&self.sync_stop).take() {
+            let _ = tx.send(());
+        }
+        self.shared.sync();
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.shared.flush_all();
+        self.shared.sync();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Writes what is pending unless another caller holds the flush lock — in
+    /// which case that caller writes it: it looks again after letting go.
+    fn flush_all(&self) {
+        loop {
+            let Ok(mut f) = self.file.try_lock() else {
+                return;
+            };
+            loop {
+                let (buf, upto) = {
+                    let mut p = lock(&self.pending);
+                    if p.buf.is_empty() {
+                        break;
+                    }
+                    (std::mem::take(&mut p.buf), p.appended)
+                };
+                let from = self.written.load(Ordering::Acquire) + 1;
+                if let Err(e) = self.write(&mut f, &buf) {
+                    tracing::error!(error = %e, "event log write failed; the events of this batch are refused");
+                    lock(&self.failures).push((from, upto, e.to_string()));
+                }
+                self.written.store(upto, Ordering::Release);
+                self.flushed.notify_waiters();
+            }
+            drop(f);
+            if lock(&self.pending).buf.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, f: &mut FileState, buf: &[u8]) -> Result<(), LogError> {
+        let day = today();
+        if day != f.day {
+            let _ = f.file.sync_data();
+            let path = day_path(&self.dir, day);
+            let (file, len) = open_append(&path)?;
+            let file = Arc::new(file);
+            *lock(&self.sync_file) = file.clone();
+            *f = FileState { day, path, file, len };
+        }
+        let FileState { file, len, path, .. } = f;
+        append_all(&**file, len, buf, path)?;
+        if self.fsync == FsyncPolicy::Always {
+            file.sync_data().map_err(|e| LogError::io("sync", &*path, e))?;
+        } else {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn result_of(&self, seq: u64) -> Result<(), LogError> {
+        let failures = lock(&self.failures);
+        match failures.iter().find(|(a, b, _)| (*a..=*b).contains(&seq)) {
+            None => Ok(()),
+            Some((_, _, msg)) => Err(LogError::io(
+                "append to",
+                day_path(&self.dir, today()),
+                std::io::Error::other(msg.clone()),
+            )),
+        }
+    }
+
+    /// `fdatasync` of the current file if lines were written since the last one.
+    fn sync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let file = lock(&self.sync_file).clone();
+        if let Err(e) = file.sync_data() {
+            tracing::error!(dir = %self.dir.display(), error = %e, "event log fdatasync failed");
         }
     }
 }
@@ -154,116 +293,6 @@ fn encode_line(event: &Event, buf: &mut Vec<u8>) {
         buf.extend_from_slice(event.to_value().to_string().as_bytes());
     }
     buf.push(b'\n');
-}
-
-struct Writer {
-    dir: PathBuf,
-    fsync: FsyncPolicy,
-    day: NaiveDate,
-    path: PathBuf,
-    file: File,
-    len: u64,
-    unsynced: bool,
-    last_sync: Instant,
-}
-
-impl Writer {
-    fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Msg> = Vec::with_capacity(64);
-        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-        loop {
-            let first = if self.unsynced && self.fsync == FsyncPolicy::Batch {
-                let wait = BATCH_FSYNC_INTERVAL.saturating_sub(self.last_sync.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                        self.sync();
-                        continue;
-                    }
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            };
-            batch.push(first);
-            while batch.len() < MAX_BATCH_LINES {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            let mut close = None;
-            out.clear();
-            let mut waiters = Vec::with_capacity(batch.len());
-            for m in batch.drain(..) {
-                match m {
-                    Msg::Append { buf, done } if close.is_none() => {
-                        out.extend_from_slice(&buf);
-                        waiters.push(done);
-                    }
-                    Msg::Append { done, .. } => {
-                        let _ = done.send(Err("the event log is closing".into()));
-                    }
-                    Msg::Close(tx) => close = Some(tx),
-                }
-            }
-            let result = if out.is_empty() {
-                Ok(())
-            } else {
-                self.write(&out)
-            };
-            let result = result.map_err(|e| e.to_string());
-            for w in waiters {
-                let _ = w.send(result.clone());
-            }
-            if self.fsync == FsyncPolicy::Batch && self.last_sync.elapsed() >= BATCH_FSYNC_INTERVAL
-            {
-                self.sync();
-            }
-            if let Some(tx) = close {
-                self.sync();
-                let _ = tx.send(());
-                return;
-            }
-        }
-        self.sync();
-    }
-
-    fn write(&mut self, buf: &[u8]) -> Result<(), LogError> {
-        let day = today();
-        if day != self.day {
-            self.sync();
-            let path = day_path(&self.dir, day);
-            let (file, len) = open_append(&path)?;
-            self.file = file;
-            self.len = len;
-            self.path = path;
-            self.day = day;
-        }
-        append_all(&mut self.file, &mut self.len, buf, &self.path)?;
-        self.unsynced = true;
-        if self.fsync == FsyncPolicy::Always {
-            self.file
-                .sync_data()
-                .map_err(|e| LogError::io("sync", &self.path, e))?;
-            self.unsynced = false;
-            self.last_sync = Instant::now();
-        }
-        Ok(())
-    }
-
-    fn sync(&mut self) {
-        if self.unsynced {
-            if let Err(e) = self.file.sync_data() {
-                tracing::error!(path = %self.path.display(), error = %e, "event log fdatasync failed");
-            }
-            self.unsynced = false;
-        }
-        self.last_sync = Instant::now();
-    }
 }
 
 /// The dates of the event log files under `log_dir`, oldest first.

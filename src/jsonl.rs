@@ -56,12 +56,13 @@ pub(crate) fn open_append(path: &Path) -> Result<(File, u64), LogError> {
 /// Appends `buf` to `file` (at `len`); on failure truncates back to `len`, so a
 /// failed write leaves no partial line behind.
 pub(crate) fn append_all(
-    file: &mut File,
+    file: &File,
     len: &mut u64,
     buf: &[u8],
     path: &Path,
 ) -> Result<(), LogError> {
-    match file.write_all(buf) {
+    let mut w = file;
+    match w.write_all(buf) {
         Ok(()) => {
             *len += buf.len() as u64;
             Ok(())
@@ -216,7 +217,7 @@ pub fn rotated_family(path: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     if path.exists() {
         out.push(path.to_path_buf());

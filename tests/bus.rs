@@ -1,5 +1,7 @@
 //! The event bus API, end to end, with real log files in temp directories.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pm_events::bus::WILDCARD;
 use pm_events::{BusError, Event, EventBus, FsyncPolicy, Priority, journal};
 use serde_json::{Value, json};

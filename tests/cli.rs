@@ -1,5 +1,7 @@
 //! The built `pm-events` binary, run as a user would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::Value;
 use std::process::{Command, Output};
 
