@@ -72,11 +72,37 @@ impl Subscription {
 }
 
 /// The subscription table; replaced whole on every change (copy on write) so
-/// the dispatcher reads it without holding a lock while it works.
+/// the dispatcher reads it without holding a lock while it works. Each type's
+/// list already includes the wildcard subscriptions, so a dispatch is one
+/// lookup and one reference-count increment.
 #[derive(Default, Clone)]
 struct Table {
-    by_type: HashMap<String, Vec<Arc<Subscription>>>,
+    /// Subscriptions made per type (without the wildcard ones).
+    own: HashMap<String, Vec<Arc<Subscription>>>,
+    /// `"*"` subscriptions.
     wildcard: Vec<Arc<Subscription>>,
+    /// What dispatch reads: per type, its own subscriptions then the wildcard ones.
+    lists: HashMap<String, SubList>,
+    /// What dispatch reads for a type with no subscription of its own.
+    wildcard_list: SubList,
+}
+
+type SubList = Arc<[Arc<Subscription>]>;
+
+impl Table {
+    fn rebuild(&mut self) {
+        self.wildcard_list = self.wildcard.iter().cloned().collect();
+        self.lists = self
+            .own
+            .iter()
+            .map(|(t, own)| {
+                (
+                    t.clone(),
+                    own.iter().chain(&self.wildcard).cloned().collect(),
+                )
+            })
+            .collect();
+    }
 }
 
 /// Counters of a bus since it was built; see [`EventBus::stats`].
@@ -129,8 +155,6 @@ struct Run {
     overflow: Arc<Semaphore>,
     /// Publishes from outside under way; `stop` waits for them after refusing new ones.
     publishers: TaskTracker,
-    /// The per-event handler tasks, so `stop` can wait for every one.
-    handlers: TaskTracker,
     /// The runtime the bus was started on, for `publish_sync`.
     runtime: tokio::runtime::Handle,
 }
@@ -396,11 +420,12 @@ impl EventBus {
             table.wildcard.push(sub);
         } else {
             table
-                .by_type
+                .own
                 .entry(event_type.to_string())
                 .or_default()
                 .push(sub);
         }
+        table.rebuild();
         id
     }
 
@@ -412,15 +437,16 @@ impl EventBus {
         let list = if event_type == WILDCARD {
             Some(&mut table.wildcard)
         } else {
-            table.by_type.get_mut(event_type)
+            table.own.get_mut(event_type)
         };
         let Some(list) = list else { return false };
         let before = list.len();
         list.retain(|s| s.id != id);
         let removed = list.len() != before;
         if list.is_empty() && event_type != WILDCARD {
-            table.by_type.remove(event_type);
+            table.own.remove(event_type);
         }
+        table.rebuild();
         removed
     }
 
@@ -428,7 +454,7 @@ impl EventBus {
     pub fn get_subscribers(&self) -> BTreeMap<String, usize> {
         let table = read(&self.inner.table).clone();
         let mut out: BTreeMap<String, usize> = table
-            .by_type
+            .own
             .iter()
             .map(|(k, v)| (k.clone(), v.len()))
             .collect();
@@ -506,13 +532,11 @@ impl EventBus {
             permits: Arc::new(Semaphore::new(s.capacity)),
             overflow: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             publishers: TaskTracker::new(),
-            handlers: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
         });
         let dispatcher = tokio::spawn(dispatch_loop(
             self.inner.clone(),
             consumer,
-            run.handlers.clone(),
             Arc::new(Semaphore::new(s.concurrency)),
         ));
         *write(&self.inner.state) = State::Running { run, dispatcher };
@@ -553,8 +577,6 @@ impl EventBus {
         if let Err(e) = dispatcher.await {
             tracing::error!(error = %e, "event bus dispatcher ended abnormally");
         }
-        run.handlers.close();
-        run.handlers.wait().await;
         if let Some(log) = &run.log {
             log.close().await;
         }
@@ -764,22 +786,35 @@ fn finish_one(inner: &Inner) {
     }
 }
 
-fn matching(inner: &Inner, e: &Event) -> Vec<Arc<Subscription>> {
-    let table = read(&inner.table).clone();
-    let mut out = Vec::new();
-    if let Some(list) = table.by_type.get(&e.event_type) {
-        out.extend(list.iter().filter(|s| s.accepts(e)).cloned());
+/// The subscriptions that take `e`: its type's list, narrowed by filters
+/// (a new list is built only when a filter says no).
+fn matching(inner: &Inner, e: &Event) -> SubList {
+    let list = {
+        let table = read(&inner.table);
+        table
+            .lists
+            .get(&e.event_type)
+            .unwrap_or(&table.wildcard_list)
+            .clone()
+    };
+    if list.iter().all(|s| s.accepts(e)) {
+        list
+    } else {
+        list.iter().filter(|s| s.accepts(e)).cloned().collect()
     }
-    out.extend(table.wildcard.iter().filter(|s| s.accepts(e)).cloned());
-    out
 }
 
-async fn dispatch_loop(
-    inner: Arc<Inner>,
-    mut consumer: Box<dyn Consumer>,
-    handlers: TaskTracker,
-    slots: Arc<Semaphore>,
-) {
+/// Calls [`finish_one`] when dropped: a handler task that ends in any way
+/// (even cancelled at runtime shutdown) still counts as finished for `stop`.
+struct Finished(Arc<Inner>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        finish_one(&self.0);
+    }
+}
+
+async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots: Arc<Semaphore>) {
     while let Some(delivery) = consumer.next().await {
         inner.stats.dispatched.fetch_add(1, Ordering::Relaxed);
         let subs = matching(&inner, &delivery.event);
@@ -792,11 +827,11 @@ async fn dispatch_loop(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let inner2 = inner.clone();
-        handlers.spawn(async move {
-            run_handlers(&inner2, delivery, subs).await;
+        let done = Finished(inner.clone());
+        tokio::spawn(async move {
+            run_handlers(&done.0, delivery, subs).await;
             drop(slot);
-            finish_one(&inner2);
+            drop(done);
         });
     }
 }
@@ -812,10 +847,10 @@ async fn acknowledge(ack: Ack, event_id: &str) {
     }
 }
 
-async fn run_handlers(inner: &Inner, delivery: Delivery, subs: Vec<Arc<Subscription>>) {
+async fn run_handlers(inner: &Inner, delivery: Delivery, subs: SubList) {
     let Delivery { event, ack, .. } = delivery;
     let meta = (event.event_id.clone(), event.event_type.clone());
-    if let [only] = subs.as_slice() {
+    if let [only] = &*subs {
         run_one(inner, only, event, &meta).await;
     } else {
         futures_util::future::join_all(

@@ -113,7 +113,12 @@ impl EventLog {
             fsync,
             pending: Mutex::new(Pending::default()),
             sync_file: Mutex::new(file.clone()),
-            file: Mutex::new(FileState { day, path, file, len }),
+            file: Mutex::new(FileState {
+                day,
+                path,
+                file,
+                len,
+            }),
             written: AtomicU64::new(0),
             flushed: Notify::new(),
             failures: Mutex::new(Vec::new()),
@@ -126,7 +131,9 @@ impl EventLog {
             std::thread::Builder::new()
                 .name("pm-events-fsync".into())
                 .spawn(move || {
-                    while let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(BATCH_FSYNC_INTERVAL) {
+                    while let Err(std_mpsc::RecvTimeoutError::Timeout) =
+                        rx.recv_timeout(BATCH_FSYNC_INTERVAL)
+                    {
                         s.sync();
                     }
                 })
@@ -151,28 +158,25 @@ impl EventLog {
 
     /// Appends one event; returns once its line is written (and synced under `always`).
     pub async fn append(&self, event: &Event) -> Result<(), LogError> {
-        let mut line = Vec::with_capacity(256);
-        encode_line(event, &mut line);
-        self.submit(&line).await
+        self.submit(|buf| encode_line(event, buf)).await
     }
 
     /// Appends several events as consecutive lines, written together.
     pub async fn append_batch(&self, events: &[Event]) -> Result<(), LogError> {
-        let mut lines = Vec::with_capacity(256 * events.len());
-        for e in events {
-            encode_line(e, &mut lines);
-        }
-        self.submit(&lines).await
+        self.submit(|buf| events.iter().for_each(|e| encode_line(e, buf)))
+            .await
     }
 
-    async fn submit(&self, lines: &[u8]) -> Result<(), LogError> {
+    /// Encodes into the shared buffer (no copy of its own), then writes or
+    /// waits for the writer.
+    async fn submit(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), LogError> {
         let s = &*self.shared;
         let seq = {
             let mut p = lock(&s.pending);
             if p.closed {
                 return Err(LogError::Closed);
             }
-            p.buf.extend_from_slice(lines);
+            encode(&mut p.buf);
             p.appended += 1;
             p.appended
         };
@@ -251,12 +255,20 @@ impl Shared {
             let (file, len) = open_append(&path)?;
             let file = Arc::new(file);
             *lock(&self.sync_file) = file.clone();
-            *f = FileState { day, path, file, len };
+            *f = FileState {
+                day,
+                path,
+                file,
+                len,
+            };
         }
-        let FileState { file, len, path, .. } = f;
-        append_all(&**file, len, buf, path)?;
+        let FileState {
+            file, len, path, ..
+        } = f;
+        append_all(file, len, buf, path)?;
         if self.fsync == FsyncPolicy::Always {
-            file.sync_data().map_err(|e| LogError::io("sync", &*path, e))?;
+            file.sync_data()
+                .map_err(|e| LogError::io("sync", &*path, e))?;
         } else {
             self.dirty.store(true, Ordering::Release);
         }
