@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the pm-events demo (DESIGN.md section 1), building the binary first if needed.
+# Extra arguments go to `pm-events demo` (e.g. --log-dir /tmp/pm-logs).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cargo build --quiet --release -j2 --manifest-path "$root/Cargo.toml" --bin pm-events
+exec "$root/target/release/pm-events" demo "$@"
