@@ -39,10 +39,10 @@ use crate::jsonl::{JsonlReader, append_all, open_append};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 /// The path of the event log of `day` under `log_dir`.
 pub fn day_path(log_dir: &Path, day: NaiveDate) -> PathBuf {
@@ -56,12 +56,15 @@ pub fn today() -> NaiveDate {
     Utc::now().date_naive()
 }
 
-/// Lines waiting to be written, and the sequence numbers that track them.
+/// Written-or-failed news for one publisher: `Err` carries the write error's text.
+type Done = oneshot::Sender<Result<(), Arc<str>>>;
+
+/// Lines waiting to be written, and who waits for them.
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
-    /// Sequence number of the last line appended to `buf` (lines are numbered from 1).
-    appended: u64,
+    /// One entry per publisher whose lines are in `buf`, told when they are written.
+    waiters: Vec<Done>,
     closed: bool,
 }
 
@@ -80,12 +83,6 @@ struct Shared {
     /// The flush lock: its holder writes batches. A std mutex: it is only ever
     /// held across a synchronous `write(2)`, never across an `.await`.
     file: Mutex<FileState>,
-    /// Sequence number up to which lines are written (or failed).
-    written: AtomicU64,
-    /// Woken after every batch.
-    flushed: Notify,
-    /// Batches whose write failed: `(first, last, message)`; rare, kept short.
-    failures: Mutex<Vec<(u64, u64, String)>>,
     /// Set when a line is written and not yet synced; the sync thread clears it.
     dirty: AtomicBool,
     /// The current file, for the sync thread: it must never take the flush
@@ -119,9 +116,6 @@ impl EventLog {
                 file,
                 len,
             }),
-            written: AtomicU64::new(0),
-            flushed: Notify::new(),
-            failures: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
         });
         let mut sync_stop = None;
@@ -171,26 +165,25 @@ impl EventLog {
     /// waits for the writer.
     async fn submit(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), LogError> {
         let s = &*self.shared;
-        let seq = {
+        let (done, wait) = oneshot::channel();
+        {
             let mut p = lock(&s.pending);
             if p.closed {
                 return Err(LogError::Closed);
             }
             encode(&mut p.buf);
-            p.appended += 1;
-            p.appended
-        };
-        s.flush_all();
-        loop {
-            let notified = s.flushed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if s.written.load(Ordering::Acquire) >= seq {
-                break;
-            }
-            notified.await;
+            p.waiters.push(done);
         }
-        s.result_of(seq)
+        s.flush_all();
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(LogError::io(
+                "append to",
+                self.current_path(),
+                std::io::Error::other(msg.to_string()),
+            )),
+            Err(_) => Err(LogError::Closed),
+        }
     }
 
     /// Writes and syncs everything appended so far; later appends fail with
@@ -225,20 +218,27 @@ impl Shared {
                 return;
             };
             loop {
-                let (buf, upto) = {
+                let (buf, waiters) = {
                     let mut p = lock(&self.pending);
                     if p.buf.is_empty() {
                         break;
                     }
-                    (std::mem::take(&mut p.buf), p.appended)
+                    (std::mem::take(&mut p.buf), std::mem::take(&mut p.waiters))
                 };
-                let from = self.written.load(Ordering::Acquire) + 1;
-                if let Err(e) = self.write(&mut f, &buf) {
+                let result = self.write(&mut f, &buf).map_err(|e| {
                     tracing::error!(error = %e, "event log write failed; the events of this batch are refused");
-                    lock(&self.failures).push((from, upto, e.to_string()));
+                    Arc::<str>::from(e.to_string())
+                });
+                for w in waiters {
+                    let _ = w.send(result.clone());
                 }
-                self.written.store(upto, Ordering::Release);
-                self.flushed.notify_waiters();
+                // Give the emptied buffer back for reuse when nobody refilled it.
+                let mut p = lock(&self.pending);
+                if p.buf.is_empty() && p.buf.capacity() < buf.capacity() {
+                    let mut buf = buf;
+                    buf.clear();
+                    p.buf = buf;
+                }
             }
             drop(f);
             if lock(&self.pending).buf.is_empty() {
@@ -273,18 +273,6 @@ impl Shared {
             self.dirty.store(true, Ordering::Release);
         }
         Ok(())
-    }
-
-    fn result_of(&self, seq: u64) -> Result<(), LogError> {
-        let failures = lock(&self.failures);
-        match failures.iter().find(|(a, b, _)| (*a..=*b).contains(&seq)) {
-            None => Ok(()),
-            Some((_, _, msg)) => Err(LogError::io(
-                "append to",
-                day_path(&self.dir, today()),
-                std::io::Error::other(msg.clone()),
-            )),
-        }
     }
 
     /// `fdatasync` of the current file if lines were written since the last one.

@@ -44,6 +44,12 @@ pub struct Args {
     /// Events of the memory burst.
     #[arg(long, default_value_t = 1_000_000)]
     burst: u64,
+    /// Run only the bus with the log on (for profiling).
+    #[arg(long, hide = true)]
+    only_log_on: bool,
+    /// Run only the bus with the log off (for profiling).
+    #[arg(long, hide = true)]
+    only_log_off: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -85,6 +91,16 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
             .unwrap_or(1)
     );
 
+    if a.only_log_on || a.only_log_off {
+        let log = a.only_log_on.then(|| dir.join("bus-logs"));
+        let rate = bus_run(n, p, &cfg, log).await?;
+        say!(
+            "  bus, log {}: {rate:.0} events/s",
+            if a.only_log_on { "on" } else { "off" }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     let chan = baseline_channel(n, p, cfg.queue_capacity).await;
     let off = bus_run(n, p, &cfg, None).await?;
     let file = baseline_file(n, &dir.join("baseline.jsonl"))?;
