@@ -97,6 +97,8 @@ pub struct Config {
     pub webhook_max_retries: u32,
     /// `WEBHOOK_BACKOFF_BASE_MS`: base of the exponential retry schedule.
     pub webhook_backoff_base: Duration,
+    /// `PM_WEBHOOK_CONCURRENCY`: concurrent requests per webhook endpoint.
+    pub webhook_concurrency: usize,
     /// Webhook routes: the seed's `*_WEBHOOK_URL` variables, keyed by the
     /// variable's name, and `PM_WEBHOOK_URL_<TYPE>` keyed by that variable's name too.
     pub webhook_urls: BTreeMap<String, String>,
@@ -146,6 +148,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             webhook_max_retries: 5,
             webhook_backoff_base: Duration::from_millis(1000),
+            webhook_concurrency: 16,
             webhook_urls: BTreeMap::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_token: None,
@@ -315,8 +318,8 @@ impl Config {
         if let Some(s) = v.get("WEBHOOK_SIGNATURE_SECRET") {
             c.webhook_secrets = s.split_whitespace().map(Secret::new).collect();
             for (i, s) in c.webhook_secrets.iter().enumerate() {
-                if let Some(b64) = s.expose().strip_prefix("whsec_") {
-                    if crate_base64_ok(b64).is_err() {
+                if s.expose().starts_with("whsec_") {
+                    if crate::webhook::sign::standard_key(s).is_err() {
                         return Err(err(
                             "WEBHOOK_SIGNATURE_SECRET",
                             &format!("<secret #{} starting with whsec_>", i + 1),
@@ -410,20 +413,6 @@ impl Config {
 
 fn is_ours(name: &str) -> bool {
     name.starts_with("PM_") || name.starts_with("WEBHOOK_") || SEED_WEBHOOK_VARS.contains(&name)
-}
-
-/// Checks standard base64 (padding optional) without decoding into a buffer we keep.
-fn crate_base64_ok(s: &str) -> Result<(), ()> {
-    let s = s.trim_end_matches('=');
-    if s.is_empty()
-        || s.len() % 4 == 1
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    {
-        return Err(());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! - [`transport`]: the queue behind the bus (`memory` now; NATS JetStream later).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
 //! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
+//! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery.
 //! - [`config`]: settings from the environment, validated once.
 //! - [`error`]: the error types of each area.
 //!
@@ -42,6 +43,7 @@ pub mod handler;
 pub mod journal;
 pub mod jsonl;
 pub mod transport;
+pub mod webhook;
 
 pub use bus::{BusStats, EventBus, EventBusBuilder, SubscriptionId, get_event_bus, set_event_bus};
 pub use config::{Config, FsyncPolicy};

@@ -1,0 +1,671 @@
+//! The delivery engine: signs, sends, retries and records outgoing webhooks.
+//!
+//! - **One HTTP client** (connection reuse), a timeout on every request.
+//! - **Per-endpoint bound**: each origin (`scheme://host:port`) has a semaphore of
+//!   `per_endpoint` permits; a slow endpoint holds only its own permits, so the
+//!   others go on.
+//! - **Retries**: 2xx is success; 408, 429, 5xx and network errors are retried after
+//!   `base × 2^(retry−1)` ± 20 % jitter, capped at 5 minutes; a longer `Retry-After`
+//!   (seconds or HTTP date, at most one hour) wins. Other 4xx are final; 410 Gone is
+//!   reported as such. After `max_retries` retries a delivery is dead.
+//! - **Durability**: every delivery is in the [`Outbox`](super::outbox::Outbox) before it
+//!   is sent. Only one process per log directory delivers (it holds
+//!   `webhooks/outbox.lock`); other processes only insert, and the owner picks their
+//!   rows up within a second. A stopped or crashed owner leaves its rows pending for
+//!   the next one.
+//!
+//! # `webhooks/webhook_attempts.jsonl`
+//!
+//! One line per attempt: `timestamp` (RFC 3339), `delivery_id`, `event_id`,
+//! `event_type`, `route` (the variable), `url` (credentials and query removed),
+//! `attempt` (1 = first try), `status` (HTTP status or null), `error` (network error
+//! or null), `duration_ms`, `outcome` (`delivered`, `retry`, `failed` = final 4xx,
+//! `gone` = 410, `dead` = retries exhausted), `next_retry_at` (RFC 3339 or null).
+//!
+//! # `webhooks/dead_letters.jsonl`
+//!
+//! One line per delivery that failed for good: `timestamp`, `delivery_id`, `event_id`,
+//! `event_type`, `route`, `url` (redacted), `attempts`, `reason`. The delivery also
+//! stays in the outbox (state `dead`) for `pm-events webhooks redeliver`.
+//!
+//! No secret is written to either file: signatures are computed per attempt and
+//! never logged.
+
+use super::WebhookError;
+use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
+use super::route::Route;
+use super::sign::Signer;
+use crate::config::{Config, FsyncPolicy};
+use crate::event::{Event, now_unix};
+use crate::jsonl::JsonlWriter;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of the delivery engine.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Retries after the first attempt (`WEBHOOK_MAX_RETRIES`).
+    pub max_retries: u32,
+    /// Time limit of one attempt (`WEBHOOK_TIMEOUT_SECS`).
+    pub timeout: Duration,
+    /// Base of the backoff (`WEBHOOK_BACKOFF_BASE_MS`).
+    pub backoff_base: Duration,
+    /// Longest backoff (5 minutes).
+    pub backoff_cap: Duration,
+    /// Concurrent requests per endpoint (`PM_WEBHOOK_CONCURRENCY`).
+    pub per_endpoint: usize,
+    /// Deliver without a signature when no secret is set (`PM_ALLOW_UNSIGNED`).
+    pub allow_unsigned: bool,
+    /// Log directory: the outbox and the logs live in `<log dir>/webhooks/`.
+    pub log_dir: PathBuf,
+    /// Sync policy of the outbox and logs.
+    pub fsync: FsyncPolicy,
+    /// Handler log rotation size and count.
+    pub log_max_bytes: u64,
+    /// Rotated files kept.
+    pub log_keep: usize,
+}
+
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+impl DeliveryConfig {
+    /// The engine settings of `config`.
+    pub fn from_config(c: &Config) -> Self {
+        DeliveryConfig {
+            max_retries: c.webhook_max_retries,
+            timeout: c.webhook_timeout,
+            backoff_base: c.webhook_backoff_base,
+            backoff_cap: Duration::from_secs(300),
+            per_endpoint: c.webhook_concurrency,
+            allow_unsigned: c.allow_unsigned,
+            log_dir: c.log_dir.clone(),
+            fsync: c.fsync,
+            log_max_bytes: c.log_max_bytes,
+            log_keep: c.log_keep,
+        }
+    }
+}
+
+/// The wait before retry number `retry` (1-based): `base × 2^(retry−1)`, capped,
+/// times `1 + 0.2 × jitter` with `jitter` in `[-1, 1]`, never above the cap.
+pub fn backoff(retry: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = 2f64.powi(retry.saturating_sub(1).min(62) as i32);
+    let raw = (base.as_secs_f64() * exp).min(cap.as_secs_f64());
+    Duration::from_secs_f64((raw * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0))).min(cap.as_secs_f64()))
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date; capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    let d = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+        (when - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// `url` without user info and query, for logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let had_query = u.query().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut s = u.to_string();
+            if had_query {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+fn rfc3339(t: f64) -> String {
+    DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct AttemptLine<'a> {
+    timestamp: String,
+    delivery_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    route: &'a str,
+    url: String,
+    attempt: u32,
+    status: Option<u16>,
+    error: Option<String>,
+    duration_ms: f64,
+    outcome: &'static str,
+    next_retry_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DeadLine<'a> {
+    timestamp: String,
+    delivery_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    route: &'a str,
+    url: String,
+    attempts: u32,
+    reason: &'a str,
+}
+
+/// How many of a set of deliveries ended which way; see [`WebhookEngine::wait`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// Delivered (gone from the outbox).
+    pub delivered: usize,
+    /// Dead letters.
+    pub dead: usize,
+    /// Still pending when the wait ended.
+    pub pending: usize,
+}
+
+struct EngineInner {
+    cfg: DeliveryConfig,
+    signer: Option<Signer>,
+    client: reqwest::Client,
+    outbox: Outbox,
+    attempts: JsonlWriter,
+    dead: JsonlWriter,
+    /// One semaphore per endpoint origin, created on first use.
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Deliveries with a task in this process, so the poller does not start a second one.
+    active: Mutex<HashSet<String>>,
+    /// Every delivery task and the poller; `shutdown` waits for them.
+    tasks: TaskTracker,
+    /// Tells sleeping deliveries and the poller to stop (they stay pending).
+    cancel: CancellationToken,
+    /// The outbox lock file, held while this process is the one that delivers.
+    owner: Option<File>,
+    /// Woken whenever a delivery settles (delivered or dead).
+    settled: Notify,
+}
+
+/// The delivery engine. Cheap to clone.
+#[derive(Clone)]
+pub struct WebhookEngine {
+    inner: Arc<EngineInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl WebhookEngine {
+    /// Opens the outbox and logs under `<log dir>/webhooks/` and builds the HTTP client.
+    /// Signs with `secrets[0]`; with no secret, delivery is refused unless allowed.
+    pub fn open(
+        cfg: DeliveryConfig,
+        secrets: &[crate::config::Secret],
+    ) -> Result<Self, WebhookError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = cfg.log_dir.join("webhooks");
+        let outbox = Outbox::open(dir.join("outbox.sqlite3"), cfg.fsync)?;
+        let attempts = JsonlWriter::open(
+            dir.join("webhook_attempts.jsonl"),
+            cfg.log_max_bytes,
+            cfg.log_keep,
+            cfg.fsync,
+        )?;
+        let dead = JsonlWriter::open(
+            dir.join("dead_letters.jsonl"),
+            cfg.log_max_bytes,
+            cfg.log_keep,
+            cfg.fsync,
+        )?;
+        let lock_path = dir.join("outbox.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| WebhookError::Outbox(format!("open {}: {e}", lock_path.display())))?;
+        let owner = match lock_file.try_lock() {
+            Ok(()) => Some(lock_file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    "another pm-events process delivers webhooks for this log directory; this one only queues them"
+                );
+                None
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(WebhookError::Outbox(format!(
+                    "lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        };
+        let signer = match secrets.first() {
+            Some(s) => Some(Signer::new(s).map_err(|e| WebhookError::Config(e.to_string()))?),
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(cfg.per_endpoint.max(1))
+            .user_agent(concat!("pm-events/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WebhookError::Config(format!("HTTP client: {e}")))?;
+        Ok(WebhookEngine {
+            inner: Arc::new(EngineInner {
+                cfg,
+                signer,
+                client,
+                outbox,
+                attempts,
+                dead,
+                endpoints: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashSet::new()),
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                owner,
+                settled: Notify::new(),
+            }),
+        })
+    }
+
+    /// Whether this process delivers (owns the outbox) or only queues.
+    pub fn is_owner(&self) -> bool {
+        self.inner.owner.is_some()
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.inner.cfg
+    }
+
+    /// Starts delivering: resumes every pending delivery of the outbox and watches
+    /// it for rows other processes add. Does nothing in a process that only queues.
+    pub fn start(&self) -> Result<usize, WebhookError> {
+        if !self.is_owner() {
+            return Ok(0);
+        }
+        let resumed = self.resume()?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming pending webhook deliveries");
+        }
+        let me = self.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = me.inner.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if let Err(e) = me.resume() {
+                    tracing::error!(error = %e, "cannot read the webhook outbox");
+                }
+            }
+        });
+        Ok(resumed)
+    }
+
+    fn resume(&self) -> Result<usize, WebhookError> {
+        let mut n = 0;
+        for r in self.inner.outbox.list(DeliveryState::Pending)? {
+            if self.spawn(r) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Queues `event` for `route`: stores it in the outbox, then (in the owner) starts
+    /// delivering. Returns the delivery id.
+    pub fn enqueue(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+        let i = &self.inner;
+        if i.signer.is_none() && !i.cfg.allow_unsigned {
+            return Err(WebhookError::Unsigned);
+        }
+        let now = now_unix();
+        let record = DeliveryRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            route: route.name.clone(),
+            url: route.url.clone(),
+            body: super::payload::build_body(event, i.signer.as_ref()),
+            attempt: 0,
+            next_at: now,
+            created_at: now,
+            state: DeliveryState::Pending,
+            last_error: None,
+        };
+        i.outbox.insert(&record)?;
+        let id = record.id.clone();
+        if self.is_owner() && !i.cancel.is_cancelled() {
+            self.spawn(record);
+        }
+        Ok(id)
+    }
+
+    /// Moves dead letters (all, or those of one event) back to pending and delivers
+    /// them again. Returns how many.
+    pub fn redeliver(&self, event_id: Option<&str>) -> Result<usize, WebhookError> {
+        let revived = self.inner.outbox.revive(event_id, now_unix())?;
+        let n = revived.len();
+        if self.is_owner() {
+            for r in revived {
+                self.spawn(r);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Starts a task for `r` unless one runs already; `true` if started.
+    fn spawn(&self, r: DeliveryRecord) -> bool {
+        if !lock(&self.inner.active).insert(r.id.clone()) {
+            return false;
+        }
+        let me = self.clone();
+        self.inner.tasks.spawn(async move {
+            let id = r.id.clone();
+            me.run(r).await;
+            lock(&me.inner.active).remove(&id);
+            me.inner.settled.notify_waiters();
+        });
+        true
+    }
+
+    fn endpoint(&self, url: &str) -> Arc<Semaphore> {
+        let key = reqwest::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| url.to_string());
+        lock(&self.inner.endpoints)
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.cfg.per_endpoint.max(1))))
+            .clone()
+    }
+
+    async fn run(&self, mut r: DeliveryRecord) {
+        let i = &*self.inner;
+        let sem = self.endpoint(&r.url);
+        loop {
+            let wait = r.next_at - now_unix();
+            if wait > 0.0 {
+                tokio::select! {
+                    _ = i.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                }
+            }
+            let permit = tokio::select! {
+                _ = i.cancel.cancelled() => return,
+                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            r.attempt += 1;
+            let started = Instant::now();
+            let result = self.send(&r).await;
+            drop(permit);
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (status, error, retry_after) = match &result {
+                Ok((s, ra)) => (Some(*s), None, *ra),
+                Err(e) => (None, Some(e.clone()), None),
+            };
+            let outcome = match status {
+                Some(s) if (200..300).contains(&s) => "delivered",
+                Some(410) => "gone",
+                Some(s) if s == 408 || s == 429 || s >= 500 => "retry",
+                Some(_) => "failed",
+                None => "retry",
+            };
+            let outcome = if outcome == "retry" && r.attempt > i.cfg.max_retries {
+                "dead"
+            } else {
+                outcome
+            };
+            let reason = match (status, &error) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, Some(e)) => e.clone(),
+                (None, None) => "unknown".into(),
+            };
+            let next = (outcome == "retry").then(|| {
+                let b = backoff(
+                    r.attempt,
+                    i.cfg.backoff_base,
+                    i.cfg.backoff_cap,
+                    fastrand::f64() * 2.0 - 1.0,
+                );
+                b.max(retry_after.unwrap_or(Duration::ZERO))
+            });
+            let next_at = next.map(|d| now_unix() + d.as_secs_f64());
+            self.log_attempt(&r, status, error, duration_ms, outcome, next_at);
+            let stored = match outcome {
+                "delivered" => i.outbox.remove(&r.id),
+                "retry" => {
+                    i.outbox
+                        .reschedule(&r.id, r.attempt, next_at.unwrap_or_else(now_unix), &reason)
+                }
+                _ => {
+                    if outcome == "gone" {
+                        tracing::warn!(url = %redact_url(&r.url), route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
+                    }
+                    let why = match outcome {
+                        "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
+                        "failed" => format!("{reason}: final (not retried)"),
+                        _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
+                    };
+                    self.dead_letter(&r, &why);
+                    i.outbox.mark_dead(&r.id, r.attempt, &why)
+                }
+            };
+            if let Err(e) = stored {
+                tracing::error!(delivery_id = %r.id, error = %e, "cannot update the webhook outbox");
+            }
+            match next_at {
+                Some(t) => r.next_at = t,
+                None => return,
+            }
+        }
+    }
+
+    /// One attempt: `Ok((status, Retry-After))` or `Err(error text without the URL)`.
+    async fn send(&self, r: &DeliveryRecord) -> Result<(u16, Option<Duration>), String> {
+        let i = &*self.inner;
+        let mut req = i
+            .client
+            .post(&r.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(s) = &i.signer {
+            let ts = now_unix().floor() as i64;
+            for (k, v) in s.headers(&r.event_id, ts, &r.body) {
+                req = req.header(k, v);
+            }
+        }
+        match req.body(r.body.clone()).send().await {
+            Ok(resp) => {
+                let ra = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                Ok((resp.status().as_u16(), ra))
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                let e = e.without_url();
+                let mut msg = format!("{kind}: {e}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                Err(msg)
+            }
+        }
+    }
+
+    fn log_attempt(
+        &self,
+        r: &DeliveryRecord,
+        status: Option<u16>,
+        error: Option<String>,
+        duration_ms: f64,
+        outcome: &'static str,
+        next_at: Option<f64>,
+    ) {
+        let line = AttemptLine {
+            timestamp: rfc3339(now_unix()),
+            delivery_id: &r.id,
+            event_id: &r.event_id,
+            event_type: &r.event_type,
+            route: &r.route,
+            url: redact_url(&r.url),
+            attempt: r.attempt,
+            status,
+            error,
+            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
+            outcome,
+            next_retry_at: next_at.map(rfc3339),
+        };
+        if let Err(e) = self.inner.attempts.append(&line) {
+            tracing::error!(error = %e, "cannot write the webhook attempt log");
+        }
+        tracing::debug!(delivery_id = %r.id, attempt = r.attempt, outcome, "webhook attempt");
+    }
+
+    fn dead_letter(&self, r: &DeliveryRecord, reason: &str) {
+        let line = DeadLine {
+            timestamp: rfc3339(now_unix()),
+            delivery_id: &r.id,
+            event_id: &r.event_id,
+            event_type: &r.event_type,
+            route: &r.route,
+            url: redact_url(&r.url),
+            attempts: r.attempt,
+            reason,
+        };
+        if let Err(e) = self.inner.dead.append(&line) {
+            tracing::error!(error = %e, "cannot write the dead letter log");
+        }
+        tracing::warn!(delivery_id = %r.id, event_id = %r.event_id, reason, "webhook delivery failed for good");
+    }
+
+    /// Waits until none of `ids` is pending, or `timeout` passes; counts the outcomes.
+    pub async fn wait(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<WaitOutcome, WebhookError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pending = self.inner.outbox.count_pending(ids)?;
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                let mut dead = 0;
+                for id in ids {
+                    if let Some(r) = self.inner.outbox.get(id)? {
+                        if r.state == DeliveryState::Dead {
+                            dead += 1;
+                        }
+                    }
+                }
+                return Ok(WaitOutcome {
+                    delivered: ids.len() - pending - dead,
+                    dead,
+                    pending,
+                });
+            }
+            // Woken by a settled delivery here; rows settled by another process are seen by polling.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Deliveries this process is working on.
+    pub fn active(&self) -> usize {
+        lock(&self.inner.active).len()
+    }
+
+    /// Stops: in-flight requests finish, sleeping retries stay pending in the outbox.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        let _ = self.inner.attempts.sync();
+        let _ = self.inner.dead.sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(300);
+        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, base, cap, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(5, base, cap, 0.0), Duration::from_secs(16));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs_f64(4.8));
+        assert_eq!(backoff(3, base, cap, -1.0), Duration::from_secs_f64(3.2));
+        assert_eq!(backoff(20, base, cap, 0.0), cap);
+        assert_eq!(
+            backoff(20, base, cap, 1.0),
+            cap,
+            "jitter never passes the cap"
+        );
+        assert!(backoff(20, base, cap, -1.0) >= Duration::from_secs(240));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2025-01-15T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 15 Jan 2025 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 15 Jan 2025 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("99999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://user:pw@h.example/p?token=abc"),
+            "https://h.example/p?…"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9/x"), "http://127.0.0.1:9/x");
+    }
+}

@@ -1,0 +1,160 @@
+//! Outgoing webhooks (DESIGN.md section 5): signing, routing, the durable outbox,
+//! the delivery engine, and the seed's [`WebhookHandler`].
+//!
+//! - [`sign`]: seed-style and Standard Webhooks signatures, verification with rotation.
+//! - [`payload`]: the exact body sent, and its `signature` member.
+//! - [`route`]: which variable's URL an event goes to.
+//! - [`outbox`]: the SQLite outbox that makes deliveries survive restarts.
+//! - [`delivery`]: the engine (HTTP client, per-endpoint bounds, retries, logs).
+
+pub mod delivery;
+pub mod outbox;
+pub mod payload;
+pub mod route;
+pub mod sign;
+
+use crate::config::{Config, Secret};
+use crate::event::Event;
+use crate::handler::{Handler, HandlerError};
+use async_trait::async_trait;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+pub use delivery::{DeliveryConfig, WaitOutcome, WebhookEngine};
+pub use route::{Route, Routes};
+pub use sign::{Signer, VerifyError};
+
+/// Errors of the webhook system.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// No secret is configured and unsigned delivery is not allowed.
+    #[error(
+        "WEBHOOK_SIGNATURE_SECRET is not set; refusing to send an unsigned webhook (set PM_ALLOW_UNSIGNED=1 to allow it)"
+    )]
+    Unsigned,
+    /// The outbox database could not be used.
+    #[error("webhook outbox: {0}")]
+    Outbox(String),
+    /// A log file could not be written.
+    #[error(transparent)]
+    Log(#[from] crate::error::LogError),
+    /// A setting is unusable.
+    #[error("webhook configuration: {0}")]
+    Config(String),
+}
+
+/// The seed's `WebhookHandler`: routes events to their webhook URLs and queues
+/// signed deliveries; verifies signatures of incoming ones.
+///
+/// As a [`Handler`] it triggers the webhook of every event it is subscribed to.
+pub struct WebhookHandler {
+    /// Retries after the first attempt (default 5).
+    pub max_retries: u32,
+    /// Time limit of one attempt (default 10 s).
+    pub timeout: Duration,
+    engine: WebhookEngine,
+    routes: Routes,
+    secrets: Vec<Secret>,
+    /// Delivery ids queued, when tracking is on (`track_deliveries`).
+    queued: Option<Mutex<Vec<String>>>,
+}
+
+impl WebhookHandler {
+    /// The seed's `WebhookHandler(max_retries=...)`: configured from the environment,
+    /// with `max_retries` retries.
+    pub fn new(max_retries: u32) -> Result<Arc<Self>, WebhookError> {
+        let mut c = Config::from_env().map_err(|e| WebhookError::Config(e.to_string()))?;
+        c.webhook_max_retries = max_retries;
+        Self::from_config(&c)
+    }
+
+    /// A handler for `config`: its routes, secrets and delivery settings.
+    pub fn from_config(config: &Config) -> Result<Arc<Self>, WebhookError> {
+        let engine =
+            WebhookEngine::open(DeliveryConfig::from_config(config), &config.webhook_secrets)?;
+        Ok(Arc::new(Self::with_engine(
+            engine,
+            Routes::from_config(config),
+            config.webhook_secrets.clone(),
+        )))
+    }
+
+    /// A handler over an existing engine.
+    pub fn with_engine(engine: WebhookEngine, routes: Routes, secrets: Vec<Secret>) -> Self {
+        let c = engine.config();
+        WebhookHandler {
+            max_retries: c.max_retries,
+            timeout: c.timeout,
+            engine,
+            routes,
+            secrets,
+            queued: None,
+        }
+    }
+
+    /// Records the ids of the deliveries this handler queues ([`take_queued`](Self::take_queued)).
+    pub fn track_deliveries(mut self) -> Self {
+        self.queued = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The delivery ids queued since the last call (when tracking is on).
+    pub fn take_queued(&self) -> Vec<String> {
+        self.queued
+            .as_ref()
+            .map(|q| std::mem::take(&mut *q.lock().unwrap_or_else(PoisonError::into_inner)))
+            .unwrap_or_default()
+    }
+
+    /// The delivery engine.
+    pub fn engine(&self) -> &WebhookEngine {
+        &self.engine
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Queues a delivery of `event` to `route`.
+    pub fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+        let id = self.engine.enqueue(event, route)?;
+        if let Some(q) = &self.queued {
+            q.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(id.clone());
+        }
+        Ok(id)
+    }
+
+    /// The seed's `handle_webhook_trigger(event)`: queues the event's webhook if a
+    /// route is configured for it; returns the delivery id (`None`: no route).
+    pub async fn handle_webhook_trigger(
+        &self,
+        event: &Event,
+    ) -> Result<Option<String>, WebhookError> {
+        match self.routes.for_event(event) {
+            Some(route) => self.trigger(event, &route).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The seed's `verify_webhook_signature(payload, signature)`: checks a
+    /// `sha256=<hex>` signature of `payload` against the configured secrets.
+    pub fn verify_webhook_signature(&self, payload: &[u8], signature: &str) -> bool {
+        sign::verify_seed(&self.secrets, payload, signature).is_ok()
+    }
+}
+
+#[async_trait]
+impl Handler for WebhookHandler {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.handle_webhook_trigger(&event).await?;
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "WebhookHandler"
+    }
+}

@@ -1,0 +1,357 @@
+//! Webhook signatures: the seed's `X-Webhook-Signature` and Standard Webhooks.
+//!
+//! - **Seed style**: `X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret, body)>` over the
+//!   exact body bytes; the key is the secret's UTF-8 bytes as configured.
+//! - **Standard Webhooks** (<https://www.standardwebhooks.com/>): `webhook-id`,
+//!   `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256(key,
+//!   "{id}.{timestamp}.{body}")>`, where the key is the base64-decoded rest of a `whsec_`
+//!   secret, else the secret's UTF-8 bytes. A `webhook-signature` header may carry several
+//!   space-separated signatures (secret rotation); one valid signature is enough.
+//!
+//! Verification takes every configured secret (rotation), compares MACs in constant time
+//! (`Mac::verify_slice`), and refuses a Standard Webhooks timestamp further than the
+//! tolerance (default 5 minutes) from now. Errors never contain a secret or a MAC.
+//!
+//! ```
+//! use pm_events::webhook::sign::{Signer, verify_seed, verify_standard, DEFAULT_TOLERANCE};
+//! use pm_events::config::Secret;
+//!
+//! let secrets = vec![Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+//! let signer = Signer::new(&secrets[0]).unwrap();
+//! let body = br#"{"event_type":"file_change"}"#;
+//! let seed = signer.seed_signature(body);
+//! assert!(verify_seed(&secrets, body, &seed).is_ok());
+//! let sig = signer.standard_signature("msg_1", 1_700_000_000, body);
+//! assert!(verify_standard(&secrets, "msg_1", "1700000000", body, &sig, 1_700_000_010, DEFAULT_TOLERANCE).is_ok());
+//! assert!(verify_standard(&secrets, "msg_1", "1700000000", b"tampered", &sig, 1_700_000_010, DEFAULT_TOLERANCE).is_err());
+//! ```
+
+use crate::config::Secret;
+use base64::Engine as _;
+use base64::alphabet::STANDARD as STANDARD_ALPHABET;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::time::Duration;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Default Standard Webhooks timestamp tolerance.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Prefix of the seed-style signature value.
+pub const SEED_PREFIX: &str = "sha256=";
+
+/// Why a signature was refused. The messages name the problem, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// No signature was given, or no secret is configured to check it with.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// The signature header is not of the expected form.
+    #[error("malformed {0}")]
+    Malformed(String),
+    /// The Standard Webhooks timestamp is outside the tolerance.
+    #[error("timestamp {timestamp} is {skew_secs} s away from now (tolerance {tolerance_secs} s)")]
+    Expired {
+        /// The timestamp received.
+        timestamp: i64,
+        /// How far it is from now, in seconds.
+        skew_secs: i64,
+        /// The tolerance, in seconds.
+        tolerance_secs: u64,
+    },
+    /// No configured secret produces the signature.
+    #[error("signature does not match the body (checked against {0} secret(s))")]
+    Mismatch(usize),
+}
+
+/// Standard base64 that accepts a secret with or without its `=` padding.
+const B64_SECRET: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD_ALPHABET,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The HMAC key of a secret: a `whsec_` secret's base64-decoded rest, else its UTF-8 bytes.
+pub fn standard_key(secret: &Secret) -> Result<Vec<u8>, VerifyError> {
+    match secret.expose().strip_prefix("whsec_") {
+        Some(b64) => B64_SECRET
+            .decode(b64)
+            .map_err(|_| VerifyError::Malformed("whsec_ secret (not base64)".into())),
+        None => Ok(secret.expose().as_bytes().to_vec()),
+    }
+}
+
+fn mac(key: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    match HmacSha256::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable_hmac(),
+    }
+}
+
+#[cold]
+fn unreachable_hmac() -> HmacSha256 {
+    // An empty key is valid for HMAC; this is only reached if the hmac crate changed its mind.
+    <HmacSha256 as KeyInit>::new(&Default::default())
+}
+
+/// Signs outgoing webhooks with one secret (the first configured one).
+#[derive(Clone)]
+pub struct Signer {
+    seed_key: Vec<u8>,
+    standard_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(***)")
+    }
+}
+
+impl Signer {
+    /// A signer for `secret`; fails only for a `whsec_` secret that is not base64.
+    pub fn new(secret: &Secret) -> Result<Self, VerifyError> {
+        Ok(Signer {
+            seed_key: secret.expose().as_bytes().to_vec(),
+            standard_key: standard_key(secret)?,
+        })
+    }
+
+    /// `sha256=<hex>` over `body` (the seed's `X-Webhook-Signature`).
+    pub fn seed_signature(&self, body: &[u8]) -> String {
+        let mut m = mac(&self.seed_key);
+        m.update(body);
+        format!("{SEED_PREFIX}{}", hex::encode(m.finalize().into_bytes()))
+    }
+
+    /// `v1,<base64>` over `"{id}.{timestamp}.{body}"` (Standard Webhooks).
+    pub fn standard_signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut m = mac(&self.standard_key);
+        m.update(id.as_bytes());
+        m.update(b".");
+        m.update(timestamp.to_string().as_bytes());
+        m.update(b".");
+        m.update(body);
+        format!("v1,{}", B64.encode(m.finalize().into_bytes()))
+    }
+
+    /// Every signature header of an outgoing request, in sending order.
+    pub fn headers(&self, id: &str, timestamp: i64, body: &[u8]) -> [(&'static str, String); 4] {
+        [
+            ("X-Webhook-Signature", self.seed_signature(body)),
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                self.standard_signature(id, timestamp, body),
+            ),
+        ]
+    }
+}
+
+/// Verifies a seed-style `sha256=<hex>` signature of `body` against every secret.
+pub fn verify_seed(secrets: &[Secret], body: &[u8], signature: &str) -> Result<(), VerifyError> {
+    let signature = signature.trim();
+    if signature.is_empty() {
+        return Err(VerifyError::Missing("X-Webhook-Signature"));
+    }
+    if secrets.is_empty() {
+        return Err(VerifyError::Missing(
+            "secret (WEBHOOK_SIGNATURE_SECRET is not set)",
+        ));
+    }
+    let hexpart = signature.strip_prefix(SEED_PREFIX).ok_or_else(|| {
+        VerifyError::Malformed("X-Webhook-Signature (expected sha256=<hex>)".into())
+    })?;
+    let expected = hex::decode(hexpart)
+        .map_err(|_| VerifyError::Malformed("X-Webhook-Signature (not hex)".into()))?;
+    for s in secrets {
+        let mut m = mac(s.expose().as_bytes());
+        m.update(body);
+        if m.verify_slice(&expected).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::Mismatch(secrets.len()))
+}
+
+/// Verifies Standard Webhooks headers: `timestamp` within `tolerance` of `now`
+/// (Unix seconds), then any `v1,` entry of the space-separated `signatures`
+/// against any secret.
+pub fn verify_standard(
+    secrets: &[Secret],
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+    signatures: &str,
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    if id.trim().is_empty() {
+        return Err(VerifyError::Missing("webhook-id"));
+    }
+    if signatures.trim().is_empty() {
+        return Err(VerifyError::Missing("webhook-signature"));
+    }
+    if secrets.is_empty() {
+        return Err(VerifyError::Missing(
+            "secret (WEBHOOK_SIGNATURE_SECRET is not set)",
+        ));
+    }
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::Malformed("webhook-timestamp (expected Unix seconds)".into()))?;
+    let skew = (now - ts).abs();
+    if skew as u64 > tolerance.as_secs() {
+        return Err(VerifyError::Expired {
+            timestamp: ts,
+            skew_secs: skew,
+            tolerance_secs: tolerance.as_secs(),
+        });
+    }
+    let mut candidates = Vec::new();
+    for entry in signatures.split_whitespace() {
+        if let Some(b64) = entry.strip_prefix("v1,") {
+            if let Ok(raw) = B64.decode(b64) {
+                candidates.push(raw);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(VerifyError::Malformed(
+            "webhook-signature (expected one or more `v1,<base64>` entries)".into(),
+        ));
+    }
+    let mut keys = Vec::with_capacity(secrets.len());
+    for s in secrets {
+        keys.push(standard_key(s)?);
+    }
+    for key in &keys {
+        let mut m = mac(key);
+        m.update(id.as_bytes());
+        m.update(b".");
+        m.update(ts.to_string().as_bytes());
+        m.update(b".");
+        m.update(body);
+        for c in &candidates {
+            if m.clone().verify_slice(c).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(VerifyError::Mismatch(secrets.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Secret {
+        Secret::new(x)
+    }
+
+    #[test]
+    fn seed_signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let signer = Signer::new(&s("Jefe")).unwrap();
+        assert_eq!(
+            signer.seed_signature(b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn standard_signature_matches_the_specification_example() {
+        // The example of the Standard Webhooks specification's reference libraries.
+        let secret = s("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let signer = Signer::new(&secret).unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let sig = signer.standard_signature("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn rotation_tolerance_and_errors() {
+        let old = s("old-secret");
+        let new = s("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let signer = Signer::new(&old).unwrap();
+        let body = b"{}";
+        let sig = signer.standard_signature("id1", 1000, body);
+        let both = [new.clone(), old.clone()];
+        // A list of signatures, the valid one second.
+        let list = format!("v1,AAAA {sig}");
+        assert!(
+            verify_standard(&both, "id1", "1000", body, &list, 1000, DEFAULT_TOLERANCE).is_ok()
+        );
+        assert_eq!(
+            verify_standard(
+                &[new.clone()],
+                "id1",
+                "1000",
+                body,
+                &sig,
+                1000,
+                DEFAULT_TOLERANCE
+            ),
+            Err(VerifyError::Mismatch(1))
+        );
+        let e = verify_standard(
+            &both,
+            "id1",
+            "1000",
+            body,
+            &sig,
+            1000 + 301,
+            DEFAULT_TOLERANCE,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, VerifyError::Expired { skew_secs: 301, .. }),
+            "{e}"
+        );
+        assert!(
+            verify_standard(
+                &both,
+                "id1",
+                "1000",
+                body,
+                &sig,
+                1000 - 299,
+                DEFAULT_TOLERANCE
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            verify_standard(&both, "id1", "x", body, &sig, 1000, DEFAULT_TOLERANCE),
+            Err(VerifyError::Malformed(_))
+        ));
+        assert!(matches!(
+            verify_seed(&both, body, "md5=00"),
+            Err(VerifyError::Malformed(_))
+        ));
+        assert!(verify_seed(&both, body, &signer.seed_signature(body)).is_ok());
+        assert_eq!(
+            verify_seed(&[], body, "sha256=00").unwrap_err().to_string(),
+            "missing secret (WEBHOOK_SIGNATURE_SECRET is not set)"
+        );
+        for e in [
+            verify_seed(&both, b"other", &signer.seed_signature(body)).unwrap_err(),
+            verify_standard(
+                &both,
+                "id1",
+                "1000",
+                b"other",
+                &sig,
+                1000,
+                DEFAULT_TOLERANCE,
+            )
+            .unwrap_err(),
+        ] {
+            assert!(!e.to_string().contains("old-secret"));
+        }
+    }
+}
