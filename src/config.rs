@@ -349,6 +349,13 @@ impl Config {
         )? {
             c.webhook_backoff_base = Duration::from_millis(n);
         }
+        if let Some(n) = v.parse(
+            "PM_WEBHOOK_CONCURRENCY",
+            "an integer from 1 to 1024",
+            |n: &usize| (1..=1024).contains(n),
+        )? {
+            c.webhook_concurrency = n;
+        }
         let mut names: Vec<&String> =
             v.0.keys()
                 .filter(|k| {

@@ -17,7 +17,7 @@ use crate::config::{Config, Secret};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
 use async_trait::async_trait;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 pub use delivery::{DeliveryConfig, WaitOutcome, WebhookEngine};
@@ -63,21 +63,21 @@ pub struct WebhookHandler {
 impl WebhookHandler {
     /// The seed's `WebhookHandler(max_retries=...)`: configured from the environment,
     /// with `max_retries` retries.
-    pub fn new(max_retries: u32) -> Result<Arc<Self>, WebhookError> {
+    pub fn new(max_retries: u32) -> Result<Self, WebhookError> {
         let mut c = Config::from_env().map_err(|e| WebhookError::Config(e.to_string()))?;
         c.webhook_max_retries = max_retries;
         Self::from_config(&c)
     }
 
     /// A handler for `config`: its routes, secrets and delivery settings.
-    pub fn from_config(config: &Config) -> Result<Arc<Self>, WebhookError> {
+    pub fn from_config(config: &Config) -> Result<Self, WebhookError> {
         let engine =
             WebhookEngine::open(DeliveryConfig::from_config(config), &config.webhook_secrets)?;
-        Ok(Arc::new(Self::with_engine(
+        Ok(Self::with_engine(
             engine,
             Routes::from_config(config),
             config.webhook_secrets.clone(),
-        )))
+        ))
     }
 
     /// A handler over an existing engine.

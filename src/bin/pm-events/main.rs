@@ -4,9 +4,11 @@
 //! subcommand lives in its own module. Exit codes: 0 success, 1 runtime
 //! failure, 2 usage or configuration error.
 
+mod app;
 mod bench;
 mod demo;
 mod publish;
+mod webhooks;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +42,9 @@ enum Command {
     Demo,
     /// Publish one event in-process: handlers run, the bus drains, the command exits.
     Publish(publish::Args),
+    /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
+    #[command(subcommand)]
+    Webhooks(webhooks::Cmd),
     /// Measure the bus against baselines run in the same process.
     Bench(bench::Args),
 }
@@ -94,6 +99,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Demo => demo::run(cfg).await,
             Command::Publish(args) => publish::run(cfg, args).await,
+            Command::Webhooks(cmd) => webhooks::run(cfg, cmd).await,
             Command::Bench(args) => bench::run(cfg, args).await,
         }
     })

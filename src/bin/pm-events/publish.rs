@@ -1,9 +1,11 @@
 //! `pm-events publish TYPE JSON`: publish one event in-process.
 
+use crate::app::{App, parse_duration, report};
 use crate::{UsageError, say};
 use anyhow::Result;
-use pm_events::{Config, Event, EventBus};
+use pm_events::{Config, Event};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Arguments of `publish`.
 #[derive(clap::Args)]
@@ -17,6 +19,9 @@ pub struct Args {
     /// The event source (default "personal-manager").
     #[arg(long)]
     source: Option<String>,
+    /// How long to wait for the webhook deliveries the event causes (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
 }
 
 /// Parses the arguments into an event, or a usage error naming what is wrong.
@@ -46,11 +51,20 @@ pub fn build_event(
 /// Runs `publish`.
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let event = build_event(&args.event_type, &args.json, args.source.as_deref())?;
-    let bus = EventBus::builder().config(&cfg).build();
-    bus.start().await?;
-    let published = bus.publish_event(event).await;
-    bus.stop().await?;
+    let app = App::start(&cfg, false).await?;
+    let published = app.bus.publish_event(event).await;
+    let bus = app.bus.clone();
+    let outcome = app.stop(args.wait).await?;
     let id = published?;
     say!("{id}");
-    Ok(ExitCode::SUCCESS)
+    let delivered = report(outcome);
+    let failed = bus.stats().failed + bus.stats().panicked + bus.stats().timed_out;
+    if failed > 0 {
+        eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
+    }
+    Ok(if delivered && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

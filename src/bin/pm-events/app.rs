@@ -1,0 +1,81 @@
+//! The running application shared by the commands that publish in-process: the
+//! bus plus, when any webhook route is configured, the webhook handler.
+
+use anyhow::Result;
+use pm_events::webhook::{WaitOutcome, WebhookHandler};
+use pm_events::{Config, EventBus};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A started bus and its webhook handler.
+pub struct App {
+    /// The bus.
+    pub bus: EventBus,
+    /// The webhook handler, subscribed to every type, when routes exist.
+    pub webhooks: Option<Arc<WebhookHandler>>,
+}
+
+impl App {
+    /// Builds and starts the bus; opens and starts the webhook engine when a
+    /// route is configured (or `always_webhooks`).
+    pub async fn start(cfg: &Config, always_webhooks: bool) -> Result<App> {
+        let bus = EventBus::builder().config(cfg).build();
+        let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
+            let h = Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
+            h.engine().start()?;
+            bus.subscribe_arc("*", h.clone());
+            Some(h)
+        } else {
+            None
+        };
+        bus.start().await?;
+        Ok(App { bus, webhooks })
+    }
+
+    /// Stops the bus (every accepted event handled), then waits up to `wait` for
+    /// the deliveries the handlers queued, then stops the engine (what is still
+    /// pending stays in the outbox). Returns the delivery outcome, if any were queued.
+    pub async fn stop(self, wait: Duration) -> Result<Option<WaitOutcome>> {
+        self.bus.stop().await?;
+        let Some(h) = self.webhooks else {
+            return Ok(None);
+        };
+        let ids = h.take_queued();
+        let outcome = if ids.is_empty() {
+            None
+        } else {
+            Some(h.engine().wait(&ids, wait).await?)
+        };
+        h.engine().shutdown().await;
+        Ok(outcome)
+    }
+}
+
+/// One line about what became of the deliveries, on stderr.
+pub fn report(outcome: Option<WaitOutcome>) -> bool {
+    let Some(o) = outcome else { return true };
+    let mut msg = format!("webhooks: {} delivered", o.delivered);
+    if o.dead > 0 {
+        msg.push_str(&format!(", {} failed for good (see logs/webhooks/dead_letters.jsonl; `pm-events webhooks redeliver --all`)", o.dead));
+    }
+    if o.pending > 0 {
+        msg.push_str(&format!(
+            ", {} still pending in the outbox (delivered on the next start, or by `pm-events webhooks deliver`)",
+            o.pending
+        ));
+    }
+    eprintln!("{msg}");
+    o.dead == 0
+}
+
+/// Parses a duration: `60s`, `2m`, `500ms`, `1h 30m`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {t:?}: {e} (examples: 30s, 2m, 500ms)"))
+}

@@ -1,0 +1,465 @@
+//! Outgoing webhooks against a real HTTP receiver on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Reply, TestReceiver, jsonl, wait_until};
+use pm_events::config::Secret;
+use pm_events::event::now_unix;
+use pm_events::webhook::outbox::DeliveryState;
+use pm_events::webhook::payload::verify_body_signature;
+use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_seed, verify_standard};
+use pm_events::webhook::{DeliveryConfig, Route, WebhookEngine, WebhookError, WebhookHandler};
+use pm_events::{Config, Event, EventBus};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const T: Duration = Duration::from_secs(20);
+
+fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let mut vars = vec![
+        ("PM_LOG_DIR".to_string(), dir.display().to_string()),
+        ("WEBHOOK_SIGNATURE_SECRET".to_string(), SECRET.to_string()),
+        ("WEBHOOK_BACKOFF_BASE_MS".to_string(), "100".to_string()),
+    ];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Config::from_vars(vars).unwrap()
+}
+
+fn engine(cfg: &Config) -> WebhookEngine {
+    let e = WebhookEngine::open(DeliveryConfig::from_config(cfg), &cfg.webhook_secrets).unwrap();
+    e.start().unwrap();
+    e
+}
+
+fn route(url: String) -> Route {
+    Route {
+        name: "PM_WEBHOOK_URL_TEST".into(),
+        url,
+    }
+}
+
+fn attempts(dir: &Path) -> Vec<serde_json::Value> {
+    jsonl(&dir.join("webhooks/webhook_attempts.jsonl"))
+}
+
+#[tokio::test]
+async fn a_bus_event_arrives_signed_three_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let cfg = config(
+        dir.path(),
+        &[("PM_WEBHOOK_URL_DEPLOYMENT", &rx.url("/deploy"))],
+    );
+    let handler = Arc::new(
+        WebhookHandler::from_config(&cfg)
+            .unwrap()
+            .track_deliveries(),
+    );
+    handler.engine().start().unwrap();
+    let bus = EventBus::builder().config(&cfg).build();
+    bus.subscribe_arc("*", handler.clone());
+    bus.start().await.unwrap();
+    let id = bus
+        .publish(
+            "deployment",
+            json!({"service": "api-gateway", "status": "success"}),
+        )
+        .await
+        .unwrap();
+    bus.publish("unrouted", json!({})).await.unwrap();
+    bus.stop().await.unwrap();
+    let ids = handler.take_queued();
+    assert_eq!(ids.len(), 1, "only the routed type is delivered");
+    let outcome = handler.engine().wait(&ids, T).await.unwrap();
+    assert_eq!(outcome.delivered, 1);
+
+    let got = rx.requests("/deploy");
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.header("content-type"), "application/json");
+    let body = r.json();
+    assert_eq!(body["event_type"], "deployment");
+    assert_eq!(body["event_id"], id.as_str());
+    assert_eq!(body["source"], "personal-manager");
+    assert_eq!(body["data"]["service"], "api-gateway");
+    assert!(body["timestamp"].is_i64());
+    let secrets = [Secret::new(SECRET)];
+    verify_seed(&secrets, &r.body, r.header("x-webhook-signature")).unwrap();
+    assert_eq!(r.header("webhook-id"), id);
+    verify_standard(
+        &secrets,
+        r.header("webhook-id"),
+        r.header("webhook-timestamp"),
+        &r.body,
+        r.header("webhook-signature"),
+        now_unix() as i64,
+        DEFAULT_TOLERANCE,
+    )
+    .unwrap();
+    verify_body_signature(&secrets, &r.body).unwrap();
+    assert!(handler.verify_webhook_signature(&r.body, r.header("x-webhook-signature")));
+    assert!(!handler.verify_webhook_signature(b"other", r.header("x-webhook-signature")));
+
+    let log = attempts(dir.path());
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["outcome"], "delivered");
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[0]["attempt"], 1);
+    assert_eq!(log[0]["event_id"], id.as_str());
+    assert!(log[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+    handler.engine().shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_then_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script(
+        "/flaky",
+        vec![Reply::status(503), Reply::status(500), Reply::status(200)],
+    );
+    let cfg = config(dir.path(), &[]);
+    let e = engine(&cfg);
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/flaky")))
+        .unwrap();
+    let o = e.wait(&[id], T).await.unwrap();
+    assert_eq!(o.delivered, 1);
+    let got = rx.requests("/flaky");
+    assert_eq!(got.len(), 3);
+    // base 100 ms: the first retry waits 100 ms ± 20 %, the second 200 ms ± 20 %.
+    let gap1 = got[1].at - got[0].at;
+    let gap2 = got[2].at - got[1].at;
+    assert!(gap1 >= Duration::from_millis(80), "{gap1:?}");
+    assert!(gap2 >= Duration::from_millis(160), "{gap2:?}");
+    // Same webhook-id on every attempt; the signature is recomputed per attempt.
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
+    );
+    let log = attempts(dir.path());
+    let outcomes: Vec<&str> = log.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["retry", "retry", "delivered"]);
+    assert_eq!(log[0]["status"], 503);
+    assert!(log[0]["next_retry_at"].is_string());
+    assert!(log[2]["next_retry_at"].is_null());
+    assert!(e.outbox().list(DeliveryState::Pending).unwrap().is_empty());
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_longer_than_the_backoff_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/busy", vec![Reply::status(429).header("Retry-After", "1")]);
+    let cfg = config(dir.path(), &[("WEBHOOK_BACKOFF_BASE_MS", "10")]);
+    let e = engine(&cfg);
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/busy")))
+        .unwrap();
+    assert_eq!(e.wait(&[id], T).await.unwrap().delivered, 1);
+    let got = rx.requests("/busy");
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_errors_are_final_and_dead_letters_can_be_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/bad", vec![Reply::status(400)]);
+    rx.script("/gone", vec![Reply::status(410)]);
+    let cfg = config(dir.path(), &[]);
+    let e = engine(&cfg);
+    let ev = Event::new("x", json!({"n": 1}));
+    let bad = e.enqueue(&ev, &route(rx.url("/bad"))).unwrap();
+    let gone = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/gone")))
+        .unwrap();
+    let o = e.wait(&[bad.clone(), gone.clone()], T).await.unwrap();
+    assert_eq!(o.dead, 2);
+    assert_eq!(rx.requests("/bad").len(), 1, "a 4xx is not retried");
+    assert_eq!(rx.requests("/gone").len(), 1);
+    let log = attempts(dir.path());
+    let outcome =
+        |id: &str| log.iter().find(|l| l["delivery_id"] == id).unwrap()["outcome"].clone();
+    assert_eq!(outcome(&bad), "failed");
+    assert_eq!(outcome(&gone), "gone");
+    let dead = jsonl(&dir.path().join("webhooks/dead_letters.jsonl"));
+    assert_eq!(dead.len(), 2);
+    let gone_line = dead
+        .iter()
+        .find(|l| l["delivery_id"] == gone.as_str())
+        .unwrap();
+    assert!(gone_line["reason"].as_str().unwrap().contains("410"));
+    assert_eq!(e.outbox().list(DeliveryState::Dead).unwrap().len(), 2);
+
+    // The receiver is fixed; redeliver the one event's dead letter.
+    assert_eq!(e.redeliver(Some(&ev.event_id)).unwrap(), 1);
+    assert_eq!(e.wait(&[bad], T).await.unwrap().delivered, 1);
+    assert_eq!(rx.requests("/bad").len(), 2);
+    assert_eq!(
+        e.outbox().list(DeliveryState::Dead).unwrap().len(),
+        1,
+        "the other stays dead"
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn exhausted_retries_end_in_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.set_default("/down", Reply::status(500));
+    let cfg = config(
+        dir.path(),
+        &[
+            ("WEBHOOK_MAX_RETRIES", "2"),
+            ("WEBHOOK_BACKOFF_BASE_MS", "10"),
+        ],
+    );
+    let e = engine(&cfg);
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/down")))
+        .unwrap();
+    assert_eq!(e.wait(&[id], T).await.unwrap().dead, 1);
+    assert_eq!(rx.requests("/down").len(), 3, "one try and two retries");
+    let log = attempts(dir.path());
+    assert_eq!(log.last().unwrap()["outcome"], "dead");
+    let dead = jsonl(&dir.path().join("webhooks/dead_letters.jsonl"));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("retries exhausted")
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn network_errors_are_retried_and_logged_without_the_url_query() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port with nothing listening: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("WEBHOOK_MAX_RETRIES", "1"),
+            ("WEBHOOK_BACKOFF_BASE_MS", "10"),
+        ],
+    );
+    let e = engine(&cfg);
+    let url = format!("http://127.0.0.1:{port}/x?token=topsecret");
+    let id = e.enqueue(&Event::new("x", json!({})), &route(url)).unwrap();
+    assert_eq!(e.wait(&[id], T).await.unwrap().dead, 1);
+    let log = attempts(dir.path());
+    assert_eq!(log.len(), 2);
+    assert!(log[0]["status"].is_null());
+    assert!(
+        log[0]["error"].as_str().unwrap().contains("connection"),
+        "{}",
+        log[0]
+    );
+    assert_eq!(log[0]["url"], format!("http://127.0.0.1:{port}/x?…"));
+    e.shutdown().await;
+    // The outbox (state, not a log) keeps the URL it must deliver to; the logs do not.
+    for f in walk(dir.path())
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains("outbox"))
+    {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&bytes, b"topsecret"),
+            "{} holds the URL's query",
+            f.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let slow = TestReceiver::start().await;
+    slow.set_default("/slow", Reply::status(200).delay(Duration::from_secs(3)));
+    let cfg = config(dir.path(), &[("PM_WEBHOOK_CONCURRENCY", "1")]);
+    let e = engine(&cfg);
+    let mut slow_ids = Vec::new();
+    for _ in 0..3 {
+        slow_ids.push(
+            e.enqueue(&Event::new("x", json!({})), &route(slow.url("/slow")))
+                .unwrap(),
+        );
+    }
+    let mut fast_ids = Vec::new();
+    for _ in 0..5 {
+        fast_ids.push(
+            e.enqueue(&Event::new("x", json!({})), &route(rx.url("/fast")))
+                .unwrap(),
+        );
+    }
+    let o = e.wait(&fast_ids, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        o.delivered, 5,
+        "the fast endpoint is served while the slow one works"
+    );
+    let n = slow.requests("/slow").len();
+    assert!(
+        n <= 1,
+        "one at a time for the slow endpoint, got {n}: {:?}",
+        slow.requests("/slow")
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect::<Vec<_>>()
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_engine_resumes_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/later", vec![Reply::status(503)]);
+    let cfg = config(dir.path(), &[("WEBHOOK_BACKOFF_BASE_MS", "2000")]);
+    let first = engine(&cfg);
+    let id = first
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/later")))
+        .unwrap();
+    rx.wait_for("/later", 1, T).await;
+    wait_until(T, || attempts(dir.path()).len() == 1).await;
+    first.shutdown().await; // the retry is 2 s away: it stays pending
+    drop(first);
+    let pending = pm_events::webhook::outbox::Outbox::open(
+        dir.path().join("webhooks/outbox.sqlite3"),
+        Default::default(),
+    )
+    .unwrap()
+    .list(DeliveryState::Pending)
+    .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempt, 1);
+
+    let second = engine(&cfg);
+    assert!(second.is_owner());
+    assert_eq!(second.wait(&[id], T).await.unwrap().delivered, 1);
+    assert_eq!(rx.requests("/later").len(), 2);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_process_only_queues_and_the_owner_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let cfg = config(dir.path(), &[]);
+    let owner = engine(&cfg);
+    let other =
+        WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets).unwrap();
+    assert!(owner.is_owner());
+    assert!(!other.is_owner());
+    let id = other
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/q")))
+        .unwrap();
+    // The owner polls the outbox and delivers what the other queued.
+    assert_eq!(other.wait(&[id], T).await.unwrap().delivered, 1);
+    assert_eq!(rx.requests("/q").len(), 1);
+    owner.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsigned_delivery_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let mut cfg = config(dir.path(), &[]);
+    cfg.webhook_secrets.clear();
+    let e = engine(&cfg);
+    let err = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/u")))
+        .unwrap_err();
+    assert!(matches!(err, WebhookError::Unsigned));
+    assert!(err.to_string().contains("PM_ALLOW_UNSIGNED"));
+    e.shutdown().await;
+    drop(e);
+    cfg.allow_unsigned = true;
+    let e = engine(&cfg);
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/u")))
+        .unwrap();
+    assert_eq!(e.wait(&[id], T).await.unwrap().delivered, 1);
+    let r = &rx.requests("/u")[0];
+    assert_eq!(r.header("x-webhook-signature"), "");
+    assert!(r.json().get("signature").is_none());
+    e.shutdown().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn no_secret_reaches_any_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/s", vec![Reply::status(500), Reply::status(400)]);
+    let plain = "plain-secret-value-123";
+    let cfg = config(
+        dir.path(),
+        &[
+            ("WEBHOOK_SIGNATURE_SECRET", plain),
+            ("WEBHOOK_BACKOFF_BASE_MS", "10"),
+        ],
+    );
+    let bus = EventBus::builder().config(&cfg).build();
+    bus.start().await.unwrap();
+    let e = engine(&cfg);
+    let mut ids = Vec::new();
+    for p in ["/s", "/ok"] {
+        ids.push(
+            e.enqueue(&Event::new("x", json!({"p": p})), &route(rx.url(p)))
+                .unwrap(),
+        );
+    }
+    bus.publish("x", json!({})).await.unwrap();
+    bus.stop().await.unwrap();
+    e.wait(&ids, T).await.unwrap();
+    e.shutdown().await;
+    let files = walk(dir.path());
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&bytes, plain.as_bytes()),
+            "{} holds the secret",
+            f.display()
+        );
+    }
+}
