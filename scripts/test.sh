@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, integration (real files, the built binary) and doc tests.
-# Installs what the tests need when it is missing, so it works on a fresh machine.
+# The whole test suite: unit, integration (real files, real HTTP servers on 127.0.0.1:0,
+# the built binary) and doc tests. Installs what the tests need when it is missing,
+# so it works on a fresh machine:
+#   - a Python virtualenv (target/test-venv) with `standardwebhooks` (the independent
+#     Standard Webhooks implementation the interop tests check against) and `aiosmtpd`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+venv="$root/target/test-venv"
+if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd" 2>/dev/null; then
+  echo "== installing the Python test helpers into $venv"
+  mkdir -p "$root/target"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd
+fi
+export PM_TEST_PYTHON="$venv/bin/python"
+
 cargo test -j2 --locked "$@"
