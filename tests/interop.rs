@@ -19,7 +19,10 @@ use std::time::Duration;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn py(args: &[&str], body: &[u8]) -> (bool, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/standardwebhooks_interop.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/standardwebhooks_interop.py"
+    );
     let mut child = Command::new(python())
         .arg(script)
         .args(args)
@@ -30,7 +33,8 @@ fn py(args: &[&str], body: &[u8]) -> (bool, String) {
         .unwrap();
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string()
+        + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -51,7 +55,16 @@ fn our_signature_verifies_with_the_python_library_and_theirs_with_ours() {
     let (ok, theirs) = py(&["sign", SECRET, "msg_2", &ts.to_string()], body);
     assert!(ok, "{theirs}");
     assert!(theirs.starts_with("v1,"), "{theirs}");
-    verify_standard(&[secret.clone()], "msg_2", &ts.to_string(), body, &theirs, ts, DEFAULT_TOLERANCE).unwrap();
+    verify_standard(
+        &[secret.clone()],
+        "msg_2",
+        &ts.to_string(),
+        body,
+        &theirs,
+        ts,
+        DEFAULT_TOLERANCE,
+    )
+    .unwrap();
     assert_eq!(theirs, signer.standard_signature("msg_2", ts, body));
 }
 
@@ -66,14 +79,32 @@ async fn a_delivered_webhook_verifies_with_the_python_library() {
     .unwrap();
     let e = WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets).unwrap();
     e.start().unwrap();
-    let event = Event::new("report_ready", json!({"report_id": "daily_report_20250115", "note": "ünïcode ✓"}));
-    let route = Route { name: "REPORT_READY_WEBHOOK_URL".into(), url: rx.url("/reports") };
+    let event = Event::new(
+        "report_ready",
+        json!({"report_id": "daily_report_20250115", "note": "ünïcode ✓"}),
+    );
+    let route = Route {
+        name: "REPORT_READY_WEBHOOK_URL".into(),
+        url: rx.url("/reports"),
+    };
     let id = e.enqueue(&event, &route).unwrap();
-    assert_eq!(e.wait(&[id], Duration::from_secs(20)).await.unwrap().delivered, 1);
+    assert_eq!(
+        e.wait(&[id], Duration::from_secs(20))
+            .await
+            .unwrap()
+            .delivered,
+        1
+    );
     e.shutdown().await;
     let r = &rx.requests("/reports")[0];
     let (ok, out) = py(
-        &["verify", SECRET, r.header("webhook-id"), r.header("webhook-timestamp"), r.header("webhook-signature")],
+        &[
+            "verify",
+            SECRET,
+            r.header("webhook-id"),
+            r.header("webhook-timestamp"),
+            r.header("webhook-signature"),
+        ],
         &r.body,
     );
     assert!(ok, "python rejected a real delivery: {out}");

@@ -246,6 +246,16 @@ impl Outbox {
             .collect())
     }
 
+    /// Makes every pending delivery due at `now` (instead of at its next retry time).
+    pub fn make_due(&self, now: f64) -> Result<usize, WebhookError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE deliveries SET next_at = ?1 WHERE state = 'pending' AND next_at > ?1",
+                params![now],
+            )
+        })
+    }
+
     /// How many of `ids` are still pending.
     pub fn count_pending(&self, ids: &[String]) -> Result<usize, WebhookError> {
         self.with(|c| {

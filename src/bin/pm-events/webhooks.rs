@@ -190,6 +190,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Deliver { wait } => {
             let engine = owner(&cfg)?;
+            engine.outbox().make_due(now_unix())?;
             let ids: Vec<String> = engine
                 .outbox()
                 .list(DeliveryState::Pending)?
