@@ -318,14 +318,14 @@ impl Config {
         if let Some(s) = v.get("WEBHOOK_SIGNATURE_SECRET") {
             c.webhook_secrets = s.split_whitespace().map(Secret::new).collect();
             for (i, s) in c.webhook_secrets.iter().enumerate() {
-                if s.expose().starts_with("whsec_") {
-                    if crate::webhook::sign::standard_key(s).is_err() {
-                        return Err(err(
-                            "WEBHOOK_SIGNATURE_SECRET",
-                            &format!("<secret #{} starting with whsec_>", i + 1),
-                            "a whsec_ secret to be followed by valid base64",
-                        ));
-                    }
+                if s.expose().starts_with("whsec_")
+                    && crate::webhook::sign::standard_key(s).is_err()
+                {
+                    return Err(err(
+                        "WEBHOOK_SIGNATURE_SECRET",
+                        &format!("<secret #{} starting with whsec_>", i + 1),
+                        "a whsec_ secret to be followed by valid base64",
+                    ));
                 }
             }
         }
@@ -364,14 +364,14 @@ impl Config {
                 .collect();
         names.sort();
         for name in names {
-            if let Some(suffix) = name.strip_prefix(CUSTOM_WEBHOOK_PREFIX) {
-                if crate::event::validate_type(&suffix.to_ascii_lowercase()).is_err() {
-                    return Err(err(
-                        name,
-                        "",
-                        "PM_WEBHOOK_URL_<TYPE> with TYPE made of letters, digits, '_' and '-'",
-                    ));
-                }
+            if let Some(suffix) = name.strip_prefix(CUSTOM_WEBHOOK_PREFIX)
+                && crate::event::validate_type(&suffix.to_ascii_lowercase()).is_err()
+            {
+                return Err(err(
+                    name,
+                    "",
+                    "PM_WEBHOOK_URL_<TYPE> with TYPE made of letters, digits, '_' and '-'",
+                ));
             }
             if let Some(url) = v.url(name, &["http", "https"])? {
                 c.webhook_urls.insert(name.clone(), url);

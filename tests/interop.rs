@@ -56,7 +56,7 @@ fn our_signature_verifies_with_the_python_library_and_theirs_with_ours() {
     assert!(ok, "{theirs}");
     assert!(theirs.starts_with("v1,"), "{theirs}");
     verify_standard(
-        &[secret.clone()],
+        std::slice::from_ref(&secret),
         "msg_2",
         &ts.to_string(),
         body,
@@ -87,7 +87,7 @@ async fn a_delivered_webhook_verifies_with_the_python_library() {
         name: "REPORT_READY_WEBHOOK_URL".into(),
         url: rx.url("/reports"),
     };
-    let id = e.enqueue(&event, &route).unwrap();
+    let id = e.enqueue(&event, &route).await.unwrap();
     assert_eq!(
         e.wait(&[id], Duration::from_secs(20))
             .await

@@ -130,6 +130,7 @@ async fn retries_back_off_exponentially_then_succeed() {
     let e = engine(&cfg);
     let id = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/flaky")))
+        .await
         .unwrap();
     let o = e.wait(&[id], T).await.unwrap();
     assert_eq!(o.delivered, 1);
@@ -164,6 +165,7 @@ async fn retry_after_longer_than_the_backoff_wins() {
     let e = engine(&cfg);
     let id = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/busy")))
+        .await
         .unwrap();
     assert_eq!(e.wait(&[id], T).await.unwrap().delivered, 1);
     let got = rx.requests("/busy");
@@ -185,9 +187,10 @@ async fn client_errors_are_final_and_dead_letters_can_be_redelivered() {
     let cfg = config(dir.path(), &[]);
     let e = engine(&cfg);
     let ev = Event::new("x", json!({"n": 1}));
-    let bad = e.enqueue(&ev, &route(rx.url("/bad"))).unwrap();
+    let bad = e.enqueue(&ev, &route(rx.url("/bad"))).await.unwrap();
     let gone = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/gone")))
+        .await
         .unwrap();
     let o = e.wait(&[bad.clone(), gone.clone()], T).await.unwrap();
     assert_eq!(o.dead, 2);
@@ -208,7 +211,7 @@ async fn client_errors_are_final_and_dead_letters_can_be_redelivered() {
     assert_eq!(e.outbox().list(DeliveryState::Dead).unwrap().len(), 2);
 
     // The receiver is fixed; redeliver the one event's dead letter.
-    assert_eq!(e.redeliver(Some(&ev.event_id)).unwrap(), 1);
+    assert_eq!(e.redeliver(Some(&ev.event_id)).await.unwrap(), 1);
     assert_eq!(e.wait(&[bad], T).await.unwrap().delivered, 1);
     assert_eq!(rx.requests("/bad").len(), 2);
     assert_eq!(
@@ -234,6 +237,7 @@ async fn exhausted_retries_end_in_the_dead_letters() {
     let e = engine(&cfg);
     let id = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/down")))
+        .await
         .unwrap();
     assert_eq!(e.wait(&[id], T).await.unwrap().dead, 1);
     assert_eq!(rx.requests("/down").len(), 3, "one try and two retries");
@@ -267,7 +271,10 @@ async fn network_errors_are_retried_and_logged_without_the_url_query() {
     );
     let e = engine(&cfg);
     let url = format!("http://127.0.0.1:{port}/x?token=topsecret");
-    let id = e.enqueue(&Event::new("x", json!({})), &route(url)).unwrap();
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(url))
+        .await
+        .unwrap();
     assert_eq!(e.wait(&[id], T).await.unwrap().dead, 1);
     let log = attempts(dir.path());
     assert_eq!(log.len(), 2);
@@ -305,6 +312,7 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
     for _ in 0..3 {
         slow_ids.push(
             e.enqueue(&Event::new("x", json!({})), &route(slow.url("/slow")))
+                .await
                 .unwrap(),
         );
     }
@@ -312,6 +320,7 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
     for _ in 0..5 {
         fast_ids.push(
             e.enqueue(&Event::new("x", json!({})), &route(rx.url("/fast")))
+                .await
                 .unwrap(),
         );
     }
@@ -341,6 +350,7 @@ async fn a_restarted_engine_resumes_pending_deliveries() {
     let first = engine(&cfg);
     let id = first
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/later")))
+        .await
         .unwrap();
     rx.wait_for("/later", 1, T).await;
     wait_until(T, || attempts(dir.path()).len() == 1).await;
@@ -375,6 +385,7 @@ async fn a_second_process_only_queues_and_the_owner_delivers() {
     assert!(!other.is_owner());
     let id = other
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/q")))
+        .await
         .unwrap();
     // The owner polls the outbox and delivers what the other queued.
     assert_eq!(other.wait(&[id], T).await.unwrap().delivered, 1);
@@ -391,6 +402,7 @@ async fn unsigned_delivery_is_refused_unless_allowed() {
     let e = engine(&cfg);
     let err = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/u")))
+        .await
         .unwrap_err();
     assert!(matches!(err, WebhookError::Unsigned));
     assert!(err.to_string().contains("PM_ALLOW_UNSIGNED"));
@@ -400,6 +412,7 @@ async fn unsigned_delivery_is_refused_unless_allowed() {
     let e = engine(&cfg);
     let id = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/u")))
+        .await
         .unwrap();
     assert_eq!(e.wait(&[id], T).await.unwrap().delivered, 1);
     let r = &rx.requests("/u")[0];
@@ -445,6 +458,7 @@ async fn no_secret_reaches_any_log_file() {
     for p in ["/s", "/ok"] {
         ids.push(
             e.enqueue(&Event::new("x", json!({"p": p})), &route(rx.url(p)))
+                .await
                 .unwrap(),
         );
     }

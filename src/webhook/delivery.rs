@@ -45,7 +45,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -179,6 +179,20 @@ pub struct WaitOutcome {
     pub pending: usize,
 }
 
+/// The deliveries due at one endpoint (origin), and how many workers drain them.
+/// At most `per_endpoint` workers run per endpoint, so a slow endpoint ties up
+/// only its own workers, and a backlog is plain data, not parked tasks.
+#[derive(Default)]
+struct Endpoint {
+    queue: Mutex<EndpointQueue>,
+}
+
+#[derive(Default)]
+struct EndpointQueue {
+    items: std::collections::VecDeque<DeliveryRecord>,
+    workers: usize,
+}
+
 struct EngineInner {
     cfg: DeliveryConfig,
     signer: Option<Signer>,
@@ -186,8 +200,8 @@ struct EngineInner {
     outbox: Outbox,
     attempts: JsonlWriter,
     dead: JsonlWriter,
-    /// One semaphore per endpoint origin, created on first use.
-    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// One queue per endpoint origin, created on first use.
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     /// Deliveries with a task in this process, so the poller does not start a second one.
     active: Mutex<HashSet<String>>,
     /// Every delivery task and the poller; `shutdown` waits for them.
@@ -198,6 +212,11 @@ struct EngineInner {
     owner: Option<File>,
     /// Woken whenever a delivery settles (delivered or dead).
     settled: Notify,
+    /// Outcomes of the deliveries queued with `enqueue_watched` (`None` while
+    /// pending), so `wait` needs no database scan for them; `wait` removes them.
+    watched: Mutex<HashMap<String, Option<bool>>>,
+    /// Watched deliveries not settled yet (of every waiter).
+    watched_pending: std::sync::atomic::AtomicUsize,
 }
 
 /// The delivery engine. Cheap to clone.
@@ -279,6 +298,8 @@ impl WebhookEngine {
                 cancel: CancellationToken::new(),
                 owner,
                 settled: Notify::new(),
+                watched: Mutex::new(HashMap::new()),
+                watched_pending: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -335,14 +356,34 @@ impl WebhookEngine {
 
     /// Queues `event` for `route`: stores it in the outbox, then (in the owner) starts
     /// delivering. Returns the delivery id.
-    pub fn enqueue(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+    pub async fn enqueue(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+        self.enqueue_inner(event, route, false).await
+    }
+
+    /// Like [`enqueue`](Self::enqueue), and remembers the outcome in memory for
+    /// [`wait`](Self::wait) (which forgets it once it has reported it).
+    pub async fn enqueue_watched(
+        &self,
+        event: &Event,
+        route: &Route,
+    ) -> Result<String, WebhookError> {
+        self.enqueue_inner(event, route, true).await
+    }
+
+    async fn enqueue_inner(
+        &self,
+        event: &Event,
+        route: &Route,
+        watched: bool,
+    ) -> Result<String, WebhookError> {
         let i = &self.inner;
         if i.signer.is_none() && !i.cfg.allow_unsigned {
             return Err(WebhookError::Unsigned);
         }
         let now = now_unix();
         let record = DeliveryRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUID v7): new rows go to the end of the outbox's index.
+            id: uuid::Uuid::now_v7().to_string(),
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
             route: route.name.clone(),
@@ -354,8 +395,13 @@ impl WebhookEngine {
             state: DeliveryState::Pending,
             last_error: None,
         };
-        i.outbox.insert(&record)?;
+        i.outbox.insert(&record).await?;
         let id = record.id.clone();
+        if watched && self.is_owner() {
+            lock(&i.watched).insert(id.clone(), None);
+            i.watched_pending
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         if self.is_owner() && !i.cancel.is_cancelled() {
             self.spawn(record);
         }
@@ -364,8 +410,8 @@ impl WebhookEngine {
 
     /// Moves dead letters (all, or those of one event) back to pending and delivers
     /// them again. Returns how many.
-    pub fn redeliver(&self, event_id: Option<&str>) -> Result<usize, WebhookError> {
-        let revived = self.inner.outbox.revive(event_id, now_unix())?;
+    pub async fn redeliver(&self, event_id: Option<&str>) -> Result<usize, WebhookError> {
+        let revived = self.inner.outbox.revive(event_id, now_unix()).await?;
         let n = revived.len();
         if self.is_owner() {
             for r in revived {
@@ -375,109 +421,170 @@ impl WebhookEngine {
         Ok(n)
     }
 
-    /// Starts a task for `r` unless one runs already; `true` if started.
+    /// Takes `r` into this process's care unless it is already; `true` if taken.
     fn spawn(&self, r: DeliveryRecord) -> bool {
         if !lock(&self.inner.active).insert(r.id.clone()) {
             return false;
         }
-        let me = self.clone();
-        self.inner.tasks.spawn(async move {
-            let id = r.id.clone();
-            me.run(r).await;
-            lock(&me.inner.active).remove(&id);
-            me.inner.settled.notify_waiters();
-        });
+        self.schedule(r);
         true
     }
 
-    fn endpoint(&self, url: &str) -> Arc<Semaphore> {
+    /// Queues `r` at its endpoint when due; before that, a small sleeper task waits.
+    fn schedule(&self, r: DeliveryRecord) {
+        let wait = r.next_at - now_unix();
+        if wait <= 0.0 {
+            self.ready(r);
+            return;
+        }
+        let me = self.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = me.inner.cancel.cancelled() => me.release(&r.id, None),
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => me.ready(r),
+            }
+        });
+    }
+
+    /// Puts a due delivery in its endpoint's queue, and starts a worker for the
+    /// endpoint if fewer than `per_endpoint` run.
+    fn ready(&self, r: DeliveryRecord) {
+        let ep = self.endpoint(&r.url);
+        let start_worker = {
+            let mut q = lock(&ep.queue);
+            q.items.push_back(r);
+            let start = q.workers < self.inner.cfg.per_endpoint.max(1);
+            if start {
+                q.workers += 1;
+            }
+            start
+        };
+        if start_worker {
+            let me = self.clone();
+            self.inner.tasks.spawn(async move { me.work(ep).await });
+        }
+    }
+
+    /// A worker of one endpoint: attempts queued deliveries one after another
+    /// until the queue is empty (or the engine stops).
+    async fn work(&self, ep: Arc<Endpoint>) {
+        loop {
+            let next = {
+                let mut q = lock(&ep.queue);
+                let item = if self.inner.cancel.is_cancelled() {
+                    None
+                } else {
+                    q.items.pop_front()
+                };
+                if item.is_none() {
+                    q.workers -= 1;
+                    // Stopping: what is still queued stays pending in the outbox.
+                    let left: Vec<String> = if self.inner.cancel.is_cancelled() {
+                        q.items.drain(..).map(|r| r.id).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    drop(q);
+                    for id in left {
+                        self.release(&id, None);
+                    }
+                    return;
+                }
+                item
+            };
+            let Some(mut r) = next else { return };
+            match self.attempt(&mut r).await {
+                Some(delivered) => self.release(&r.id, Some(delivered)),
+                None => self.schedule(r),
+            }
+        }
+    }
+
+    /// The delivery leaves this process's care: settled (`Some`), or left pending.
+    fn release(&self, id: &str, settled: Option<bool>) {
+        lock(&self.inner.active).remove(id);
+        if let Some(delivered) = settled
+            && let Some(slot) = lock(&self.inner.watched).get_mut(id)
+            && slot.replace(delivered).is_none()
+        {
+            self.inner
+                .watched_pending
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        self.inner.settled.notify_waiters();
+    }
+
+    fn endpoint(&self, url: &str) -> Arc<Endpoint> {
         let key = reqwest::Url::parse(url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_else(|_| url.to_string());
-        lock(&self.inner.endpoints)
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.cfg.per_endpoint.max(1))))
-            .clone()
+        lock(&self.inner.endpoints).entry(key).or_default().clone()
     }
 
-    async fn run(&self, mut r: DeliveryRecord) {
+    /// Makes one attempt and records it: `Some(true)` delivered, `Some(false)`
+    /// dead, `None` to be retried at `r.next_at`.
+    async fn attempt(&self, r: &mut DeliveryRecord) -> Option<bool> {
         let i = &*self.inner;
-        let sem = self.endpoint(&r.url);
-        loop {
-            let wait = r.next_at - now_unix();
-            if wait > 0.0 {
-                tokio::select! {
-                    _ = i.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+        r.attempt += 1;
+        let started = Instant::now();
+        let result = self.send(r).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (status, error, retry_after) = match &result {
+            Ok((s, ra)) => (Some(*s), None, *ra),
+            Err(e) => (None, Some(e.clone()), None),
+        };
+        let outcome = match status {
+            Some(s) if (200..300).contains(&s) => "delivered",
+            Some(410) => "gone",
+            Some(s) if s == 408 || s == 429 || s >= 500 => "retry",
+            Some(_) => "failed",
+            None => "retry",
+        };
+        let outcome = if outcome == "retry" && r.attempt > i.cfg.max_retries {
+            "dead"
+        } else {
+            outcome
+        };
+        let reason = match (status, &error) {
+            (Some(s), _) => format!("HTTP {s}"),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "unknown".into(),
+        };
+        let next_at = (outcome == "retry").then(|| {
+            let b = backoff(
+                r.attempt,
+                i.cfg.backoff_base,
+                i.cfg.backoff_cap,
+                fastrand::f64() * 2.0 - 1.0,
+            );
+            now_unix() + b.max(retry_after.unwrap_or(Duration::ZERO)).as_secs_f64()
+        });
+        self.log_attempt(r, status, error, duration_ms, outcome, next_at);
+        let stored = match (outcome, next_at) {
+            ("delivered", _) => i.outbox.remove(&r.id),
+            ("retry", Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
+            _ => {
+                if outcome == "gone" {
+                    tracing::warn!(url = %redact_url(&r.url), route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
                 }
+                let why = match outcome {
+                    "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
+                    "failed" => format!("{reason}: final (not retried)"),
+                    _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
+                };
+                self.dead_letter(r, &why);
+                i.outbox.mark_dead(&r.id, r.attempt, &why)
             }
-            let permit = tokio::select! {
-                _ = i.cancel.cancelled() => return,
-                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            r.attempt += 1;
-            let started = Instant::now();
-            let result = self.send(&r).await;
-            drop(permit);
-            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let (status, error, retry_after) = match &result {
-                Ok((s, ra)) => (Some(*s), None, *ra),
-                Err(e) => (None, Some(e.clone()), None),
-            };
-            let outcome = match status {
-                Some(s) if (200..300).contains(&s) => "delivered",
-                Some(410) => "gone",
-                Some(s) if s == 408 || s == 429 || s >= 500 => "retry",
-                Some(_) => "failed",
-                None => "retry",
-            };
-            let outcome = if outcome == "retry" && r.attempt > i.cfg.max_retries {
-                "dead"
-            } else {
-                outcome
-            };
-            let reason = match (status, &error) {
-                (Some(s), _) => format!("HTTP {s}"),
-                (None, Some(e)) => e.clone(),
-                (None, None) => "unknown".into(),
-            };
-            let next = (outcome == "retry").then(|| {
-                let b = backoff(
-                    r.attempt,
-                    i.cfg.backoff_base,
-                    i.cfg.backoff_cap,
-                    fastrand::f64() * 2.0 - 1.0,
-                );
-                b.max(retry_after.unwrap_or(Duration::ZERO))
-            });
-            let next_at = next.map(|d| now_unix() + d.as_secs_f64());
-            self.log_attempt(&r, status, error, duration_ms, outcome, next_at);
-            let stored = match outcome {
-                "delivered" => i.outbox.remove(&r.id),
-                "retry" => {
-                    i.outbox
-                        .reschedule(&r.id, r.attempt, next_at.unwrap_or_else(now_unix), &reason)
-                }
-                _ => {
-                    if outcome == "gone" {
-                        tracing::warn!(url = %redact_url(&r.url), route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
-                    }
-                    let why = match outcome {
-                        "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
-                        "failed" => format!("{reason}: final (not retried)"),
-                        _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
-                    };
-                    self.dead_letter(&r, &why);
-                    i.outbox.mark_dead(&r.id, r.attempt, &why)
-                }
-            };
-            if let Err(e) = stored {
-                tracing::error!(delivery_id = %r.id, error = %e, "cannot update the webhook outbox");
+        };
+        if let Err(e) = stored {
+            tracing::error!(delivery_id = %r.id, error = %e, "cannot update the webhook outbox");
+        }
+        match next_at {
+            Some(t) => {
+                r.next_at = t;
+                None
             }
-            match next_at {
-                Some(t) => r.next_at = t,
-                None => return,
-            }
+            None => Some(outcome == "delivered"),
         }
     }
 
@@ -576,30 +683,83 @@ impl WebhookEngine {
         timeout: Duration,
     ) -> Result<WaitOutcome, WebhookError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let all_watched = {
+            let w = lock(&self.inner.watched);
+            ids.iter().all(|id| w.contains_key(id))
+        };
+        if all_watched {
+            return Ok(self.wait_watched(ids, deadline).await);
+        }
         loop {
             let notified = self.inner.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let pending = self.inner.outbox.count_pending(ids)?;
+            let (pending, dead) = self.inner.outbox.count_states(ids)?;
             if pending == 0 || tokio::time::Instant::now() >= deadline {
-                let mut dead = 0;
-                for id in ids {
-                    if let Some(r) = self.inner.outbox.get(id)? {
-                        if r.state == DeliveryState::Dead {
-                            dead += 1;
-                        }
-                    }
-                }
                 return Ok(WaitOutcome {
                     delivered: ids.len() - pending - dead,
                     dead,
                     pending,
                 });
             }
-            // Woken by a settled delivery here; rows settled by another process are seen by polling.
+            // A few ids: look again as soon as one of this process's deliveries
+            // settles. Many: every 50 ms. Rows settled by another process are
+            // seen by the polling either way.
+            let poll = tokio::time::sleep(Duration::from_millis(if ids.len() <= 16 {
+                100
+            } else {
+                50
+            }));
+            tokio::select! {
+                _ = notified, if ids.len() <= 16 => {}
+                _ = poll => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// `wait` for deliveries whose outcome this process records in memory. The
+    /// ids are counted when no watched delivery is pending any more, and besides
+    /// at most every 250 ms (counting is linear in the number of ids).
+    async fn wait_watched(&self, ids: &[String], deadline: tokio::time::Instant) -> WaitOutcome {
+        use std::sync::atomic::Ordering;
+        let mut last_count: Option<tokio::time::Instant> = None;
+        loop {
+            let notified = self.inner.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = tokio::time::Instant::now();
+            let count_now = ids.len() <= 16
+                || self.inner.watched_pending.load(Ordering::Acquire) == 0
+                || last_count.is_none_or(|t| now - t >= Duration::from_millis(250))
+                || now >= deadline
+                || self.inner.cancel.is_cancelled();
+            if count_now {
+                last_count = Some(now);
+                let mut o = WaitOutcome::default();
+                {
+                    let w = lock(&self.inner.watched);
+                    for id in ids {
+                        match w.get(id) {
+                            Some(Some(true)) => o.delivered += 1,
+                            Some(Some(false)) => o.dead += 1,
+                            _ => o.pending += 1,
+                        }
+                    }
+                }
+                if o.pending == 0 || now >= deadline || self.inner.cancel.is_cancelled() {
+                    let mut w = lock(&self.inner.watched);
+                    for id in ids {
+                        if let Some(None) = w.remove(id) {
+                            self.inner.watched_pending.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    return o;
+                }
+            }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -615,6 +775,9 @@ impl WebhookEngine {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        if let Err(e) = self.inner.outbox.flush().await {
+            tracing::error!(error = %e, "cannot flush the webhook outbox");
+        }
         let _ = self.inner.attempts.sync();
         let _ = self.inner.dead.sync();
     }

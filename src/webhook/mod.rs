@@ -118,8 +118,12 @@ impl WebhookHandler {
     }
 
     /// Queues a delivery of `event` to `route`.
-    pub fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
-        let id = self.engine.enqueue(event, route)?;
+    pub async fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+        let id = if self.queued.is_some() {
+            self.engine.enqueue_watched(event, route).await?
+        } else {
+            self.engine.enqueue(event, route).await?
+        };
         if let Some(q) = &self.queued {
             q.lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -135,7 +139,7 @@ impl WebhookHandler {
         event: &Event,
     ) -> Result<Option<String>, WebhookError> {
         match self.routes.for_event(event) {
-            Some(route) => self.trigger(event, &route).map(Some),
+            Some(route) => self.trigger(event, &route).await.map(Some),
             None => Ok(None),
         }
     }

@@ -14,7 +14,9 @@ use crate::config::FsyncPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Mutex, PoisonError};
+use tokio::sync::oneshot;
 
 /// State of a delivery in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,10 +67,47 @@ pub struct DeliveryRecord {
 }
 
 /// Handle to the outbox database.
+///
+/// Writes go to one writer thread that applies everything queued as one
+/// transaction (group commit): an insert waits for its commit, the updates that
+/// follow an attempt do not (losing one to a crash means an attempt is made
+/// again: deliveries are at least once). Reads use a second connection (WAL lets
+/// readers and the writer work side by side).
 pub struct Outbox {
     path: PathBuf,
-    /// One connection; SQLite calls are short and synchronous, never held across an `.await`.
-    conn: Mutex<Connection>,
+    /// The reading connection; calls are short and never held across an `.await`.
+    read: Mutex<Connection>,
+    /// The writer thread's inbox; dropping it lets the thread finish.
+    tx: Mutex<Option<std_mpsc::Sender<Op>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+type Reply = oneshot::Sender<Result<usize, String>>;
+
+enum Op {
+    Insert(Box<DeliveryRecord>, Reply),
+    Reschedule {
+        id: String,
+        attempt: u32,
+        next_at: f64,
+        error: String,
+    },
+    Dead {
+        id: String,
+        attempt: u32,
+        error: String,
+    },
+    Remove(String),
+    Revive {
+        ids: Vec<String>,
+        now: f64,
+        reply: Reply,
+    },
+    MakeDue {
+        now: f64,
+        reply: Reply,
+    },
+    Flush(Reply),
 }
 
 const COLUMNS: &str =
@@ -95,8 +134,97 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     })
 }
 
+fn connect(path: &Path, fsync: FsyncPolicy) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let sync = if fsync == FsyncPolicy::Always {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=4000;"
+    ))?;
+    Ok(conn)
+}
+
+fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
+    match op {
+        Op::Insert(r, _) => c.prepare_cached(
+            &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        )?.execute(params![
+                r.id, r.event_id, r.event_type, r.route, r.url, r.body, r.attempt, r.next_at,
+                r.created_at, r.state.as_str(), r.last_error
+            ],
+        ),
+        Op::Reschedule { id, attempt, next_at, error } => c.prepare_cached("UPDATE deliveries SET attempt = ?2, next_at = ?3, last_error = ?4 WHERE id = ?1")?.execute(params![id, attempt, next_at, error]),
+        Op::Dead { id, attempt, error } => c.prepare_cached("UPDATE deliveries SET state = 'dead', attempt = ?2, last_error = ?3 WHERE id = ?1")?.execute(params![id, attempt, error]),
+        Op::Remove(id) => c.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?.execute(params![id]),
+        Op::Revive { ids, now, .. } => {
+            let mut n = 0;
+            for id in ids {
+                n += c.prepare_cached("UPDATE deliveries SET state = 'pending', attempt = 0, next_at = ?2 WHERE id = ?1 AND state = 'dead'")?.execute(params![id, now])?;
+            }
+            Ok(n)
+        }
+        Op::MakeDue { now, .. } => c.prepare_cached("UPDATE deliveries SET next_at = ?1 WHERE state = 'pending' AND next_at > ?1")?.execute(params![now]),
+        Op::Flush(_) => Ok(0),
+    }
+}
+
+fn reply_of(op: Op) -> Option<Reply> {
+    match op {
+        Op::Insert(_, r)
+        | Op::Revive { reply: r, .. }
+        | Op::MakeDue { reply: r, .. }
+        | Op::Flush(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf) {
+    let mut batch = Vec::with_capacity(256);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = (|| -> rusqlite::Result<()> {
+            let tx = conn.unchecked_transaction()?;
+            for op in &batch {
+                results.push(apply(&tx, op).map_err(|e| e.to_string()));
+            }
+            tx.commit()
+        })();
+        if let Err(e) = &committed {
+            tracing::error!(path = %path.display(), error = %e, "webhook outbox commit failed");
+        }
+        for (i, op) in batch.drain(..).enumerate() {
+            let result = match &committed {
+                Ok(()) => results.get(i).cloned().unwrap_or(Ok(0)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &result
+                && !matches!(
+                    op,
+                    Op::Insert(..) | Op::Revive { .. } | Op::MakeDue { .. } | Op::Flush(_)
+                )
+            {
+                tracing::error!(path = %path.display(), error = %e, "webhook outbox update failed");
+            }
+            if let Some(reply) = reply_of(op) {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
 impl Outbox {
-    /// Opens (creating) the outbox at `path`.
+    /// Opens (creating) the outbox at `path` and starts its writer thread.
     pub fn open(path: impl Into<PathBuf>, fsync: FsyncPolicy) -> Result<Self, WebhookError> {
         let path = path.into();
         if let Some(dir) = path.parent() {
@@ -104,27 +232,29 @@ impl Outbox {
                 .map_err(|e| WebhookError::Outbox(format!("create {}: {e}", dir.display())))?;
         }
         let err = |e: rusqlite::Error| WebhookError::Outbox(format!("{}: {e}", path.display()));
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        let write = connect(&path, fsync).map_err(err)?;
+        write
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS deliveries (
+                    id TEXT PRIMARY KEY, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
+                    route TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL,
+                    attempt INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
+                    state TEXT NOT NULL, last_error TEXT) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_at);",
+            )
             .map_err(err)?;
-        let sync = if fsync == FsyncPolicy::Always {
-            "FULL"
-        } else {
-            "NORMAL"
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};
-             CREATE TABLE IF NOT EXISTS deliveries (
-                id TEXT PRIMARY KEY, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
-                route TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL,
-                attempt INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
-                state TEXT NOT NULL, last_error TEXT);
-             CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_at);"
-        ))
-        .map_err(err)?;
+        let read = connect(&path, fsync).map_err(err)?;
+        let (tx, rx) = std_mpsc::channel();
+        let p = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("pm-events-outbox".into())
+            .spawn(move || writer(write, rx, p))
+            .map_err(|e| WebhookError::Outbox(format!("start the outbox writer: {e}")))?;
         Ok(Outbox {
             path,
-            conn: Mutex::new(conn),
+            read: Mutex::new(read),
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -133,29 +263,42 @@ impl Outbox {
         &self.path
     }
 
+    fn send(&self, op: Op) -> Result<(), WebhookError> {
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        tx.as_ref()
+            .ok_or_else(|| WebhookError::Outbox("the outbox is closed".into()))?
+            .send(op)
+            .map_err(|_| WebhookError::Outbox("the outbox writer stopped".into()))
+    }
+
+    async fn call(&self, make: impl FnOnce(Reply) -> Op) -> Result<usize, WebhookError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(make(reply))?;
+        match wait.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(WebhookError::Outbox(format!(
+                "{}: {e}",
+                self.path.display()
+            ))),
+            Err(_) => Err(WebhookError::Outbox("the outbox writer stopped".into())),
+        }
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, WebhookError> {
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = self.read.lock().unwrap_or_else(PoisonError::into_inner);
         f(&conn).map_err(|e| WebhookError::Outbox(format!("{}: {e}", self.path.display())))
     }
 
-    /// Stores a new delivery.
-    pub fn insert(&self, r: &DeliveryRecord) -> Result<(), WebhookError> {
-        self.with(|c| {
-            c.execute(
-                &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-                params![
-                    r.id, r.event_id, r.event_type, r.route, r.url, r.body, r.attempt, r.next_at,
-                    r.created_at, r.state.as_str(), r.last_error
-                ],
-            )
-            .map(|_| ())
-        })
+    /// Stores a new delivery; returns once it is committed.
+    pub async fn insert(&self, r: &DeliveryRecord) -> Result<(), WebhookError> {
+        let r = Box::new(r.clone());
+        self.call(|reply| Op::Insert(r, reply)).await.map(|_| ())
     }
 
-    /// Records a failed attempt and when the next one is due.
+    /// Records a failed attempt and when the next one is due (committed shortly).
     pub fn reschedule(
         &self,
         id: &str,
@@ -163,38 +306,37 @@ impl Outbox {
         next_at: f64,
         last_error: &str,
     ) -> Result<(), WebhookError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE deliveries SET attempt = ?2, next_at = ?3, last_error = ?4 WHERE id = ?1",
-                params![id, attempt, next_at, last_error],
-            )
-            .map(|_| ())
+        self.send(Op::Reschedule {
+            id: id.into(),
+            attempt,
+            next_at,
+            error: last_error.into(),
         })
     }
 
-    /// Moves a delivery to the dead letters.
+    /// Moves a delivery to the dead letters (committed shortly).
     pub fn mark_dead(&self, id: &str, attempt: u32, last_error: &str) -> Result<(), WebhookError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE deliveries SET state = 'dead', attempt = ?2, last_error = ?3 WHERE id = ?1",
-                params![id, attempt, last_error],
-            )
-            .map(|_| ())
+        self.send(Op::Dead {
+            id: id.into(),
+            attempt,
+            error: last_error.into(),
         })
     }
 
-    /// Removes a delivered delivery.
+    /// Removes a delivered delivery (committed shortly).
     pub fn remove(&self, id: &str) -> Result<(), WebhookError> {
-        self.with(|c| {
-            c.execute("DELETE FROM deliveries WHERE id = ?1", params![id])
-                .map(|_| ())
-        })
+        self.send(Op::Remove(id.into()))
+    }
+
+    /// Waits until everything sent to the writer so far is committed.
+    pub async fn flush(&self) -> Result<(), WebhookError> {
+        self.call(Op::Flush).await.map(|_| ())
     }
 
     /// Every delivery in `state`, oldest first.
     pub fn list(&self, state: DeliveryState) -> Result<Vec<DeliveryRecord>, WebhookError> {
         self.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY created_at, id"
             ))?;
             let rows = st.query_map(params![state.as_str()], row)?;
@@ -216,7 +358,7 @@ impl Outbox {
 
     /// Puts dead deliveries (all, or those of `event_id`) back to pending with a
     /// fresh retry budget, due now. Returns them.
-    pub fn revive(
+    pub async fn revive(
         &self,
         event_id: Option<&str>,
         now: f64,
@@ -226,15 +368,8 @@ impl Outbox {
             .into_iter()
             .filter(|r| event_id.is_none_or(|e| r.event_id == e))
             .collect();
-        self.with(|c| {
-            for r in &dead {
-                c.execute(
-                    "UPDATE deliveries SET state = 'pending', attempt = 0, next_at = ?2 WHERE id = ?1",
-                    params![r.id, now],
-                )?;
-            }
-            Ok(())
-        })?;
+        let ids = dead.iter().map(|r| r.id.clone()).collect();
+        self.call(|reply| Op::Revive { ids, now, reply }).await?;
         Ok(dead
             .into_iter()
             .map(|mut r| {
@@ -247,27 +382,47 @@ impl Outbox {
     }
 
     /// Makes every pending delivery due at `now` (instead of at its next retry time).
-    pub fn make_due(&self, now: f64) -> Result<usize, WebhookError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE deliveries SET next_at = ?1 WHERE state = 'pending' AND next_at > ?1",
-                params![now],
-            )
-        })
+    pub async fn make_due(&self, now: f64) -> Result<usize, WebhookError> {
+        self.call(|reply| Op::MakeDue { now, reply }).await
     }
 
-    /// How many of `ids` are still pending.
-    pub fn count_pending(&self, ids: &[String]) -> Result<usize, WebhookError> {
+    /// How many of `ids` are pending and how many dead (one query, whatever the number of ids).
+    pub fn count_states(&self, ids: &[String]) -> Result<(usize, usize), WebhookError> {
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         self.with(|c| {
-            let mut st =
-                c.prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1 AND state = 'pending'")?;
-            let mut n = 0;
-            for id in ids {
-                if st.exists(params![id])? {
-                    n += 1;
+            let mut st = c.prepare_cached("SELECT id, state FROM deliveries")?;
+            let mut rows = st.query([])?;
+            let (mut pending, mut dead) = (0, 0);
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                if wanted.contains(id.as_str()) {
+                    let state: String = r.get(1)?;
+                    if state == "dead" {
+                        dead += 1;
+                    } else {
+                        pending += 1;
+                    }
                 }
             }
-            Ok(n)
+            Ok((pending, dead))
         })
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Closing the inbox lets the writer commit what is queued and end.
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
     }
 }

@@ -92,7 +92,7 @@ mod tests {
         assert_eq!(v["timestamp"], e.timestamp.floor() as i64);
         assert_eq!(v["data"], e.data);
         assert!(v["signature"].as_str().unwrap().starts_with("sha256="));
-        assert!(verify_body_signature(&[secret.clone()], &body).is_ok());
+        assert!(verify_body_signature(std::slice::from_ref(&secret), &body).is_ok());
         let (unsigned, _) = split_body_signature(&body).unwrap();
         assert_eq!(unsigned, build_body(&e, None));
         let mut tampered = body.clone();

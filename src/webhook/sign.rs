@@ -215,10 +215,10 @@ pub fn verify_standard(
     }
     let mut candidates = Vec::new();
     for entry in signatures.split_whitespace() {
-        if let Some(b64) = entry.strip_prefix("v1,") {
-            if let Ok(raw) = B64.decode(b64) {
-                candidates.push(raw);
-            }
+        if let Some(b64) = entry.strip_prefix("v1,")
+            && let Ok(raw) = B64.decode(b64)
+        {
+            candidates.push(raw);
         }
     }
     if candidates.is_empty() {
@@ -289,7 +289,7 @@ mod tests {
         );
         assert_eq!(
             verify_standard(
-                &[new.clone()],
+                std::slice::from_ref(&new),
                 "id1",
                 "1000",
                 body,

@@ -16,9 +16,9 @@ pub struct App {
 }
 
 impl App {
-    /// Builds and starts the bus; opens and starts the webhook engine when a
-    /// route is configured (or `always_webhooks`).
-    pub async fn start(cfg: &Config, always_webhooks: bool) -> Result<App> {
+    /// Builds the bus (not started: subscribe, then `app.bus.start()`); opens and
+    /// starts the webhook engine when a route is configured (or `always_webhooks`).
+    pub fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
         let bus = EventBus::builder().config(cfg).build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
@@ -28,7 +28,6 @@ impl App {
         } else {
             None
         };
-        bus.start().await?;
         Ok(App { bus, webhooks })
     }
 
@@ -71,10 +70,11 @@ pub fn report(outcome: Option<WaitOutcome>) -> bool {
 /// Parses a duration: `60s`, `2m`, `500ms`, `1h 30m`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = t.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("invalid duration {t:?}: {e} (examples: 30s, 2m, 500ms)"))

@@ -44,6 +44,12 @@ pub struct Args {
     /// Events of the memory burst.
     #[arg(long, default_value_t = 1_000_000)]
     burst: u64,
+    /// Webhook deliveries per run (`bench webhooks`).
+    #[arg(long, default_value_t = 20_000)]
+    deliveries: u64,
+    /// Concurrent requests (`bench webhooks`): the engine's per-endpoint bound and the baseline's.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
     /// Run only the bus with the log on (for profiling).
     #[arg(long, hide = true)]
     only_log_on: bool,
@@ -56,6 +62,8 @@ pub struct Args {
 enum What {
     /// The event bus and its write-ahead log.
     Bus,
+    /// Signed, durable webhook deliveries against bare HTTP POSTs.
+    Webhooks,
 }
 
 fn make(i: u64) -> Event {
@@ -74,6 +82,7 @@ fn bench_dir() -> PathBuf {
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     match args.what {
         What::Bus => bus(cfg, args).await,
+        What::Webhooks => webhooks(cfg, args).await,
     }
 }
 
@@ -248,10 +257,10 @@ async fn latency(cfg: &Config, rate: u64, secs: u64, dir: &Path) -> Result<(f64,
         let s = s2.clone();
         async move {
             let now = base.elapsed().as_nanos() as u64;
-            if let Some(t) = e.data.get("t").and_then(|t| t.as_u64()) {
-                if let Ok(mut v) = s.lock() {
-                    v.push(now.saturating_sub(t));
-                }
+            if let Some(t) = e.data.get("t").and_then(|t| t.as_u64())
+                && let Ok(mut v) = s.lock()
+            {
+                v.push(now.saturating_sub(t));
             }
             Ok::<(), std::convert::Infallible>(())
         }
@@ -331,4 +340,135 @@ async fn burst(cfg: &Config, n: u64, p: u64, dir: &Path) -> Result<(u64, u64)> {
     bus.stop().await?;
     let peak = rss_kib("VmHWM:") * 1024;
     Ok((before, peak.max(before)))
+}
+
+/// A receiver that answers 204 to every POST, as fast as axum can.
+async fn bare_receiver() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new()
+        .fallback(|_body: axum::body::Bytes| async { axum::http::StatusCode::NO_CONTENT });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+async fn webhooks(mut cfg: Config, a: Args) -> Result<ExitCode> {
+    use pm_events::webhook::WebhookHandler;
+
+    let dir = bench_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (addr, server) = bare_receiver().await?;
+    let url = format!("http://{addr}/hook");
+    let n = a.deliveries;
+    let c = a.concurrency.max(1);
+    say!(
+        "pm-events bench webhooks: {n} deliveries, concurrency {c}, receiver answering 204 on {addr}"
+    );
+
+    // Baseline: the same number of bare reqwest POSTs of a body of the same size.
+    let sample = pm_events::webhook::payload::build_body(&make(0), None);
+    let body = bytes_of(sample.len() + 90);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(c)
+        .build()?;
+    // `c` worker tasks on the runtime (as the engine's per-endpoint workers), each
+    // taking the next request number until all are sent.
+    let t0 = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..c {
+        let (client, url, body, next) = (client.clone(), url.clone(), body.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if sent.map(|r| r.status().is_success()).unwrap_or(false) {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for w in workers {
+        ok += w.await?;
+    }
+    let base = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(ok == n, "baseline: {ok} of {n} POSTs succeeded");
+
+    // The product's path: events published on the bus (8 publisher tasks), the
+    // WebhookHandler queues each in the outbox, the engine signs it three ways,
+    // sends it, logs the attempt in webhook_attempts.jsonl and removes it.
+    cfg.log_dir = dir.clone();
+    cfg.webhook_concurrency = c;
+    if cfg.webhook_secrets.is_empty() {
+        cfg.webhook_secrets = vec![pm_events::config::Secret::new("bench-secret")];
+    }
+    cfg.webhook_urls.clear();
+    cfg.webhook_urls.insert("PM_WEBHOOK_URL_BENCH".into(), url);
+    let handler = std::sync::Arc::new(WebhookHandler::from_config(&cfg)?.track_deliveries());
+    handler.engine().start()?;
+    let bus = EventBus::builder().config(&cfg).build();
+    bus.subscribe_arc("bench", handler.clone());
+    bus.start().await?;
+    let t0 = Instant::now();
+    let p = 8;
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in split(n, p, k) {
+                bus.publish_event(make(i)).await?;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let queued_at = t0.elapsed();
+    let ids = handler.take_queued();
+    let o = handler
+        .engine()
+        .wait(&ids, Duration::from_secs(600))
+        .await?;
+    let eng = n as f64 / t0.elapsed().as_secs_f64();
+    handler.engine().shutdown().await;
+    anyhow::ensure!(o.delivered as u64 == n, "engine: {o:?}");
+    server.abort();
+    tracing::info!(
+        queued_ms = queued_at.as_millis() as u64,
+        "all deliveries queued"
+    );
+
+    say!("  {:<52} {:>10}", "run", "deliveries/s");
+    say!(
+        "  {:<52} {:>10.0}",
+        "baseline: bare reqwest POSTs, same concurrency",
+        base
+    );
+    say!(
+        "  {:<52} {:>10.0}   ratio {:.2} (target >= 0.60)",
+        "publish -> outbox -> 3 signatures -> POST -> attempt log",
+        eng,
+        eng / base
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bytes_of(n: usize) -> Vec<u8> {
+    let mut v = b"{\"pad\":\"".to_vec();
+    v.resize(n.saturating_sub(2).max(v.len()), b'x');
+    v.extend_from_slice(b"\"}");
+    v
 }

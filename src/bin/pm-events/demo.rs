@@ -1,16 +1,46 @@
 //! `pm-events demo`: the seed's examples, run for real on the embedded bus.
 
+use crate::app::App;
+use crate::receiver::Receiver;
 use crate::say;
 use anyhow::Result;
-use pm_events::{Config, Event, EventBus};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use pm_events::config::Secret;
+use pm_events::{Config, Event};
 use serde_json::json;
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Runs the demo.
-pub async fn run(cfg: Config) -> Result<ExitCode> {
-    let bus = EventBus::builder().config(&cfg).build();
+pub async fn run(mut cfg: Config) -> Result<ExitCode> {
+    // Webhooks go to a local receiver that checks their signatures; the deployment
+    // endpoint fails twice before it accepts, to show the retries.
+    if cfg.webhook_secrets.is_empty() {
+        let key: Vec<u8> = (0..24).map(|_| fastrand::u8(..)).collect();
+        cfg.webhook_secrets = vec![Secret::new(format!("whsec_{}", B64.encode(key)))];
+        say!("(no WEBHOOK_SIGNATURE_SECRET set: the demo signs with a random secret of its own)");
+    }
+    cfg.webhook_backoff_base = Duration::from_millis(200);
+    let receiver = Receiver::start(
+        cfg.webhook_secrets.clone(),
+        HashMap::from([("/webhooks/deploy".to_string(), 2)]),
+    )
+    .await?;
+    cfg.webhook_urls.clear();
+    for (var, path) in [
+        ("FILE_CHANGE_WEBHOOK_URL", "/webhooks/files"),
+        ("REPORT_READY_WEBHOOK_URL", "/webhooks/reports"),
+        ("CRITICAL_ALERT_WEBHOOK_URL", "/webhooks/critical"),
+        ("PM_WEBHOOK_URL_DEPLOYMENT", "/webhooks/deploy"),
+    ] {
+        cfg.webhook_urls.insert(var.to_string(), receiver.url(path));
+    }
+    let app = App::open(&cfg, true)?;
+    let bus = app.bus.clone();
 
     // A printing handler per type, as in the seed's "Custom Event Handler".
     for t in ["file_change", "report_ready", "risk_alert", "deployment"] {
@@ -98,7 +128,8 @@ pub async fn run(cfg: Config) -> Result<ExitCode> {
         .await?;
     bus.publish("custom_event", json!({"priority": "low"}))
         .await?;
-    bus.stop().await?;
+    say!("waiting for the webhook deliveries (the deployment endpoint fails twice first) ...");
+    let outcome = app.stop(Duration::from_secs(60)).await?;
 
     let stats = bus.stats();
     say!("");
@@ -114,7 +145,21 @@ pub async fn run(cfg: Config) -> Result<ExitCode> {
         stats.panicked,
         stats.timed_out
     );
+    let o = outcome.unwrap_or_default();
+    say!(
+        "  webhooks           {} delivered ({} with every signature verified by the receiver), {} failed, {} pending",
+        o.delivered,
+        receiver.verified(),
+        o.dead,
+        o.pending
+    );
     say!("  event log          {}", bus.get_log_file().display());
+    say!(
+        "  webhook attempts   {}",
+        cfg.log_dir
+            .join("webhooks/webhook_attempts.jsonl")
+            .display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

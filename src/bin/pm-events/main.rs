@@ -8,6 +8,7 @@ mod app;
 mod bench;
 mod demo;
 mod publish;
+mod receiver;
 mod webhooks;
 
 use anyhow::Result;
@@ -57,6 +58,8 @@ pub struct UsageError(pub String);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // TLS for every HTTP client: rustls with the ring provider (no C toolchain needed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -51,7 +51,8 @@ pub fn build_event(
 /// Runs `publish`.
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let event = build_event(&args.event_type, &args.json, args.source.as_deref())?;
-    let app = App::start(&cfg, false).await?;
+    let app = App::open(&cfg, false)?;
+    app.bus.start().await?;
     let published = app.bus.publish_event(event).await;
     let bus = app.bus.clone();
     let outcome = app.stop(args.wait).await?;

@@ -174,7 +174,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
                 .filter(|r| event_id.as_deref().is_none_or(|e| r.event_id == e))
                 .map(|r| r.id)
                 .collect();
-            let n = engine.redeliver(event_id.as_deref())?;
+            let n = engine.redeliver(event_id.as_deref()).await?;
             engine.start()?;
             let o = engine.wait(&ids, wait).await?;
             engine.shutdown().await;
@@ -190,7 +190,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Deliver { wait } => {
             let engine = owner(&cfg)?;
-            engine.outbox().make_due(now_unix())?;
+            engine.outbox().make_due(now_unix()).await?;
             let ids: Vec<String> = engine
                 .outbox()
                 .list(DeliveryState::Pending)?
