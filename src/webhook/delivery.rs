@@ -215,6 +215,8 @@ struct EngineInner {
     /// Outcomes of the deliveries queued with `enqueue_watched` (`None` while
     /// pending), so `wait` needs no database scan for them; `wait` removes them.
     watched: Mutex<HashMap<String, Option<bool>>>,
+    /// Redacted form of each URL, for the logs.
+    redacted: Mutex<HashMap<String, String>>,
     /// Watched deliveries not settled yet (of every waiter).
     watched_pending: std::sync::atomic::AtomicUsize,
 }
@@ -299,6 +301,7 @@ impl WebhookEngine {
                 owner,
                 settled: Notify::new(),
                 watched: Mutex::new(HashMap::new()),
+                redacted: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -514,6 +517,19 @@ impl WebhookEngine {
         self.inner.settled.notify_waiters();
     }
 
+    /// `redact_url(url)`, remembered per URL (URLs are few; attempts are many).
+    fn redacted(&self, url: &str) -> String {
+        let mut cache = lock(&self.inner.redacted);
+        if let Some(r) = cache.get(url) {
+            return r.clone();
+        }
+        let r = redact_url(url);
+        if cache.len() < 10_000 {
+            cache.insert(url.to_string(), r.clone());
+        }
+        r
+    }
+
     fn endpoint(&self, url: &str) -> Arc<Endpoint> {
         let key = reqwest::Url::parse(url)
             .map(|u| u.origin().ascii_serialization())
@@ -645,7 +661,7 @@ impl WebhookEngine {
             event_id: &r.event_id,
             event_type: &r.event_type,
             route: &r.route,
-            url: redact_url(&r.url),
+            url: self.redacted(&r.url),
             attempt: r.attempt,
             status,
             error,

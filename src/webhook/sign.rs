@@ -99,10 +99,12 @@ fn unreachable_hmac() -> HmacSha256 {
 }
 
 /// Signs outgoing webhooks with one secret (the first configured one).
+///
+/// The keyed HMAC states are computed once and cloned per signature.
 #[derive(Clone)]
 pub struct Signer {
-    seed_key: Vec<u8>,
-    standard_key: Vec<u8>,
+    seed: HmacSha256,
+    standard: HmacSha256,
 }
 
 impl std::fmt::Debug for Signer {
@@ -115,21 +117,21 @@ impl Signer {
     /// A signer for `secret`; fails only for a `whsec_` secret that is not base64.
     pub fn new(secret: &Secret) -> Result<Self, VerifyError> {
         Ok(Signer {
-            seed_key: secret.expose().as_bytes().to_vec(),
-            standard_key: standard_key(secret)?,
+            seed: mac(secret.expose().as_bytes()),
+            standard: mac(&standard_key(secret)?),
         })
     }
 
     /// `sha256=<hex>` over `body` (the seed's `X-Webhook-Signature`).
     pub fn seed_signature(&self, body: &[u8]) -> String {
-        let mut m = mac(&self.seed_key);
+        let mut m = self.seed.clone();
         m.update(body);
         format!("{SEED_PREFIX}{}", hex::encode(m.finalize().into_bytes()))
     }
 
     /// `v1,<base64>` over `"{id}.{timestamp}.{body}"` (Standard Webhooks).
     pub fn standard_signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut m = mac(&self.standard_key);
+        let mut m = self.standard.clone();
         m.update(id.as_bytes());
         m.update(b".");
         m.update(timestamp.to_string().as_bytes());
