@@ -397,6 +397,16 @@ impl EventBus {
         self.add(event_type, Some(Arc::new(filter)), Arc::new(handler))
     }
 
+    /// Registers a shared handler for the events of `event_type` that `filter` accepts.
+    pub fn subscribe_arc_filtered(
+        &self,
+        event_type: &str,
+        filter: impl Fn(&Event) -> bool + Send + Sync + 'static,
+        handler: Arc<dyn Handler>,
+    ) -> SubscriptionId {
+        self.add(event_type, Some(Arc::new(filter)), handler)
+    }
+
     /// Registers a shared handler (one value subscribed to several types).
     pub fn subscribe_arc(&self, event_type: &str, handler: Arc<dyn Handler>) -> SubscriptionId {
         self.add(event_type, None, handler)

@@ -25,6 +25,7 @@
 //!
 //! - [`event`]: the [`Event`] type and its JSON form.
 //! - [`bus`]: the [`EventBus`] — subscriptions, dispatch, backpressure, start/stop.
+//! - [`handlers`]: the built-in `file_change`, `report_ready` and `risk_alert` handlers.
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory` now; NATS JetStream later).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
@@ -40,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod handler;
+pub mod handlers;
 pub mod journal;
 pub mod jsonl;
 pub mod transport;

@@ -1,17 +1,22 @@
 //! The running application shared by the commands that publish in-process: the
-//! bus plus, when any webhook route is configured, the webhook handler.
+//! bus with the built-in handlers and, when any webhook route is configured, the
+//! webhook handler.
 
 use anyhow::Result;
+use pm_events::handlers::{BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
 use pm_events::webhook::{WaitOutcome, WebhookHandler};
 use pm_events::{Config, EventBus};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A started bus and its webhook handler.
+/// The bus, its built-in handlers and its webhook handler.
 pub struct App {
-    /// The bus.
+    /// The bus (critical risk alerts in the priority lane).
     pub bus: EventBus,
-    /// The webhook handler, subscribed to every type, when routes exist.
+    /// The built-in handlers.
+    pub builtins: Builtins,
+    /// The webhook handler, when routes exist: the built-in handlers trigger it
+    /// for their types, and it is subscribed for every other type.
     pub webhooks: Option<Arc<WebhookHandler>>,
 }
 
@@ -19,16 +24,30 @@ impl App {
     /// Builds the bus (not started: subscribe, then `app.bus.start()`); opens and
     /// starts the webhook engine when a route is configured (or `always_webhooks`).
     pub fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
-        let bus = EventBus::builder().config(cfg).build();
+        let bus = EventBus::builder()
+            .config(cfg)
+            .priority(builtin_priority)
+            .build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
             h.engine().start()?;
-            bus.subscribe_arc("*", h.clone());
             Some(h)
         } else {
             None
         };
-        Ok(App { bus, webhooks })
+        let builtins = register_builtins(&bus, cfg, webhooks.clone())?;
+        if let Some(h) = &webhooks {
+            bus.subscribe_arc_filtered(
+                "*",
+                |e| !BUILTIN_TYPES.contains(&e.event_type.as_str()),
+                h.clone(),
+            );
+        }
+        Ok(App {
+            bus,
+            builtins,
+            webhooks,
+        })
     }
 
     /// Stops the bus (every accepted event handled), then waits up to `wait` for
@@ -36,6 +55,7 @@ impl App {
     /// pending stays in the outbox). Returns the delivery outcome, if any were queued.
     pub async fn stop(self, wait: Duration) -> Result<Option<WaitOutcome>> {
         self.bus.stop().await?;
+        self.builtins.risk_alert.flush_dashboard();
         let Some(h) = self.webhooks else {
             return Ok(None);
         };

@@ -18,7 +18,7 @@ struct Shared {
     secrets: Vec<Secret>,
     /// Path → attempts to fail with 503 before answering 200.
     fail_first: HashMap<String, u32>,
-    /// webhook-id → attempts seen.
+    /// "path webhook-id" → attempts seen.
     seen: Mutex<HashMap<String, u32>>,
     /// Deliveries whose three signatures all verified.
     verified: Mutex<u32>,
@@ -45,7 +45,7 @@ async fn receive(
     let id = header(&headers, "webhook-id").to_string();
     let attempt = {
         let mut seen = s.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = seen.entry(id.clone()).or_default();
+        let n = seen.entry(format!("{} {id}", uri.path())).or_default();
         *n += 1;
         *n
     };

@@ -1,0 +1,237 @@
+//! The built-in handlers of the seed's three event types (DESIGN.md section 4).
+//!
+//! - [`FileChangeHandler`] (`file_change`) → `file_changes/file_changes.jsonl`
+//! - [`ReportReadyHandler`] (`report_ready`) → `reports/report_generations.jsonl`, e-mail
+//! - [`RiskAlertHandler`] (`risk_alert`) → `risk_alerts/risk_alerts.jsonl`, `dashboard.json`
+//!
+//! Each validates its payload as a typed serde struct (unknown fields are kept);
+//! an invalid payload is logged with `"status":"invalid"` and the reason, does not
+//! reach webhooks, and is returned as the handler's error (counted by the bus).
+//! [`register_builtins`] subscribes all three on a bus in one call.
+//!
+//! Every handler log line starts with `timestamp` (RFC 3339), `event_id`, `status`
+//! (`ok`, `invalid` or `error`) and, unless `ok`, `reason`; the fields of each
+//! handler follow and are documented in its module.
+
+pub mod file_change;
+pub mod mail;
+pub mod report_ready;
+pub mod risk_alert;
+
+pub use file_change::FileChangeHandler;
+pub use report_ready::ReportReadyHandler;
+pub use risk_alert::{MitigationExecutor, RiskAlertHandler};
+
+use crate::bus::EventBus;
+use crate::config::Config;
+use crate::event::Event;
+use crate::jsonl::JsonlWriter;
+use crate::transport::Priority;
+use crate::webhook::{Route, WebhookHandler};
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The built-in event types.
+pub const BUILTIN_TYPES: [&str; 3] = ["file_change", "report_ready", "risk_alert"];
+
+/// Errors setting a handler up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::error::ConfigError),
+    /// A log file could not be opened.
+    #[error(transparent)]
+    Log(#[from] crate::error::LogError),
+    /// The webhook engine could not be opened.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
+    /// The mailer could not be set up.
+    #[error("mail: {0}")]
+    Mail(String),
+}
+
+/// Why a built-in handler refused or failed an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// The payload is invalid; the message names the field.
+    #[error("invalid {event_type} payload: {reason}")]
+    Invalid {
+        /// The event type.
+        event_type: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The event was valid but handling it failed (I/O, ...).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl HandleError {
+    pub(crate) fn invalid(event_type: &'static str, reason: impl Into<String>) -> Self {
+        HandleError::Invalid {
+            event_type,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the built-in handlers share: where they log, and the webhook handler.
+#[derive(Clone)]
+pub struct Context {
+    /// Root of the logs.
+    pub log_dir: PathBuf,
+    /// Rotation size of the handler logs.
+    pub log_max_bytes: u64,
+    /// Rotated files kept.
+    pub log_keep: usize,
+    /// Sync policy.
+    pub fsync: crate::config::FsyncPolicy,
+    /// Where webhooks go; `None`: no webhooks.
+    pub webhooks: Option<Arc<WebhookHandler>>,
+}
+
+impl Context {
+    /// The context of `config`, without webhooks.
+    pub fn from_config(config: &Config) -> Self {
+        Context {
+            log_dir: config.log_dir.clone(),
+            log_max_bytes: config.log_max_bytes,
+            log_keep: config.log_keep,
+            fsync: config.fsync,
+            webhooks: None,
+        }
+    }
+
+    /// The same context, delivering webhooks through `w`.
+    pub fn with_webhooks(mut self, w: Arc<WebhookHandler>) -> Self {
+        self.webhooks = Some(w);
+        self
+    }
+
+    pub(crate) fn writer(&self, rel: &str) -> Result<JsonlWriter, SetupError> {
+        Ok(JsonlWriter::open(
+            self.log_dir.join(rel),
+            self.log_max_bytes,
+            self.log_keep,
+            self.fsync,
+        )?)
+    }
+
+    /// Queues `event` for `route` (if webhooks are on); the delivery id, or the error as text.
+    pub(crate) async fn deliver(&self, event: &Event, route: Option<Route>) -> Value {
+        let (Some(w), Some(route)) = (&self.webhooks, route) else {
+            return Value::Null;
+        };
+        match w.trigger(event, &route).await {
+            Ok(id) => serde_json::json!({"route": route.name, "delivery_id": id}),
+            Err(e) => serde_json::json!({"route": route.name, "error": e.to_string()}),
+        }
+    }
+}
+
+/// Current time in RFC 3339 (UTC, milliseconds).
+pub(crate) fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Builds a handler log line: `timestamp`, `event_id`, `status`, `reason`, then `fields`.
+pub(crate) fn log_line(
+    event: &Event,
+    status: &str,
+    reason: Option<&str>,
+    fields: Map<String, Value>,
+) -> Value {
+    let mut m = Map::new();
+    m.insert("timestamp".into(), now_rfc3339().into());
+    m.insert("event_id".into(), event.event_id.clone().into());
+    m.insert("status".into(), status.into());
+    if let Some(r) = reason {
+        m.insert("reason".into(), r.into());
+    }
+    m.extend(fields);
+    Value::Object(m)
+}
+
+/// Appends `line` to `log`, reporting (not failing on) an I/O error.
+pub(crate) fn append(log: &JsonlWriter, line: &Value) {
+    if let Err(e) = log.append(line) {
+        tracing::error!(path = %log.path().display(), error = %e, "cannot write a handler log line");
+    }
+}
+
+/// Checks an optional RFC 3339 time field.
+pub(crate) fn check_time(field: &str, v: &Option<String>) -> Result<(), String> {
+    match v {
+        Some(t) if chrono::DateTime::parse_from_rfc3339(t).is_err() => {
+            Err(format!("`{field}` is not an RFC 3339 time: {t:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decodes a payload into `T`, naming the field serde found wrong.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    event_type: &'static str,
+    data: &Value,
+) -> Result<T, HandleError> {
+    serde_json::from_value(data.clone())
+        .map_err(|e| HandleError::invalid(event_type, e.to_string()))
+}
+
+/// The priority rule of the built-in types: critical risk alerts take the priority lane.
+pub fn builtin_priority(e: &Event) -> Priority {
+    if e.event_type == "risk_alert"
+        && e.data.get("severity").and_then(Value::as_str) == Some("critical")
+    {
+        Priority::High
+    } else {
+        Priority::Normal
+    }
+}
+
+/// The three built-in handlers, as registered by [`register_builtins`].
+pub struct Builtins {
+    /// `file_change`.
+    pub file_change: Arc<FileChangeHandler>,
+    /// `report_ready`.
+    pub report_ready: Arc<ReportReadyHandler>,
+    /// `risk_alert`.
+    pub risk_alert: Arc<RiskAlertHandler>,
+}
+
+/// Builds the three built-in handlers from `config` (log directory, SMTP, auto
+/// distribution) and subscribes them on `bus`. With `webhooks`, each triggers
+/// its webhook; subscribe the webhook handler itself only for the other types
+/// (see [`BUILTIN_TYPES`]) so no event is delivered twice.
+pub fn register_builtins(
+    bus: &EventBus,
+    config: &Config,
+    webhooks: Option<Arc<WebhookHandler>>,
+) -> Result<Builtins, SetupError> {
+    let mut ctx = Context::from_config(config);
+    ctx.webhooks = webhooks;
+    let file_change = Arc::new(FileChangeHandler::with_context(true, ctx.clone())?);
+    let report_ready = Arc::new(ReportReadyHandler::with_context(
+        config.report_auto_distribute,
+        ctx.clone(),
+        mail::Mailer::from_config(config)?,
+    )?);
+    let risk_alert = Arc::new(RiskAlertHandler::with_context(
+        true,
+        ctx,
+        Some(bus.clone()),
+    )?);
+    bus.subscribe_arc("file_change", file_change.clone());
+    bus.subscribe_arc("report_ready", report_ready.clone());
+    bus.subscribe_arc("risk_alert", risk_alert.clone());
+    Ok(Builtins {
+        file_change,
+        report_ready,
+        risk_alert,
+    })
+}

@@ -1,0 +1,521 @@
+//! `risk_alert`: a security, performance, compliance or financial risk was detected.
+//!
+//! Payload (the seed's): `alert_id`, `risk_type` (`security` | `performance` |
+//! `compliance` | `financial`), `severity` (`low` | `medium` | `high` | `critical`),
+//! `title`, `risk_score` (0 to 1) — required; `description`, `affected_resources`,
+//! `detected_at` (RFC 3339), `source_system`, `mitigation_steps`, `metadata` —
+//! optional; other fields are kept.
+//!
+//! - **Severity first**: with [`builtin_priority`](super::builtin_priority) as the
+//!   bus's priority rule, critical alerts travel in the priority lane, so a flood of
+//!   low alerts cannot delay them.
+//! - **Escalation** (when `escalation_enabled`): a high or critical alert, or any with
+//!   `risk_score >= 0.8`, is escalated to the next severity (low → medium → high →
+//!   critical): a `risk_escalated` event is published on the bus
+//!   (`{alert_id, title, severity, escalated_to, risk_score, reason, alert_event_id}`)
+//!   and the next severity's webhook is notified too.
+//! - **Mitigation**: each step is run by the executor registered for its name
+//!   ([`RiskAlertHandler::register_mitigation`]) and recorded as `executed` or
+//!   `failed`; a step with no executor is logged and recorded as `skipped`.
+//! - **Dashboard**: `risk_alerts/dashboard.json`, rewritten atomically (at most every
+//!   200 ms, and at the end): `open_alerts` (one per `alert_id`, most severe first),
+//!   `counts_by_severity`, `counts_by_type` (of the open alerts), `highest_risk_score`,
+//!   `alerts_received`, `escalations`, `last_update`. It is loaded again on start.
+//! - **Webhooks**: `{CRITICAL,HIGH,MEDIUM,LOW}_ALERT_WEBHOOK_URL` by severity, with
+//!   `DEFAULT_RISK_WEBHOOK_URL` as the fallback.
+//!
+//! # `risk_alerts/risk_alerts.jsonl`
+//!
+//! `timestamp`, `event_id`, `status`, `reason`, `alert_id`, `severity`, `risk_type`,
+//! `risk_score`, `title`, `escalated_to` (or null), `mitigation` (list of `{step,
+//! status, detail}`), `webhooks` (list of routes and delivery ids).
+
+use super::report_ready::write_atomic;
+use super::{Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339};
+use crate::bus::EventBus;
+use crate::event::Event;
+use crate::handler::{Handler, HandlerError};
+use crate::jsonl::JsonlWriter;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Kind of risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskType {
+    /// Security.
+    Security,
+    /// Performance.
+    Performance,
+    /// Compliance.
+    Compliance,
+    /// Financial.
+    Financial,
+}
+
+/// How bad it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+impl Severity {
+    /// The severity name as in the payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+    /// The next severity up (critical stays critical).
+    pub fn next(self) -> Severity {
+        match self {
+            Severity::Low => Severity::Medium,
+            Severity::Medium => Severity::High,
+            Severity::High | Severity::Critical => Severity::Critical,
+        }
+    }
+}
+
+/// The `risk_alert` payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RiskAlert {
+    /// Alert id.
+    pub alert_id: String,
+    /// Kind of risk.
+    pub risk_type: RiskType,
+    /// Severity.
+    pub severity: Severity,
+    /// Short description.
+    pub title: String,
+    /// Long description.
+    #[serde(default)]
+    pub description: String,
+    /// Affected resources.
+    #[serde(default)]
+    pub affected_resources: Vec<String>,
+    /// Score from 0 to 1.
+    pub risk_score: f64,
+    /// When it was detected (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<String>,
+    /// Detecting system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_system: Option<String>,
+    /// Steps to mitigate.
+    #[serde(default)]
+    pub mitigation_steps: Vec<String>,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Fields the seed does not name, kept.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl RiskAlert {
+    /// Decodes and checks a payload.
+    pub fn parse(data: &Value) -> Result<Self, HandleError> {
+        let a: RiskAlert = decode("risk_alert", data)?;
+        let bad = |m: String| HandleError::invalid("risk_alert", m);
+        if a.alert_id.trim().is_empty() {
+            return Err(bad("`alert_id` is empty".into()));
+        }
+        if !(0.0..=1.0).contains(&a.risk_score) {
+            return Err(bad(format!(
+                "`risk_score` must be between 0 and 1, got {}",
+                a.risk_score
+            )));
+        }
+        check_time("detected_at", &a.detected_at).map_err(bad)?;
+        Ok(a)
+    }
+}
+
+/// A mitigation step's implementation: gets the alert, returns what it did or why it failed.
+pub type MitigationFn = Arc<dyn Fn(&RiskAlert) -> Result<String, String> + Send + Sync>;
+
+/// The registered mitigation step implementations, by step name.
+#[derive(Default, Clone)]
+pub struct MitigationExecutor {
+    steps: HashMap<String, MitigationFn>,
+}
+
+impl MitigationExecutor {
+    /// Registers `f` for the step `name`.
+    pub fn register(
+        &mut self,
+        name: impl Into<String>,
+        f: impl Fn(&RiskAlert) -> Result<String, String> + Send + Sync + 'static,
+    ) {
+        self.steps.insert(name.into(), Arc::new(f));
+    }
+
+    /// Runs every step of `alert`: `{step, status: executed | failed | skipped, detail}`.
+    pub fn run(&self, alert: &RiskAlert) -> Vec<Value> {
+        alert
+            .mitigation_steps
+            .iter()
+            .map(|step| match self.steps.get(step) {
+                Some(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(alert))) {
+                    Ok(Ok(detail)) => json!({"step": step, "status": "executed", "detail": detail}),
+                    Ok(Err(e)) => json!({"step": step, "status": "failed", "detail": e}),
+                    Err(_) => json!({"step": step, "status": "failed", "detail": "the executor panicked"}),
+                },
+                None => {
+                    tracing::info!(alert_id = %alert.alert_id, step = %step, "mitigation step logged (no executor registered)");
+                    json!({"step": step, "status": "skipped", "detail": "no executor registered; logged only"})
+                }
+            })
+            .collect()
+    }
+}
+
+/// One open alert on the dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAlert {
+    /// Alert id.
+    pub alert_id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Kind.
+    pub risk_type: RiskType,
+    /// Title.
+    pub title: String,
+    /// Score.
+    pub risk_score: f64,
+    /// Detected at.
+    pub detected_at: Option<String>,
+    /// Escalated to this severity, if escalated.
+    pub escalated_to: Option<Severity>,
+    /// Last event about it.
+    pub event_id: String,
+}
+
+/// The risk dashboard (`risk_alerts/dashboard.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Dashboard {
+    /// Open alerts, most severe (then highest score) first.
+    pub open_alerts: Vec<OpenAlert>,
+    /// Open alerts per severity.
+    pub counts_by_severity: BTreeMap<String, u64>,
+    /// Open alerts per risk type.
+    pub counts_by_type: BTreeMap<String, u64>,
+    /// Highest score among open alerts.
+    pub highest_risk_score: f64,
+    /// Alert events received (valid ones).
+    pub alerts_received: u64,
+    /// Escalations made.
+    pub escalations: u64,
+    /// When it last changed (RFC 3339).
+    pub last_update: Option<String>,
+}
+
+struct DashState {
+    open: BTreeMap<String, OpenAlert>,
+    received: u64,
+    escalations: u64,
+    last_update: Option<String>,
+    dirty: bool,
+    last_write: Option<Instant>,
+    flush_scheduled: bool,
+}
+
+/// How often the dashboard file is rewritten at most.
+pub const DASHBOARD_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The seed's `RiskAlertHandler`.
+pub struct RiskAlertHandler {
+    /// Escalate high and critical alerts and those scoring 0.8 or more.
+    pub escalation_enabled: bool,
+    ctx: Context,
+    bus: Option<EventBus>,
+    log: JsonlWriter,
+    mitigation: RwLock<MitigationExecutor>,
+    dashboard_path: PathBuf,
+    dash: Arc<Mutex<DashState>>,
+}
+
+impl RiskAlertHandler {
+    /// The seed's `RiskAlertHandler(escalation_enabled=...)`, configured from the
+    /// environment, without webhooks and without a bus to publish escalations on.
+    pub fn new(escalation_enabled: bool) -> Result<Self, SetupError> {
+        Self::with_context(
+            escalation_enabled,
+            Context::from_config(&crate::Config::from_env()?),
+            None,
+        )
+    }
+
+    /// A handler writing under `ctx`, publishing `risk_escalated` on `bus`.
+    pub fn with_context(
+        escalation_enabled: bool,
+        ctx: Context,
+        bus: Option<EventBus>,
+    ) -> Result<Self, SetupError> {
+        let log = ctx.writer("risk_alerts/risk_alerts.jsonl")?;
+        let dashboard_path = ctx.log_dir.join("risk_alerts/dashboard.json");
+        let loaded: Dashboard = std::fs::read(&dashboard_path)
+            .ok()
+            .and_then(|b| match serde_json::from_slice(&b) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(path = %dashboard_path.display(), error = %e, "unreadable risk dashboard; starting a new one");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        let dash = DashState {
+            open: loaded
+                .open_alerts
+                .into_iter()
+                .map(|a| (a.alert_id.clone(), a))
+                .collect(),
+            received: loaded.alerts_received,
+            escalations: loaded.escalations,
+            last_update: loaded.last_update,
+            dirty: false,
+            last_write: None,
+            flush_scheduled: false,
+        };
+        Ok(RiskAlertHandler {
+            escalation_enabled,
+            ctx,
+            bus,
+            log,
+            mitigation: RwLock::new(MitigationExecutor::default()),
+            dashboard_path,
+            dash: Arc::new(Mutex::new(dash)),
+        })
+    }
+
+    /// Registers the implementation of the mitigation step `name`.
+    pub fn register_mitigation(
+        &self,
+        name: impl Into<String>,
+        f: impl Fn(&RiskAlert) -> Result<String, String> + Send + Sync + 'static,
+    ) {
+        self.mitigation
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register(name, f);
+    }
+
+    /// The dashboard as it is now.
+    pub fn dashboard(&self) -> Dashboard {
+        render(&self.dash.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Writes the dashboard file now if it changed.
+    pub fn flush_dashboard(&self) {
+        write_dashboard(&self.dash, &self.dashboard_path);
+    }
+
+    /// The seed's `handle_risk_alert(event)`.
+    pub async fn handle_risk_alert(&self, event: &Event) -> Result<Value, HandleError> {
+        let alert = match RiskAlert::parse(&event.data) {
+            Ok(a) => a,
+            Err(e) => {
+                let mut f = Map::new();
+                f.insert("data".into(), event.data.clone());
+                append(
+                    &self.log,
+                    &log_line(event, "invalid", Some(&e.to_string()), f),
+                );
+                return Err(e);
+            }
+        };
+        let escalate = self.escalation_enabled
+            && (alert.severity >= Severity::High || alert.risk_score >= 0.8);
+        let escalated_to = escalate.then(|| alert.severity.next());
+        let mitigation = self
+            .mitigation
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .run(&alert);
+
+        // Webhooks: the alert's severity route, and on escalation the next one's too.
+        let mut webhooks = Vec::new();
+        if let Some(w) = &self.ctx.webhooks {
+            let primary = w.routes().for_severity(alert.severity.as_str());
+            let primary_url = primary.as_ref().map(|r| r.url.clone());
+            webhooks.push(self.ctx.deliver(event, primary).await);
+            if let Some(next) = escalated_to {
+                let up = w
+                    .routes()
+                    .for_severity(next.as_str())
+                    .filter(|r| Some(&r.url) != primary_url.as_ref());
+                if up.is_some() {
+                    webhooks.push(self.ctx.deliver(event, up).await);
+                }
+            }
+        }
+        webhooks.retain(|v| !v.is_null());
+
+        if let (Some(next), Some(bus)) = (escalated_to, &self.bus) {
+            let reason = if alert.severity >= Severity::High {
+                format!("severity {}", alert.severity.as_str())
+            } else {
+                format!("risk_score {} >= 0.8", alert.risk_score)
+            };
+            let escalation = json!({
+                "alert_id": alert.alert_id, "title": alert.title, "severity": alert.severity,
+                "escalated_to": next, "risk_score": alert.risk_score, "reason": reason,
+                "alert_event_id": event.event_id,
+            });
+            if let Err(e) = bus.publish("risk_escalated", escalation).await {
+                tracing::error!(alert_id = %alert.alert_id, error = %e, "cannot publish risk_escalated");
+            }
+        }
+
+        self.update_dashboard(&alert, escalated_to, event);
+
+        let mut fields = Map::new();
+        fields.insert("alert_id".into(), alert.alert_id.clone().into());
+        fields.insert("severity".into(), alert.severity.as_str().into());
+        fields.insert(
+            "risk_type".into(),
+            serde_json::to_value(alert.risk_type).unwrap_or(Value::Null),
+        );
+        fields.insert("risk_score".into(), alert.risk_score.into());
+        fields.insert("title".into(), alert.title.clone().into());
+        fields.insert(
+            "escalated_to".into(),
+            escalated_to
+                .map(|s| Value::from(s.as_str()))
+                .unwrap_or(Value::Null),
+        );
+        fields.insert("mitigation".into(), Value::Array(mitigation));
+        fields.insert("webhooks".into(), Value::Array(webhooks));
+        let line = log_line(event, "ok", None, fields);
+        append(&self.log, &line);
+        Ok(line)
+    }
+
+    fn update_dashboard(&self, a: &RiskAlert, escalated_to: Option<Severity>, event: &Event) {
+        let write_now = {
+            let mut d = self.dash.lock().unwrap_or_else(PoisonError::into_inner);
+            d.received += 1;
+            if escalated_to.is_some() {
+                d.escalations += 1;
+            }
+            d.open.insert(
+                a.alert_id.clone(),
+                OpenAlert {
+                    alert_id: a.alert_id.clone(),
+                    severity: a.severity,
+                    risk_type: a.risk_type,
+                    title: a.title.clone(),
+                    risk_score: a.risk_score,
+                    detected_at: a.detected_at.clone(),
+                    escalated_to,
+                    event_id: event.event_id.clone(),
+                },
+            );
+            d.last_update = Some(now_rfc3339());
+            d.dirty = true;
+            let due = d
+                .last_write
+                .is_none_or(|t| t.elapsed() >= DASHBOARD_INTERVAL);
+            if !due && !d.flush_scheduled {
+                // Write the last changes once the interval has passed.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    d.flush_scheduled = true;
+                    let (dash, path) = (self.dash.clone(), self.dashboard_path.clone());
+                    rt.spawn(async move {
+                        tokio::time::sleep(DASHBOARD_INTERVAL).await;
+                        let _ = tokio::task::spawn_blocking(move || write_dashboard(&dash, &path))
+                            .await;
+                    });
+                }
+            }
+            due
+        };
+        if write_now {
+            write_dashboard(&self.dash, &self.dashboard_path);
+        }
+    }
+}
+
+fn render(d: &DashState) -> Dashboard {
+    let mut open: Vec<OpenAlert> = d.open.values().cloned().collect();
+    open.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.risk_score.total_cmp(&a.risk_score))
+            .then(a.alert_id.cmp(&b.alert_id))
+    });
+    let mut by_sev = BTreeMap::new();
+    let mut by_type = BTreeMap::new();
+    let mut max: f64 = 0.0;
+    for a in &open {
+        *by_sev.entry(a.severity.as_str().to_string()).or_insert(0) += 1;
+        let t = serde_json::to_value(a.risk_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *by_type.entry(t).or_insert(0) += 1;
+        max = max.max(a.risk_score);
+    }
+    Dashboard {
+        open_alerts: open,
+        counts_by_severity: by_sev,
+        counts_by_type: by_type,
+        highest_risk_score: max,
+        alerts_received: d.received,
+        escalations: d.escalations,
+        last_update: d.last_update.clone(),
+    }
+}
+
+fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
+    let bytes = {
+        let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+        d.flush_scheduled = false;
+        if !d.dirty {
+            return;
+        }
+        d.dirty = false;
+        d.last_write = Some(Instant::now());
+        serde_json::to_vec_pretty(&render(&d)).unwrap_or_default()
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = write_atomic(path, &bytes) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the risk dashboard");
+    }
+}
+
+impl Drop for RiskAlertHandler {
+    fn drop(&mut self) {
+        write_dashboard(&self.dash, &self.dashboard_path);
+    }
+}
+
+#[async_trait]
+impl Handler for RiskAlertHandler {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.handle_risk_alert(&event).await?;
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "RiskAlertHandler"
+    }
+}
