@@ -41,13 +41,50 @@ fn demo_runs_the_seed_examples_and_logs_them() {
         stdout.contains("Deployment success: api-gateway 1.2.3"),
         "{stdout}"
     );
-    assert!(stdout.contains("events published   9"), "{stdout}");
+    // Every webhook arrived with valid signatures, including the one that failed twice first.
+    assert!(
+        stdout.contains("webhooks           11 delivered (11 with every signature verified"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/webhooks/deploy   deployment   attempt 3  answered 200"),
+        "{stdout}"
+    );
+    // Each handler worked on real files and refused its invalid payload.
+    for needle in [
+        "created notes.txt size 11",
+        "-> content_changed",
+        "-> removed",
+        "daily_report_20250115 (pdf)",
+        "weekly_report_2025w03 (json)",
+        "monthly_report_202501 (html)",
+        "not-an-address=invalid_address",
+        "block_ip=executed, notify_owner=skipped",
+        "fin_alert_042 low score 0.9 escalated_to medium",
+        "missing field `change_type`",
+        "does not start with %PDF-",
+        "unknown variant `urgent`",
+        "3 open alerts",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
+    }
     let lines = log_lines(dir.path());
-    assert_eq!(lines.len(), 9);
+    assert_eq!(lines.len(), 21, "18 published + 3 escalations");
     let types: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
-    for t in ["file_change", "report_ready", "risk_alert", "deployment"] {
+    for t in [
+        "file_change",
+        "report_ready",
+        "risk_alert",
+        "risk_escalated",
+        "deployment",
+        "custom_event",
+    ] {
         assert!(types.contains(&t), "{t} missing");
     }
+    let emls = std::fs::read_dir(dir.path().join("logs/outbox"))
+        .unwrap()
+        .count();
+    assert_eq!(emls, 6, "two valid recipients × three reports");
 }
 
 #[test]

@@ -180,15 +180,15 @@ async fn a_killed_process_leaves_its_delivery_for_the_next_one() {
     let rx = TestReceiver::start().await;
     rx.script("/files", vec![Reply::status(503)]);
     let env = [
-        ("FILE_CHANGE_WEBHOOK_URL", rx.url("/files")),
+        ("PM_WEBHOOK_URL_DEPLOYMENT", rx.url("/files")),
         ("WEBHOOK_BACKOFF_BASE_MS", "60000".to_string()),
     ];
     let mut child = cmd(
         dir.path(),
         &[
             "publish",
-            "file_change",
-            r#"{"file_path":"/tmp/x"}"#,
+            "deployment",
+            r#"{"service":"api"}"#,
             "--wait",
             "120s",
         ],

@@ -8,7 +8,8 @@ mod common;
 use common::{TestReceiver, jsonl, python, wait_until};
 use pm_events::handlers::mail::Mailer;
 use pm_events::handlers::{
-    Context, FileChangeHandler, HandleError, ReportReadyHandler, RiskAlertHandler, builtin_priority, register_builtins,
+    Context, FileChangeHandler, HandleError, ReportReadyHandler, RiskAlertHandler,
+    builtin_priority, register_builtins,
 };
 use pm_events::webhook::WebhookHandler;
 use pm_events::{Config, Event, EventBus};
@@ -23,7 +24,10 @@ const T: Duration = Duration::from_secs(20);
 fn cfg(dir: &Path, extra: &[(&str, String)]) -> Config {
     let mut vars: Vec<(String, String)> = vec![
         ("PM_LOG_DIR".into(), dir.join("logs").display().to_string()),
-        ("WEBHOOK_SIGNATURE_SECRET".into(), "handler-test-secret".into()),
+        (
+            "WEBHOOK_SIGNATURE_SECRET".into(),
+            "handler-test-secret".into(),
+        ),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Config::from_vars(vars).unwrap()
@@ -59,21 +63,42 @@ async fn file_change_fills_in_the_file_facts_and_tells_content_from_metadata_cha
     let path = f.display().to_string();
 
     let created = h
-        .handle_file_change(&ev("file_change", json!({"file_path": path, "change_type": "created", "owner": "me"})))
+        .handle_file_change(&ev(
+            "file_change",
+            json!({"file_path": path, "change_type": "created", "owner": "me"}),
+        ))
         .await
         .unwrap();
-    assert_eq!(created["checksum"], "b1946ac92492d2347c6235b4d2611184", "md5 of hello\\n");
+    assert_eq!(
+        created["checksum"], "b1946ac92492d2347c6235b4d2611184",
+        "md5 of hello\\n"
+    );
     assert_eq!(created["size"], 6);
     chrono::DateTime::parse_from_rfc3339(created["modified_time"].as_str().unwrap()).unwrap();
     assert_eq!(created["action"], "indexed");
 
     // Same content again: metadata only. New content: a content change, with the old checksum.
-    let same = h.handle_file_change(&ev("file_change", json!({"file_path": path, "change_type": "modified"}))).await.unwrap();
+    let same = h
+        .handle_file_change(&ev(
+            "file_change",
+            json!({"file_path": path, "change_type": "modified"}),
+        ))
+        .await
+        .unwrap();
     assert_eq!(same["action"], "metadata_changed");
     std::fs::write(&f, "hello world\n").unwrap();
-    let changed = h.handle_file_change(&ev("file_change", json!({"file_path": path, "change_type": "modified"}))).await.unwrap();
+    let changed = h
+        .handle_file_change(&ev(
+            "file_change",
+            json!({"file_path": path, "change_type": "modified"}),
+        ))
+        .await
+        .unwrap();
     assert_eq!(changed["action"], "content_changed");
-    assert_eq!(changed["previous_checksum"], "b1946ac92492d2347c6235b4d2611184");
+    assert_eq!(
+        changed["previous_checksum"],
+        "b1946ac92492d2347c6235b4d2611184"
+    );
     // Given values are kept, not recomputed.
     let given = h
         .handle_file_change(&ev("file_change", json!({"file_path": path, "change_type": "modified", "size": 1, "checksum": "00000000000000000000000000000000"})))
@@ -82,19 +107,35 @@ async fn file_change_fills_in_the_file_facts_and_tells_content_from_metadata_cha
     assert_eq!(given["size"], 1);
 
     std::fs::remove_file(&f).unwrap();
-    let deleted = h.handle_file_change(&ev("file_change", json!({"file_path": path, "change_type": "deleted"}))).await.unwrap();
+    let deleted = h
+        .handle_file_change(&ev(
+            "file_change",
+            json!({"file_path": path, "change_type": "deleted"}),
+        ))
+        .await
+        .unwrap();
     assert_eq!(deleted["action"], "removed");
 
     settle(&w).await;
     let got = rx.requests("/files");
     assert_eq!(got.len(), 5, "one webhook per valid event");
-    let first = got.iter().find(|r| r.json()["data"]["change_type"] == "created").unwrap().json();
-    assert_eq!(first["data"]["checksum"], "b1946ac92492d2347c6235b4d2611184", "the webhook carries the completed data");
+    let first = got
+        .iter()
+        .find(|r| r.json()["data"]["change_type"] == "created")
+        .unwrap()
+        .json();
+    assert_eq!(
+        first["data"]["checksum"], "b1946ac92492d2347c6235b4d2611184",
+        "the webhook carries the completed data"
+    );
     assert_eq!(first["data"]["owner"], "me", "unknown fields are kept");
 
     let log = jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"));
     assert_eq!(log.len(), 5);
-    assert!(log.iter().all(|l| l["status"] == "ok" && l["webhook"]["delivery_id"].is_string()));
+    assert!(
+        log.iter()
+            .all(|l| l["status"] == "ok" && l["webhook"]["delivery_id"].is_string())
+    );
     w.engine().shutdown().await;
 }
 
@@ -109,30 +150,67 @@ async fn file_change_refuses_what_does_not_match_the_file_system_or_the_schema()
     std::fs::write(&exists, "x").unwrap();
     let missing = dir.path().join("gone.txt").display().to_string();
     let cases = [
-        (json!({"file_path": missing, "change_type": "created"}), "does not exist"),
-        (json!({"file_path": missing, "change_type": "modified"}), "does not exist"),
-        (json!({"file_path": exists.display().to_string(), "change_type": "deleted"}), "still exists"),
+        (
+            json!({"file_path": missing, "change_type": "created"}),
+            "does not exist",
+        ),
+        (
+            json!({"file_path": missing, "change_type": "modified"}),
+            "does not exist",
+        ),
+        (
+            json!({"file_path": exists.display().to_string(), "change_type": "deleted"}),
+            "still exists",
+        ),
         (json!({"file_path": missing}), "missing field `change_type`"),
-        (json!({"file_path": missing, "change_type": "renamed"}), "unknown variant `renamed`"),
-        (json!({"file_path": 7, "change_type": "created"}), "invalid type"),
-        (json!({"file_path": missing, "change_type": "deleted", "modified_time": "yesterday"}), "`modified_time`"),
-        (json!({"file_path": missing, "change_type": "deleted", "checksum": "xyz"}), "`checksum`"),
+        (
+            json!({"file_path": missing, "change_type": "renamed"}),
+            "unknown variant `renamed`",
+        ),
+        (
+            json!({"file_path": 7, "change_type": "created"}),
+            "invalid type",
+        ),
+        (
+            json!({"file_path": missing, "change_type": "deleted", "modified_time": "yesterday"}),
+            "`modified_time`",
+        ),
+        (
+            json!({"file_path": missing, "change_type": "deleted", "checksum": "xyz"}),
+            "`checksum`",
+        ),
     ];
     for (data, needle) in cases {
-        let err = h.handle_file_change(&ev("file_change", data.clone())).await.unwrap_err();
+        let err = h
+            .handle_file_change(&ev("file_change", data.clone()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, HandleError::Invalid { .. }));
         assert!(err.to_string().contains(needle), "{data}: {err}");
     }
     let log = jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"));
     assert_eq!(log.len(), 8);
-    assert!(log.iter().all(|l| l["status"] == "invalid" && l["reason"].is_string()));
+    assert!(
+        log.iter()
+            .all(|l| l["status"] == "invalid" && l["reason"].is_string())
+    );
     settle(&w).await;
-    assert!(rx.requests("/files").is_empty(), "invalid payloads reach no webhook");
+    assert!(
+        rx.requests("/files").is_empty(),
+        "invalid payloads reach no webhook"
+    );
 
     // log_changes = false writes nothing.
-    let quiet = FileChangeHandler::with_context(false, Context::from_config(&cfg(&dir.path().join("q"), &[]))).unwrap();
+    let quiet = FileChangeHandler::with_context(
+        false,
+        Context::from_config(&cfg(&dir.path().join("q"), &[])),
+    )
+    .unwrap();
     quiet
-        .handle_file_change(&ev("file_change", json!({"file_path": exists.display().to_string(), "change_type": "created"})))
+        .handle_file_change(&ev(
+            "file_change",
+            json!({"file_path": exists.display().to_string(), "change_type": "created"}),
+        ))
         .await
         .unwrap();
     assert!(jsonl(&dir.path().join("q/logs/file_changes/file_changes.jsonl")).is_empty());
@@ -155,7 +233,10 @@ fn sha256(b: &[u8]) -> String {
 async fn report_ready_checks_each_format_writes_the_sidecar_and_mails_files() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
-    let c = cfg(dir.path(), &[("REPORT_READY_WEBHOOK_URL", rx.url("/reports"))]);
+    let c = cfg(
+        dir.path(),
+        &[("REPORT_READY_WEBHOOK_URL", rx.url("/reports"))],
+    );
     let (ctx, w) = ctx(&c);
     let outbox = dir.path().join("logs/outbox");
     let h = ReportReadyHandler::with_context(true, ctx, Mailer::files(outbox.clone())).unwrap();
@@ -178,7 +259,8 @@ async fn report_ready_checks_each_format_writes_the_sidecar_and_mails_files() {
             .await
             .unwrap();
         assert_eq!(line["sha256"], sha256(bytes));
-        let meta: Value = serde_json::from_slice(&std::fs::read(format!("{path}.meta.json")).unwrap()).unwrap();
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(format!("{path}.meta.json")).unwrap()).unwrap();
         assert_eq!(meta["sha256"], sha256(bytes));
         assert_eq!(meta["size_bytes"], bytes.len());
         assert_eq!(meta["report_format"], *fmt);
@@ -186,8 +268,15 @@ async fn report_ready_checks_each_format_writes_the_sidecar_and_mails_files() {
         assert_eq!(meta["tags"], json!(["daily"]));
         assert_eq!(meta["recipients"].as_array().unwrap().len(), 3);
         let rcpts = line["distribution"]["recipients"].as_array().unwrap();
-        let status: Vec<&str> = rcpts.iter().map(|r| r["status"].as_str().unwrap()).collect();
-        assert_eq!(status, ["sent", "invalid_address", "sent"], "a bad address is reported, the others go");
+        let status: Vec<&str> = rcpts
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            status,
+            ["sent", "invalid_address", "sent"],
+            "a bad address is reported, the others go"
+        );
     }
     let emls: Vec<_> = std::fs::read_dir(&outbox).unwrap().flatten().collect();
     assert_eq!(emls.len(), 6, "two good recipients × three reports");
@@ -197,7 +286,11 @@ async fn report_ready_checks_each_format_writes_the_sidecar_and_mails_files() {
     let hooks = rx.requests("/reports");
     assert_eq!(hooks.len(), 3);
     assert!(hooks.iter().all(|r| r.json()["data"]["sha256"].is_string()));
-    assert_eq!(hooks[0].json()["data"]["metadata"]["team"], "ops", "unknown fields are kept");
+    assert_eq!(
+        hooks[0].json()["data"]["metadata"]["team"],
+        "ops",
+        "unknown fields are kept"
+    );
     w.engine().shutdown().await;
 }
 
@@ -205,9 +298,14 @@ async fn report_ready_checks_each_format_writes_the_sidecar_and_mails_files() {
 async fn report_ready_refuses_reports_that_are_not_what_they_claim() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;
-    let c = cfg(dir.path(), &[("REPORT_READY_WEBHOOK_URL", rx.url("/reports"))]);
+    let c = cfg(
+        dir.path(),
+        &[("REPORT_READY_WEBHOOK_URL", rx.url("/reports"))],
+    );
     let (ctx, w) = ctx(&c);
-    let h = ReportReadyHandler::with_context(true, ctx, Mailer::files(dir.path().join("logs/outbox"))).unwrap();
+    let h =
+        ReportReadyHandler::with_context(true, ctx, Mailer::files(dir.path().join("logs/outbox")))
+            .unwrap();
     let html = report(dir.path(), "x.html", b"<html></html>");
     let text = report(dir.path(), "x.txt", b"just text");
     let base = |path: &str, fmt: &str| json!({"report_id": "r", "report_type": "weekly", "report_path": path, "report_format": fmt});
@@ -217,13 +315,25 @@ async fn report_ready_refuses_reports_that_are_not_what_they_claim() {
         (base(&html, "pdf"), "%PDF-"),
         (base(&text, "json"), "not valid JSON"),
         (base(&text, "html"), "not HTML"),
-        (base(&dir.path().join("none.pdf").display().to_string(), "pdf"), "cannot be read"),
+        (
+            base(&dir.path().join("none.pdf").display().to_string(), "pdf"),
+            "cannot be read",
+        ),
         (size, "`size_bytes` is 999 but the file has 13 bytes"),
-        (json!({"report_id": "r", "report_type": "yearly", "report_path": html, "report_format": "html"}), "unknown variant `yearly`"),
-        (json!({"report_type": "daily", "report_path": html, "report_format": "html"}), "missing field `report_id`"),
+        (
+            json!({"report_id": "r", "report_type": "yearly", "report_path": html, "report_format": "html"}),
+            "unknown variant `yearly`",
+        ),
+        (
+            json!({"report_type": "daily", "report_path": html, "report_format": "html"}),
+            "missing field `report_id`",
+        ),
     ];
     for (data, needle) in cases {
-        let err = h.handle_report_ready(&ev("report_ready", data.clone())).await.unwrap_err();
+        let err = h
+            .handle_report_ready(&ev("report_ready", data.clone()))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(needle), "{data}: {err}");
     }
     let log = jsonl(&dir.path().join("logs/reports/report_generations.jsonl"));
@@ -235,10 +345,18 @@ async fn report_ready_refuses_reports_that_are_not_what_they_claim() {
 
     // auto_distribute = false: the report is checked and recorded, nobody is mailed.
     let quiet_box = dir.path().join("quiet-outbox");
-    let quiet = ReportReadyHandler::with_context(false, Context::from_config(&c), Mailer::files(quiet_box.clone())).unwrap();
+    let quiet = ReportReadyHandler::with_context(
+        false,
+        Context::from_config(&c),
+        Mailer::files(quiet_box.clone()),
+    )
+    .unwrap();
     let mut d = base(&html, "html");
     d["recipients"] = json!(["a@example.com"]);
-    let line = quiet.handle_report_ready(&ev("report_ready", d)).await.unwrap();
+    let line = quiet
+        .handle_report_ready(&ev("report_ready", d))
+        .await
+        .unwrap();
     assert_eq!(line["distribution"]["mailer"], "off");
     assert!(!quiet_box.exists());
     w.engine().shutdown().await;
@@ -259,17 +377,36 @@ impl Drop for Smtp {
 }
 
 async fn smtp(dir: &Path) -> Smtp {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let maildir = dir.join("maildir");
     let child = std::process::Command::new(python())
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
         .arg(&maildir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let s = Smtp { child, port, maildir };
-    wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+    let s = Smtp {
+        child,
+        port,
+        maildir,
+    };
+    wait_until(T, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
     s
 }
 
@@ -277,8 +414,16 @@ async fn smtp(dir: &Path) -> Smtp {
 async fn report_ready_mails_the_report_through_a_real_smtp_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = smtp(dir.path()).await;
-    let c = cfg(dir.path(), &[("PM_SMTP_URL", format!("smtp://127.0.0.1:{}", server.port))]);
-    let h = ReportReadyHandler::with_context(true, Context::from_config(&c), Mailer::from_config(&c).unwrap()).unwrap();
+    let c = cfg(
+        dir.path(),
+        &[("PM_SMTP_URL", format!("smtp://127.0.0.1:{}", server.port))],
+    );
+    let h = ReportReadyHandler::with_context(
+        true,
+        Context::from_config(&c),
+        Mailer::from_config(&c).unwrap(),
+    )
+    .unwrap();
     let bytes = b"%PDF-1.4\nreport body\n%%EOF\n".to_vec();
     let path = report(dir.path(), "daily_report_20250115.pdf", &bytes);
     let line = h
@@ -290,25 +435,52 @@ async fn report_ready_mails_the_report_through_a_real_smtp_server() {
         .await
         .unwrap();
     assert_eq!(line["distribution"]["mailer"], "smtp");
-    assert!(line["distribution"]["recipients"].as_array().unwrap().iter().all(|r| r["status"] == "sent"), "{line}");
+    assert!(
+        line["distribution"]["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "sent"),
+        "{line}"
+    );
     let dump = std::process::Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/maildir_dump.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/maildir_dump.py"
+        ))
         .arg(&server.maildir)
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
-    let msgs: Vec<Value> = String::from_utf8(dump.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let msgs: Vec<Value> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(msgs.len(), 2);
     let mut to: Vec<&str> = msgs.iter().map(|m| m["to"].as_str().unwrap()).collect();
     to.sort();
     assert_eq!(to, ["user1@example.com", "user2@example.com"]);
     for m in &msgs {
-        assert!(m["subject"].as_str().unwrap().contains("daily_report_20250115"));
+        assert!(
+            m["subject"]
+                .as_str()
+                .unwrap()
+                .contains("daily_report_20250115")
+        );
         assert!(m["text"].as_str().unwrap().contains("is ready"));
         let a = &m["attachments"][0];
         assert_eq!(a["filename"], "daily_report_20250115.pdf");
         assert_eq!(a["content_type"], "application/pdf");
-        assert_eq!(a["sha256"], sha256(&bytes), "the attachment is the report, byte for byte");
+        assert_eq!(
+            a["sha256"],
+            sha256(&bytes),
+            "the attachment is the report, byte for byte"
+        );
     }
 }
 
@@ -347,26 +519,52 @@ async fn risk_alerts_route_by_severity_escalate_and_run_mitigations() {
     let mut crit = alert("a1", "critical", 0.95);
     crit["mitigation_steps"] = json!(["block_ip", "rotate_keys", "call_someone"]);
     bus.publish("risk_alert", crit).await.unwrap();
-    bus.publish("risk_alert", alert("a2", "high", 0.5)).await.unwrap();
-    bus.publish("risk_alert", alert("a3", "low", 0.85)).await.unwrap(); // escalated by score
-    bus.publish("risk_alert", alert("a4", "low", 0.1)).await.unwrap(); // neither
+    bus.publish("risk_alert", alert("a2", "high", 0.5))
+        .await
+        .unwrap();
+    bus.publish("risk_alert", alert("a3", "low", 0.85))
+        .await
+        .unwrap(); // escalated by score
+    bus.publish("risk_alert", alert("a4", "low", 0.1))
+        .await
+        .unwrap(); // neither
     bus.publish("risk_alert", json!({"alert_id": "bad", "risk_type": "security", "severity": "low", "title": "t", "risk_score": 1.5})).await.unwrap();
     bus.stop().await.unwrap();
     settle(&w).await;
 
     // Webhooks: each severity's route, DEFAULT for low, and the next severity's on escalation.
-    assert_eq!(rx.requests("/critical").len(), 2, "a1, and a2 escalated to critical");
+    assert_eq!(
+        rx.requests("/critical").len(),
+        2,
+        "a1, and a2 escalated to critical"
+    );
     assert_eq!(rx.requests("/high").len(), 1);
     assert_eq!(rx.requests("/medium").len(), 1, "a3 escalated to medium");
-    assert_eq!(rx.requests("/default").len(), 2, "low alerts fall back to DEFAULT_RISK_WEBHOOK_URL");
+    assert_eq!(
+        rx.requests("/default").len(),
+        2,
+        "low alerts fall back to DEFAULT_RISK_WEBHOOK_URL"
+    );
 
     let mut esc = escalations.lock().unwrap().clone();
     esc.sort_by(|a, b| a["alert_id"].as_str().cmp(&b["alert_id"].as_str()));
     let pairs: Vec<(String, String)> = esc
         .iter()
-        .map(|e| (e["alert_id"].as_str().unwrap().into(), e["escalated_to"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["alert_id"].as_str().unwrap().into(),
+                e["escalated_to"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(pairs, [("a1".into(), "critical".into()), ("a2".into(), "critical".into()), ("a3".into(), "medium".into())]);
+    assert_eq!(
+        pairs,
+        [
+            ("a1".into(), "critical".into()),
+            ("a2".into(), "critical".into()),
+            ("a3".into(), "medium".into())
+        ]
+    );
     assert!(esc[2]["reason"].as_str().unwrap().contains("0.85"));
 
     let log = jsonl(&dir.path().join("logs/risk_alerts/risk_alerts.jsonl"));
@@ -377,10 +575,22 @@ async fn risk_alerts_route_by_severity_escalate_and_run_mitigations() {
         .iter()
         .map(|m| (m["step"].as_str().unwrap(), m["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(steps, [("block_ip", "executed"), ("rotate_keys", "failed"), ("call_someone", "skipped")]);
+    assert_eq!(
+        steps,
+        [
+            ("block_ip", "executed"),
+            ("rotate_keys", "failed"),
+            ("call_someone", "skipped")
+        ]
+    );
     assert_eq!(a1["mitigation"][0]["detail"], "blocked for a1");
     let bad = log.iter().find(|l| l["status"] == "invalid").unwrap();
-    assert!(bad["reason"].as_str().unwrap().contains("`risk_score` must be between 0 and 1"));
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`risk_score` must be between 0 and 1")
+    );
     w.engine().shutdown().await;
 }
 
@@ -400,11 +610,25 @@ async fn the_dashboard_follows_a_sequence_of_alerts() {
         h.handle_risk_alert(&ev("risk_alert", d)).await.unwrap();
     }
     h.flush_dashboard();
-    let file: Value = serde_json::from_slice(&std::fs::read(dir.path().join("logs/risk_alerts/dashboard.json")).unwrap()).unwrap();
-    let order: Vec<&str> = file["open_alerts"].as_array().unwrap().iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("logs/risk_alerts/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let order: Vec<&str> = file["open_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
     assert_eq!(order, ["c1", "p1", "s1"], "most severe first");
-    assert_eq!(file["counts_by_severity"], json!({"critical": 1, "high": 1, "medium": 1}));
-    assert_eq!(file["counts_by_type"], json!({"compliance": 1, "performance": 1, "security": 1}));
+    assert_eq!(
+        file["counts_by_severity"],
+        json!({"critical": 1, "high": 1, "medium": 1})
+    );
+    assert_eq!(
+        file["counts_by_type"],
+        json!({"compliance": 1, "performance": 1, "security": 1})
+    );
     assert_eq!(file["highest_risk_score"], 0.95);
     assert_eq!(file["alerts_received"], 4);
     assert_eq!(file["escalations"], 2, "p1 (high) and c1 (critical)");
@@ -423,7 +647,10 @@ async fn escalation_can_be_turned_off() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), &[]);
     let h = RiskAlertHandler::with_context(false, Context::from_config(&c), None).unwrap();
-    let line = h.handle_risk_alert(&ev("risk_alert", alert("x", "critical", 0.99))).await.unwrap();
+    let line = h
+        .handle_risk_alert(&ev("risk_alert", alert("x", "critical", 0.99)))
+        .await
+        .unwrap();
     assert!(line["escalated_to"].is_null());
     assert_eq!(h.dashboard().escalations, 0);
 }
@@ -432,18 +659,32 @@ async fn escalation_can_be_turned_off() {
 async fn a_critical_alert_overtakes_ten_thousand_low_ones() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), &[]);
-    let bus = EventBus::builder().config(&c).priority(builtin_priority).build();
-    let h = Arc::new(RiskAlertHandler::with_context(false, Context::from_config(&c), None).unwrap());
+    let bus = EventBus::builder()
+        .config(&c)
+        .priority(builtin_priority)
+        .build();
+    let h =
+        Arc::new(RiskAlertHandler::with_context(false, Context::from_config(&c), None).unwrap());
     bus.subscribe_arc("risk_alert", h.clone());
     bus.start().await.unwrap();
-    let lows: Vec<Event> = (0..10_000).map(|i| ev("risk_alert", alert(&format!("low{i}"), "low", 0.1))).collect();
+    let lows: Vec<Event> = (0..10_000)
+        .map(|i| ev("risk_alert", alert(&format!("low{i}"), "low", 0.1)))
+        .collect();
     bus.publish_batch(lows).await.unwrap();
-    bus.publish("risk_alert", alert("the_critical_one", "critical", 0.9)).await.unwrap();
+    bus.publish("risk_alert", alert("the_critical_one", "critical", 0.9))
+        .await
+        .unwrap();
     bus.stop().await.unwrap();
     let log = jsonl(&dir.path().join("logs/risk_alerts/risk_alerts.jsonl"));
     assert_eq!(log.len(), 10_001);
-    let pos = log.iter().position(|l| l["alert_id"] == "the_critical_one").unwrap();
-    assert!(pos < 5_000, "the critical alert was handled at position {pos} of 10,001");
+    let pos = log
+        .iter()
+        .position(|l| l["alert_id"] == "the_critical_one")
+        .unwrap();
+    assert!(
+        pos < 5_000,
+        "the critical alert was handled at position {pos} of 10,001"
+    );
     eprintln!("critical alert handled at position {pos} of 10,001");
 }
 
@@ -455,7 +696,11 @@ async fn register_builtins_subscribes_the_three_handlers_in_one_call() {
     let b = register_builtins(&bus, &c, None).unwrap();
     assert_eq!(
         bus.get_subscribers().into_iter().collect::<Vec<_>>(),
-        [("file_change".into(), 1), ("report_ready".into(), 1), ("risk_alert".into(), 1)]
+        [
+            ("file_change".into(), 1),
+            ("report_ready".into(), 1),
+            ("risk_alert".into(), 1)
+        ]
     );
     assert!(b.report_ready.auto_distribute);
     assert!(b.risk_alert.escalation_enabled);

@@ -77,10 +77,10 @@ impl FileChange {
             return Err(bad("`file_path` is empty".into()));
         }
         check_time("modified_time", &fc.modified_time).map_err(bad)?;
-        if let Some(c) = &fc.checksum {
-            if c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(format!("`checksum` is not an MD5 hex digest: {c:?}")));
-            }
+        if let Some(c) = &fc.checksum
+            && (c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(bad(format!("`checksum` is not an MD5 hex digest: {c:?}")));
         }
         Ok(fc)
     }

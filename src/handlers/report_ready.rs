@@ -225,14 +225,14 @@ impl ReportReadyHandler {
             return Err(self.invalid(event, HandleError::invalid("report_ready", m), summary(&r)));
         }
         let size = bytes.len() as u64;
-        if let Some(expected) = r.size_bytes {
-            if expected != size {
-                let e = HandleError::invalid(
-                    "report_ready",
-                    format!("`size_bytes` is {expected} but the file has {size} bytes"),
-                );
-                return Err(self.invalid(event, e, summary(&r)));
-            }
+        if let Some(expected) = r.size_bytes
+            && expected != size
+        {
+            let e = HandleError::invalid(
+                "report_ready",
+                format!("`size_bytes` is {expected} but the file has {size} bytes"),
+            );
+            return Err(self.invalid(event, e, summary(&r)));
         }
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let meta_path = {

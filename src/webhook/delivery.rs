@@ -215,6 +215,10 @@ struct EngineInner {
     /// Outcomes of the deliveries queued with `enqueue_watched` (`None` while
     /// pending), so `wait` needs no database scan for them; `wait` removes them.
     watched: Mutex<HashMap<String, Option<bool>>>,
+    /// Deliveries settled in this process lately, whose removal (or dead mark) the
+    /// outbox writer may not have committed yet: `resume` must not send them again.
+    /// (Delivery id → number of its outbox update; forgotten once that is done.)
+    settled_recently: Mutex<HashMap<String, u64>>,
     /// Redacted form of each URL, for the logs.
     redacted: Mutex<HashMap<String, String>>,
     /// Watched deliveries not settled yet (of every waiter).
@@ -302,6 +306,7 @@ impl WebhookEngine {
                 settled: Notify::new(),
                 watched: Mutex::new(HashMap::new()),
                 redacted: Mutex::new(HashMap::new()),
+                settled_recently: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -349,7 +354,18 @@ impl WebhookEngine {
 
     fn resume(&self) -> Result<usize, WebhookError> {
         let mut n = 0;
-        for r in self.inner.outbox.list(DeliveryState::Pending)? {
+        // A delivery settled here whose outbox update was not committed before the
+        // read below still reads as pending: skip what `settled_recently` holds, and
+        // forget only entries whose update was committed before the read.
+        let done_before = self.inner.outbox.done_count();
+        let rows = self.inner.outbox.list(DeliveryState::Pending)?;
+        let recent = {
+            let mut s = lock(&self.inner.settled_recently);
+            let ids = s.keys().cloned().collect::<HashSet<String>>();
+            s.retain(|_, seq| *seq > done_before);
+            ids
+        };
+        for r in rows.into_iter().filter(|r| !recent.contains(&r.id)) {
             if self.spawn(r) {
                 n += 1;
             }
@@ -415,6 +431,12 @@ impl WebhookEngine {
     /// them again. Returns how many.
     pub async fn redeliver(&self, event_id: Option<&str>) -> Result<usize, WebhookError> {
         let revived = self.inner.outbox.revive(event_id, now_unix()).await?;
+        {
+            let mut recent = lock(&self.inner.settled_recently);
+            for r in &revived {
+                recent.remove(&r.id);
+            }
+        }
         let n = revived.len();
         if self.is_owner() {
             for r in revived {
@@ -497,14 +519,19 @@ impl WebhookEngine {
             };
             let Some(mut r) = next else { return };
             match self.attempt(&mut r).await {
-                Some(delivered) => self.release(&r.id, Some(delivered)),
-                None => self.schedule(r),
+                (Some(delivered), seq) => self.release(&r.id, Some((delivered, seq))),
+                (None, _) => self.schedule(r),
             }
         }
     }
 
-    /// The delivery leaves this process's care: settled (`Some`), or left pending.
-    fn release(&self, id: &str, settled: Option<bool>) {
+    /// The delivery leaves this process's care: settled (`Some((delivered, number
+    /// of its outbox update))`), or left pending.
+    fn release(&self, id: &str, settled: Option<(bool, u64)>) {
+        if let Some((_, seq)) = settled {
+            lock(&self.inner.settled_recently).insert(id.to_string(), seq);
+        }
+        let settled = settled.map(|(delivered, _)| delivered);
         lock(&self.inner.active).remove(id);
         if let Some(delivered) = settled
             && let Some(slot) = lock(&self.inner.watched).get_mut(id)
@@ -538,8 +565,8 @@ impl WebhookEngine {
     }
 
     /// Makes one attempt and records it: `Some(true)` delivered, `Some(false)`
-    /// dead, `None` to be retried at `r.next_at`.
-    async fn attempt(&self, r: &mut DeliveryRecord) -> Option<bool> {
+    /// dead, `None` to be retried at `r.next_at`; with the number of the outbox update.
+    async fn attempt(&self, r: &mut DeliveryRecord) -> (Option<bool>, u64) {
         let i = &*self.inner;
         r.attempt += 1;
         let started = Instant::now();
@@ -592,15 +619,16 @@ impl WebhookEngine {
                 i.outbox.mark_dead(&r.id, r.attempt, &why)
             }
         };
-        if let Err(e) = stored {
+        let seq = stored.unwrap_or_else(|e| {
             tracing::error!(delivery_id = %r.id, error = %e, "cannot update the webhook outbox");
-        }
+            0
+        });
         match next_at {
             Some(t) => {
                 r.next_at = t;
-                None
+                (None, seq)
             }
-            None => Some(outcome == "delivered"),
+            None => (Some(outcome == "delivered"), seq),
         }
     }
 

@@ -14,6 +14,8 @@ use crate::config::FsyncPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Mutex, PoisonError};
 use tokio::sync::oneshot;
@@ -79,6 +81,10 @@ pub struct Outbox {
     read: Mutex<Connection>,
     /// The writer thread's inbox; dropping it lets the thread finish.
     tx: Mutex<Option<std_mpsc::Sender<Op>>>,
+    /// Operations sent to the writer so far; an operation's number is its position.
+    sent: AtomicU64,
+    /// Operations the writer has finished (committed or failed), in sending order.
+    done: Arc<AtomicU64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -182,7 +188,7 @@ fn reply_of(op: Op) -> Option<Reply> {
     }
 }
 
-fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf) {
+fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf, done: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(256);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -203,6 +209,7 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf) {
         if let Err(e) = &committed {
             tracing::error!(path = %path.display(), error = %e, "webhook outbox commit failed");
         }
+        let n = batch.len() as u64;
         for (i, op) in batch.drain(..).enumerate() {
             let result = match &committed {
                 Ok(()) => results.get(i).cloned().unwrap_or(Ok(0)),
@@ -220,6 +227,7 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf) {
                 let _ = reply.send(result);
             }
         }
+        done.fetch_add(n, Ordering::Release);
     }
 }
 
@@ -245,15 +253,19 @@ impl Outbox {
             .map_err(err)?;
         let read = connect(&path, fsync).map_err(err)?;
         let (tx, rx) = std_mpsc::channel();
+        let done = Arc::new(AtomicU64::new(0));
+        let done2 = done.clone();
         let p = path.clone();
         let thread = std::thread::Builder::new()
             .name("pm-events-outbox".into())
-            .spawn(move || writer(write, rx, p))
+            .spawn(move || writer(write, rx, p, done2))
             .map_err(|e| WebhookError::Outbox(format!("start the outbox writer: {e}")))?;
         Ok(Outbox {
             path,
             read: Mutex::new(read),
             tx: Mutex::new(Some(tx)),
+            sent: AtomicU64::new(0),
+            done,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -263,12 +275,23 @@ impl Outbox {
         &self.path
     }
 
-    fn send(&self, op: Op) -> Result<(), WebhookError> {
+    /// Hands `op` to the writer; returns its number (see [`is_done`](Self::is_done)).
+    fn send(&self, op: Op) -> Result<u64, WebhookError> {
         let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        tx.as_ref()
-            .ok_or_else(|| WebhookError::Outbox("the outbox is closed".into()))?
-            .send(op)
-            .map_err(|_| WebhookError::Outbox("the outbox writer stopped".into()))
+        let tx = tx
+            .as_ref()
+            .ok_or_else(|| WebhookError::Outbox("the outbox is closed".into()))?;
+        // Numbered under the lock, so numbers follow the channel's order.
+        let seq = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        tx.send(op)
+            .map_err(|_| WebhookError::Outbox("the outbox writer stopped".into()))?;
+        Ok(seq)
+    }
+
+    /// How many operations the writer has finished: operation `n` is committed
+    /// (or failed) when `n <= done_count()`.
+    pub fn done_count(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
     }
 
     async fn call(&self, make: impl FnOnce(Reply) -> Op) -> Result<usize, WebhookError> {
@@ -298,14 +321,15 @@ impl Outbox {
         self.call(|reply| Op::Insert(r, reply)).await.map(|_| ())
     }
 
-    /// Records a failed attempt and when the next one is due (committed shortly).
+    /// Records a failed attempt and when the next one is due (committed shortly;
+    /// returns the operation's number).
     pub fn reschedule(
         &self,
         id: &str,
         attempt: u32,
         next_at: f64,
         last_error: &str,
-    ) -> Result<(), WebhookError> {
+    ) -> Result<u64, WebhookError> {
         self.send(Op::Reschedule {
             id: id.into(),
             attempt,
@@ -315,7 +339,7 @@ impl Outbox {
     }
 
     /// Moves a delivery to the dead letters (committed shortly).
-    pub fn mark_dead(&self, id: &str, attempt: u32, last_error: &str) -> Result<(), WebhookError> {
+    pub fn mark_dead(&self, id: &str, attempt: u32, last_error: &str) -> Result<u64, WebhookError> {
         self.send(Op::Dead {
             id: id.into(),
             attempt,
@@ -324,7 +348,7 @@ impl Outbox {
     }
 
     /// Removes a delivered delivery (committed shortly).
-    pub fn remove(&self, id: &str) -> Result<(), WebhookError> {
+    pub fn remove(&self, id: &str) -> Result<u64, WebhookError> {
         self.send(Op::Remove(id.into()))
     }
 
