@@ -142,6 +142,8 @@ struct Settings {
     capacity: usize,
     handler_timeout: Duration,
     concurrency: usize,
+    /// Report per-type counters and latencies through the `metrics` facade.
+    metrics: bool,
 }
 
 /// What exists while the bus runs; shared by publishers, the dispatcher and `stop`.
@@ -254,6 +256,7 @@ impl Default for EventBusBuilder {
                 capacity: c.queue_capacity,
                 handler_timeout: c.handler_timeout,
                 concurrency: 512,
+                metrics: false,
             },
             transport: None,
             priority: None,
@@ -311,6 +314,16 @@ impl EventBusBuilder {
         self.priority = Some(Arc::new(rule));
         self
     }
+    /// Reports, through the `metrics` facade (for a Prometheus exporter):
+    /// `pm_events_published_total{type}`, `pm_events_handled_total{type,outcome}`
+    /// (`ok`, `error`, `panic`, `timeout`) and the histogram
+    /// `pm_events_handler_duration_seconds{type}`. Off by default (it costs a
+    /// label per event).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.settings.metrics = on;
+        self
+    }
+
     /// Builds the bus (not started).
     pub fn build(self) -> EventBus {
         EventBus {
@@ -764,6 +777,11 @@ impl EventBus {
             log.append(&event).await?;
         }
         let id = event.event_id.clone();
+        let ty = self
+            .inner
+            .settings
+            .metrics
+            .then(|| event.event_type.clone());
         let prio = self.priority_of(&event);
         self.inner.inflight.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.inner.transport.publish(event, prio, permit).await {
@@ -772,6 +790,10 @@ impl EventBus {
             return Err(BusError::Transport(e.to_string()));
         }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        if self.inner.settings.metrics {
+            metrics::counter!("pm_events_published_total", "type" => ty.unwrap_or_default())
+                .increment(1);
+        }
         Ok(id)
     }
 }
@@ -878,7 +900,21 @@ async fn run_one(inner: &Inner, sub: &Subscription, event: Event, meta: &(String
         AssertUnwindSafe(sub.handler.handle(event)).catch_unwind(),
     );
     let c = &inner.stats;
-    match tokio::time::timeout(inner.settings.handler_timeout, fut).await {
+    let started = inner.settings.metrics.then(std::time::Instant::now);
+    let result = tokio::time::timeout(inner.settings.handler_timeout, fut).await;
+    if let Some(t) = started {
+        let outcome = match &result {
+            Ok(Ok(Ok(()))) => "ok",
+            Ok(Ok(Err(_))) => "error",
+            Ok(Err(_)) => "panic",
+            Err(_) => "timeout",
+        };
+        metrics::counter!("pm_events_handled_total", "type" => event_type.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("pm_events_handler_duration_seconds", "type" => event_type.clone())
+            .record(t.elapsed().as_secs_f64());
+    }
+    match result {
         Ok(Ok(Ok(()))) => {
             c.handled.fetch_add(1, Ordering::Relaxed);
         }

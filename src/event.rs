@@ -121,7 +121,9 @@ impl Event {
     }
 }
 
-/// Checks an event type name: 1 to [`MAX_TYPE_LEN`] characters from `[A-Za-z0-9_-]`.
+/// Checks an event type name: 1 to [`MAX_TYPE_LEN`] characters from
+/// `[A-Za-z0-9_-]`, plus `.` between words (CloudEvents types such as
+/// `com.example.order.created`).
 pub fn validate_type(event_type: &str) -> Result<(), String> {
     if event_type.is_empty() {
         return Err("event type must not be empty".into());
@@ -134,10 +136,15 @@ pub fn validate_type(event_type: &str) -> Result<(), String> {
     }
     if let Some(c) = event_type
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.'))
     {
         return Err(format!(
-            "event type {event_type:?} contains {c:?}; use letters, digits, '_' and '-'"
+            "event type {event_type:?} contains {c:?}; use letters, digits, '_', '-' and '.'"
+        ));
+    }
+    if event_type.starts_with('.') || event_type.ends_with('.') || event_type.contains("..") {
+        return Err(format!(
+            "event type {event_type:?} has an empty part between dots"
         ));
     }
     Ok(())
@@ -186,7 +193,9 @@ mod tests {
     fn validation_names_the_problem() {
         assert!(validate_type("file_change").is_ok());
         assert!(validate_type("").unwrap_err().contains("empty"));
-        assert!(validate_type("a.b").unwrap_err().contains("'.'"));
+        assert!(validate_type("com.example.created").is_ok());
+        assert!(validate_type("a..b").unwrap_err().contains("empty part"));
+        assert!(validate_type("a b").unwrap_err().contains("' '"));
         assert!(
             validate_type(&"x".repeat(200))
                 .unwrap_err()

@@ -603,6 +603,9 @@ impl WebhookEngine {
             now_unix() + b.max(retry_after.unwrap_or(Duration::ZERO)).as_secs_f64()
         });
         self.log_attempt(r, status, error, duration_ms, outcome, next_at);
+        metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
+            .record(duration_ms / 1000.0);
         let stored = match (outcome, next_at) {
             ("delivered", _) => i.outbox.remove(&r.id),
             ("retry", Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),

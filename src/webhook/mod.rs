@@ -8,6 +8,7 @@
 //! - [`delivery`]: the engine (HTTP client, per-endpoint bounds, retries, logs).
 
 pub mod delivery;
+pub mod incoming;
 pub mod outbox;
 pub mod payload;
 pub mod route;
@@ -56,6 +57,7 @@ pub struct WebhookHandler {
     engine: WebhookEngine,
     routes: Routes,
     secrets: Vec<Secret>,
+    incoming: incoming::IncomingWebhooks,
     /// Delivery ids queued, when tracking is on (`track_deliveries`).
     queued: Option<Mutex<Vec<String>>>,
 }
@@ -88,6 +90,7 @@ impl WebhookHandler {
             timeout: c.timeout,
             engine,
             routes,
+            incoming: incoming::IncomingWebhooks::new(secrets.clone()),
             secrets,
             queued: None,
         }
@@ -142,6 +145,29 @@ impl WebhookHandler {
             Some(route) => self.trigger(event, &route).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The seed's `handle_incoming_webhook(payload, signature, headers)`: verifies
+    /// the signature (`signature` is the `X-Webhook-Signature` value, if given
+    /// apart from `headers`), parses the payload and publishes it on `bus`; the
+    /// same logic as `POST /webhooks/incoming` (see [`incoming`]).
+    pub async fn handle_incoming_webhook(
+        &self,
+        bus: &crate::EventBus,
+        payload: &[u8],
+        signature: Option<&str>,
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Result<incoming::IncomingOutcome, incoming::IncomingError> {
+        let mut h: std::collections::BTreeMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if let Some(s) = signature {
+            h.insert("x-webhook-signature".into(), s.to_string());
+        }
+        h.entry("content-type".into())
+            .or_insert_with(|| "application/json".into());
+        self.incoming.handle(bus, payload, &h).await
     }
 
     /// The seed's `verify_webhook_signature(payload, signature)`: checks a

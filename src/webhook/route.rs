@@ -30,7 +30,7 @@ pub struct Routes {
 pub fn custom_var(event_type: &str) -> String {
     format!(
         "{CUSTOM_WEBHOOK_PREFIX}{}",
-        event_type.to_ascii_uppercase().replace('-', "_")
+        event_type.to_ascii_uppercase().replace(['-', '.'], "_")
     )
 }
 

@@ -24,12 +24,24 @@ impl App {
     /// Builds the bus (not started: subscribe, then `app.bus.start()`); opens and
     /// starts the webhook engine when a route is configured (or `always_webhooks`).
     pub fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
+        Self::build(cfg, always_webhooks, false)
+    }
+
+    /// Like `open`, for a long-running server: metrics on, and the deliveries
+    /// queued are not remembered for a final wait.
+    pub fn open_server(cfg: &Config) -> Result<App> {
+        Self::build(cfg, false, true)
+    }
+
+    fn build(cfg: &Config, always_webhooks: bool, server: bool) -> Result<App> {
         let bus = EventBus::builder()
             .config(cfg)
             .priority(builtin_priority)
+            .metrics(server)
             .build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
-            let h = Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
+            let h = WebhookHandler::from_config(cfg)?;
+            let h = Arc::new(if server { h } else { h.track_deliveries() });
             h.engine().start()?;
             Some(h)
         } else {

@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod publish;
 mod receiver;
+mod serve;
 mod webhooks;
 
 use anyhow::Result;
@@ -43,6 +44,8 @@ enum Command {
     Demo,
     /// Publish one event in-process: handlers run, the bus drains, the command exits.
     Publish(publish::Args),
+    /// Run the HTTP server: incoming webhooks, POST /events, health, metrics.
+    Serve(serve::Args),
     /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
     #[command(subcommand)]
     Webhooks(webhooks::Cmd),
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Demo => demo::run(cfg).await,
             Command::Publish(args) => publish::run(cfg, args).await,
+            Command::Serve(args) => serve::run(cfg, args).await,
             Command::Webhooks(cmd) => webhooks::run(cfg, cmd).await,
             Command::Bench(args) => bench::run(cfg, args).await,
         }

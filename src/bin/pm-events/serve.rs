@@ -1,0 +1,447 @@
+//! `pm-events serve`: the HTTP face — incoming webhooks, the publish API, health,
+//! subscribers, Prometheus metrics and the OpenAPI document (DESIGN.md section 6).
+
+use crate::app::{App, parse_duration};
+use crate::{UsageError, say};
+use anyhow::{Context as _, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pm_events::config::Secret;
+use pm_events::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks};
+use pm_events::{BusError, Config, Event, EventBus};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use subtle_eq::constant_time_eq;
+
+/// Arguments of `serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (overrides PM_BIND; default 127.0.0.1:8787; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<SocketAddr>,
+    /// Time limit of one request.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Requests handled at once (more wait).
+    #[arg(long, default_value_t = 1024)]
+    max_concurrency: usize,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    bus: EventBus,
+    incoming: IncomingWebhooks,
+    token: Option<Secret>,
+    metrics: PrometheusHandle,
+    /// Set once shutdown began: new requests get 503.
+    stopping: AtomicBool,
+    timeout: Duration,
+}
+
+/// An error answer: status plus JSON `{"error","message"}`.
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"error": self.error, "message": self.message})),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::QueueFull { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            },
+            BusError::InvalidEvent(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m),
+            BusError::NotRunning(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+/// The body, with size-limit and read errors answered as JSON.
+pub struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is larger than the limit (PM_MAX_BODY_BYTES)",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+fn lower_headers(h: &HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+        })
+        .collect()
+}
+
+async fn incoming(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    match s
+        .incoming
+        .handle(&s.bus, &body, &lower_headers(&headers))
+        .await
+    {
+        Ok(IncomingOutcome::Published(id)) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
+        }
+        Ok(IncomingOutcome::Duplicate(id)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"event_id": id, "duplicate": true})),
+        )
+            .into_response()),
+        Err(IncomingError::Unauthorized(e)) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            e.to_string(),
+        )),
+        Err(e @ IncomingError::UnsupportedMediaType(_)) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )),
+        Err(IncomingError::BadRequest(m)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", m))
+        }
+        Err(IncomingError::Bus(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Constant-time comparison of the bearer token.
+mod subtle_eq {
+    /// Compares without an early exit on the first difference.
+    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+        let mut diff = a.len() ^ b.len();
+        for i in 0..a.len().max(b.len()) {
+            diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+        }
+        diff == 0
+    }
+}
+
+async fn publish(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &s.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token (Authorization: Bearer $PM_API_TOKEN)",
+            ));
+        }
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if media != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send application/json, not {media:?}"),
+        ));
+    }
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m);
+    let Value::Object(mut m) = v else {
+        return Err(bad(
+            "the body must be a JSON object {\"type\",\"data\",\"source\"?}".into(),
+        ));
+    };
+    let ty = match m.remove("type") {
+        Some(Value::String(t)) => t,
+        Some(_) => return Err(bad("`type` must be a string".into())),
+        None => return Err(bad("missing field `type`".into())),
+    };
+    let data = match m.remove("data") {
+        Some(d @ Value::Object(_)) => d,
+        Some(_) => return Err(bad("`data` must be a JSON object".into())),
+        None => return Err(bad("missing field `data`".into())),
+    };
+    let mut event = Event::new(ty, data);
+    match m.remove("source") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(src)) => event.source = src,
+        Some(_) => return Err(bad("`source` must be a string".into())),
+    }
+    if let Some(k) = m.keys().next() {
+        return Err(bad(format!(
+            "unknown field `{k}` (expected type, data, source)"
+        )));
+    }
+    let id = s.bus.try_publish(event, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let ready = s.bus.is_running() && !s.stopping.load(Ordering::Acquire);
+    let body = json!({"status": if ready { "ok" } else { "stopping" }, "queue_len": s.bus.queue_len(), "capacity": s.bus.capacity()});
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn subscribers(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!(s.bus.get_subscribers()))
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("pm_events_queue_depth").set(s.bus.queue_len() as f64);
+    let st = s.bus.stats();
+    metrics::gauge!("pm_events_bus_published").set(st.published as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see GET /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see GET /openapi.json",
+    )
+}
+
+/// Refuses new requests while stopping, bounds each request's time, counts answers by status.
+async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.uri().path().to_string();
+    let resp = if s.stopping.load(Ordering::Acquire) {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )
+        .into_response()
+    } else {
+        match tokio::time::timeout(s.timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took longer than the time limit",
+            )
+            .into_response(),
+        }
+    };
+    let route = match route.as_str() {
+        "/webhooks/incoming" | "/events" | "/healthz" | "/metrics" | "/subscribers"
+        | "/openapi.json" => route,
+        _ => "other".into(),
+    };
+    metrics::counter!("pm_events_http_requests_total", "route" => route, "status" => resp.status().as_u16().to_string()).increment(1);
+    resp
+}
+
+/// The HTTP application over `state`.
+pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> Router {
+    Router::new()
+        .route("/webhooks/incoming", post(incoming))
+        .route("/events", post(publish))
+        .route("/healthz", get(healthz))
+        .route("/subscribers", get(subscribers))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            max_concurrency.max(1),
+        ))
+        .with_state(state)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Runs `serve` until Ctrl-C or SIGTERM.
+pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
+    let bind = args.bind.unwrap_or(cfg.bind);
+    if !bind.ip().is_loopback() && cfg.api_token.is_none() {
+        return Err(UsageError(format!(
+            "refusing to listen on {bind} (not a loopback address) without PM_API_TOKEN set"
+        ))
+        .into());
+    }
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("install the Prometheus recorder")?;
+    let app = App::open_server(&cfg)?;
+    let bus = app.bus.clone();
+    bus.start().await?;
+    let state = Arc::new(AppState {
+        bus: bus.clone(),
+        incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()),
+        token: cfg.api_token.clone(),
+        metrics,
+        stopping: AtomicBool::new(false),
+        timeout: args.request_timeout,
+    });
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("listen on {bind}"))?;
+    let local = listener.local_addr()?;
+    say!("pm-events listening on http://{local}");
+    if cfg.webhook_secrets.is_empty() {
+        tracing::warn!(
+            "WEBHOOK_SIGNATURE_SECRET is not set: POST /webhooks/incoming answers 401 to everything"
+        );
+    }
+    let s2 = state.clone();
+    axum::serve(
+        listener,
+        router(state.clone(), cfg.max_body_bytes, args.max_concurrency),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        s2.stopping.store(true, Ordering::Release);
+        tracing::info!("shutting down: no new requests; draining the bus");
+    })
+    .await
+    .context("HTTP server")?;
+    // Every accepted event is handled and logged before this returns.
+    let outcome = app.stop(Duration::from_secs(5)).await?;
+    let st = bus.stats();
+    eprintln!(
+        "pm-events stopped: {} events published, {} handler runs ok, {} failed{}",
+        st.published,
+        st.handled,
+        st.failed + st.panicked + st.timed_out,
+        outcome
+            .map(|o| format!(
+                ", webhooks {} delivered, {} pending in the outbox",
+                o.delivered, o.pending
+            ))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
