@@ -477,3 +477,62 @@ async fn no_secret_reaches_any_log_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn handle_incoming_webhook_is_the_servers_logic_as_a_library_call() {
+    use pm_events::webhook::incoming::{IncomingError, IncomingOutcome};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("PM_QUEUE_CAPACITY", "1")]);
+    let handler = WebhookHandler::from_config(&cfg).unwrap();
+    let bus = EventBus::builder()
+        .config(&cfg)
+        .handler_timeout(Duration::from_secs(3600))
+        .build();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    bus.subscribe("deployment", move |_e: Event| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.unwrap().forget();
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    bus.start().await.unwrap();
+    let signer = pm_events::webhook::Signer::new(&Secret::new(SECRET)).unwrap();
+    let body = br#"{"event_type":"deployment","data":{"n":1},"event_id":"e-1"}"#;
+    let sig = signer.seed_signature(body);
+    let none = BTreeMap::new();
+    let first = handler
+        .handle_incoming_webhook(&bus, body, Some(&sig), &none)
+        .await
+        .unwrap();
+    assert_eq!(first, IncomingOutcome::Published("e-1".into()));
+    let again = handler
+        .handle_incoming_webhook(&bus, body, Some(&sig), &none)
+        .await
+        .unwrap();
+    assert_eq!(again, IncomingOutcome::Duplicate("e-1".into()));
+    let forged = handler
+        .handle_incoming_webhook(&bus, b"{}", Some(&sig), &none)
+        .await
+        .unwrap_err();
+    assert!(matches!(forged, IncomingError::Unauthorized(_)), "{forged}");
+    // The queue (capacity 1) is full while the first event's handler waits: refused, not queued.
+    let body2 = br#"{"event_type":"deployment","data":{"n":2}}"#;
+    let full = handler
+        .handle_incoming_webhook(&bus, body2, Some(&signer.seed_signature(body2)), &none)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            full,
+            IncomingError::Bus(pm_events::BusError::QueueFull { .. })
+        ),
+        "{full}"
+    );
+    gate.add_permits(10);
+    bus.stop().await.unwrap();
+    let logged = pm_events::journal::read_day(&cfg.log_dir, pm_events::journal::today()).unwrap();
+    assert_eq!(logged.len(), 1);
+}

@@ -64,6 +64,8 @@ enum What {
     Bus,
     /// Signed, durable webhook deliveries against bare HTTP POSTs.
     Webhooks,
+    /// Signed incoming webhooks through `serve` against a bare axum route.
+    Serve,
 }
 
 fn make(i: u64) -> Event {
@@ -83,6 +85,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     match args.what {
         What::Bus => bus(cfg, args).await,
         What::Webhooks => webhooks(cfg, args).await,
+        What::Serve => serve(cfg, args).await,
     }
 }
 
@@ -471,4 +474,152 @@ fn bytes_of(n: usize) -> Vec<u8> {
     v.resize(n.saturating_sub(2).max(v.len()), b'x');
     v.extend_from_slice(b"\"}");
     v
+}
+
+/// `n` POSTs of `reqs` (url, headers, body) by `c` worker tasks; requests/s and the
+/// number answered 2xx.
+async fn load(
+    client: &reqwest::Client,
+    reqs: std::sync::Arc<Vec<(String, Vec<(&'static str, String)>, Vec<u8>)>>,
+    c: usize,
+) -> Result<(f64, u64)> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..c {
+        let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((url, headers, body)) = reqs.get(i) else {
+                    break;
+                };
+                let mut req = client.post(url).body(body.clone());
+                for (k, v) in headers {
+                    req = req.header(*k, v);
+                }
+                if req
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+                {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for w in workers {
+        ok += w.await?;
+    }
+    Ok((reqs.len() as f64 / t0.elapsed().as_secs_f64(), ok))
+}
+
+async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
+    use pm_events::webhook::Signer;
+    let dir = bench_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = a.deliveries as usize;
+    let c = a.concurrency.max(1);
+    cfg.log_dir = dir.clone();
+    cfg.webhook_urls.clear();
+    cfg.webhook_secrets = vec![pm_events::config::Secret::new("bench-secret")];
+    let signer = Signer::new(&cfg.webhook_secrets[0])?;
+
+    // Baseline: a bare axum route answering 204.
+    let (bare_addr, bare) = bare_receiver().await?;
+    // The product: `serve`'s router over a bus with the built-in handlers and the log.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let app = crate::app::App::open_server(&cfg)?;
+    app.bus.start().await?;
+    let state =
+        crate::serve::AppState::new(app.bus.clone(), &cfg, metrics, Duration::from_secs(30));
+    let router = crate::serve::router(state, cfg.max_body_bytes, 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    say!(
+        "pm-events bench serve: {n} signed incoming webhooks, concurrency {c}; bare route on {bare_addr}, serve on {addr}"
+    );
+
+    // The same signed requests for both (a unique webhook-id each, so none is a replay).
+    let ts = pm_events::event::now_unix().floor() as i64;
+    let make = |base: &str, kind: &str| -> Vec<(String, Vec<(&'static str, String)>, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let body = if kind == "risk" {
+                    format!(
+                        r#"{{"event_type":"risk_alert","data":{{"alert_id":"a{i}","risk_type":"performance","severity":"low","title":"slow","risk_score":0.2}}}}"#
+                    )
+                } else {
+                    format!(r#"{{"event_type":"deployment","data":{{"service":"api","n":{i}}}}}"#)
+                }
+                .into_bytes();
+                let id = format!("{kind}_{i}");
+                let headers = vec![
+                    ("content-type", "application/json".to_string()),
+                    ("webhook-id", id.clone()),
+                    ("webhook-timestamp", ts.to_string()),
+                    ("webhook-signature", signer.standard_signature(&id, ts, &body)),
+                ];
+                (format!("{base}/webhooks/incoming"), headers, body)
+            })
+            .collect()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(c)
+        .build()?;
+    let (base, base_ok) = load(
+        &client,
+        std::sync::Arc::new(make(&format!("http://{bare_addr}"), "custom")),
+        c,
+    )
+    .await?;
+    let (full, full_ok) = load(
+        &client,
+        std::sync::Arc::new(make(&format!("http://{addr}"), "custom")),
+        c,
+    )
+    .await?;
+    let (risk, risk_ok) = load(
+        &client,
+        std::sync::Arc::new(make(&format!("http://{addr}"), "risk")),
+        c,
+    )
+    .await?;
+    anyhow::ensure!(
+        base_ok as usize == n && full_ok as usize == n && risk_ok as usize == n,
+        "baseline {base_ok}, serve {full_ok} and {risk_ok} of {n} answered 2xx"
+    );
+    server.abort();
+    bare.abort();
+    app.stop(Duration::from_secs(5)).await?;
+    let logged = pm_events::journal::read_day(&dir, pm_events::journal::today())?.len();
+    anyhow::ensure!(logged == 2 * n, "{logged} of {} events in the log", 2 * n);
+    say!("  {:<56} {:>10}", "run", "requests/s");
+    say!(
+        "  {:<56} {:>10.0}",
+        "baseline: bare axum route answering 204",
+        base
+    );
+    say!(
+        "  {:<56} {:>10.0}   ratio {:.2} (target >= 0.50)",
+        "serve, custom type: verify -> write-ahead log -> 202",
+        full,
+        full / base
+    );
+    say!(
+        "  {:<56} {:>10.0}   ratio {:.2}",
+        "serve, risk_alert: the same + RiskAlertHandler",
+        risk,
+        risk / base
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
 }

@@ -361,6 +361,25 @@ pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> 
         .with_state(state)
 }
 
+impl AppState {
+    /// The state of a server over a started `bus`.
+    pub fn new(
+        bus: EventBus,
+        cfg: &Config,
+        metrics: PrometheusHandle,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(AppState {
+            bus,
+            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()),
+            token: cfg.api_token.clone(),
+            metrics,
+            stopping: AtomicBool::new(false),
+            timeout,
+        })
+    }
+}
+
 /// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -398,14 +417,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let app = App::open_server(&cfg)?;
     let bus = app.bus.clone();
     bus.start().await?;
-    let state = Arc::new(AppState {
-        bus: bus.clone(),
-        incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()),
-        token: cfg.api_token.clone(),
-        metrics,
-        stopping: AtomicBool::new(false),
-        timeout: args.request_timeout,
-    });
+    let state = AppState::new(bus.clone(), &cfg, metrics, args.request_timeout);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("listen on {bind}"))?;
