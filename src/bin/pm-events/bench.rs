@@ -476,11 +476,14 @@ fn bytes_of(n: usize) -> Vec<u8> {
     v
 }
 
+/// A prepared request: URL, headers, body.
+type Req = (String, Vec<(&'static str, String)>, Vec<u8>);
+
 /// `n` POSTs of `reqs` (url, headers, body) by `c` worker tasks; requests/s and the
 /// number answered 2xx.
 async fn load(
     client: &reqwest::Client,
-    reqs: std::sync::Arc<Vec<(String, Vec<(&'static str, String)>, Vec<u8>)>>,
+    reqs: std::sync::Arc<Vec<Req>>,
     c: usize,
 ) -> Result<(f64, u64)> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -549,7 +552,7 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
 
     // The same signed requests for both (a unique webhook-id each, so none is a replay).
     let ts = pm_events::event::now_unix().floor() as i64;
-    let make = |base: &str, kind: &str| -> Vec<(String, Vec<(&'static str, String)>, Vec<u8>)> {
+    let make = |base: &str, kind: &str| -> Vec<Req> {
         (0..n)
             .map(|i| {
                 let body = if kind == "risk" {
