@@ -24,21 +24,26 @@ impl App {
     /// Builds the bus (not started: subscribe, then `app.bus.start()`); opens and
     /// starts the webhook engine when a route is configured (or `always_webhooks`).
     pub fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
-        Self::build(cfg, always_webhooks, false)
+        Self::build(cfg, always_webhooks, false, true)
     }
 
     /// Like `open`, for a long-running server: metrics on, and the deliveries
     /// queued are not remembered for a final wait.
     pub fn open_server(cfg: &Config) -> Result<App> {
-        Self::build(cfg, false, true)
+        Self::build(cfg, false, true, true)
     }
 
-    fn build(cfg: &Config, always_webhooks: bool, server: bool) -> Result<App> {
-        let bus = EventBus::builder()
+    /// Like `open`, for replaying logged events: no event log (they are in it already).
+    pub fn open_replay(cfg: &Config) -> Result<App> {
+        Self::build(cfg, false, false, false)
+    }
+
+    fn build(cfg: &Config, always_webhooks: bool, server: bool, log: bool) -> Result<App> {
+        let builder = EventBus::builder()
             .config(cfg)
             .priority(builtin_priority)
-            .metrics(server)
-            .build();
+            .metrics(server);
+        let bus = if log { builder } else { builder.without_log() }.build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = WebhookHandler::from_config(cfg)?;
             let h = Arc::new(if server { h } else { h.track_deliveries() });
@@ -110,4 +115,58 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("invalid duration {t:?}: {e} (examples: 30s, 2m, 500ms)"))
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A short human summary of an event's data, by type.
+pub fn describe(e: &pm_events::Event) -> String {
+    let d = &e.data;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+    match e.event_type.as_str() {
+        "file_change" => format!("{} {}", s("change_type"), s("file_path")),
+        "report_ready" => format!(
+            "{} {} ({}) {}",
+            s("report_type"),
+            s("report_id"),
+            s("report_format"),
+            s("report_path")
+        ),
+        "risk_alert" => format!(
+            "{} {} {}: {}",
+            s("severity"),
+            s("risk_type"),
+            s("alert_id"),
+            s("title")
+        ),
+        "risk_escalated" => format!("{} escalated to {}", s("alert_id"), s("escalated_to")),
+        _ => {
+            let text = d.to_string();
+            if text.chars().count() > 100 {
+                format!("{}…", text.chars().take(100).collect::<String>())
+            } else {
+                text
+            }
+        }
+    }
 }

@@ -7,9 +7,11 @@
 mod app;
 mod bench;
 mod demo;
+mod logs;
 mod publish;
 mod receiver;
 mod serve;
+mod watch;
 mod webhooks;
 
 use anyhow::Result;
@@ -44,6 +46,20 @@ enum Command {
     Demo,
     /// Publish one event in-process: handlers run, the bus drains, the command exits.
     Publish(publish::Args),
+    /// Print logged events, one readable line each (--follow for new ones).
+    Tail(logs::TailArgs),
+    /// Send logged events through the handlers again.
+    Replay(logs::ReplayArgs),
+    /// Counts by type and day, webhook outcomes and open risks, from the logs.
+    Stats(logs::StatsArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Watch directories and publish file_change events for what changes in them.
+    Watch(watch::Args),
     /// Run the HTTP server: incoming webhooks, POST /events, health, metrics.
     Serve(serve::Args),
     /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
@@ -106,6 +122,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Demo => demo::run(cfg).await,
             Command::Publish(args) => publish::run(cfg, args).await,
             Command::Serve(args) => serve::run(cfg, args).await,
+            Command::Tail(args) => logs::tail(cfg, args).await,
+            Command::Replay(args) => logs::replay(cfg, args).await,
+            Command::Stats(args) => logs::stats(cfg, args).await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "pm-events", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Watch(args) => watch::run(cfg, args).await,
             Command::Webhooks(cmd) => webhooks::run(cfg, cmd).await,
             Command::Bench(args) => bench::run(cfg, args).await,
         }

@@ -1,71 +1,206 @@
-//! `pm-events publish TYPE JSON`: publish one event in-process.
+//! `pm-events publish`: publish one event (`TYPE JSON`) or JSON Lines from stdin
+//! (`-`), in-process (handlers run, the bus drains) or to a running server (`--url`).
 
 use crate::app::{App, parse_duration, report};
 use crate::{UsageError, say};
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use pm_events::handlers::file_change::FileChange;
+use pm_events::handlers::report_ready::ReportReady;
+use pm_events::handlers::risk_alert::RiskAlert;
 use pm_events::{Config, Event};
+use serde_json::Value;
+use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Arguments of `publish`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The event type (letters, digits, '_' and '-').
+    /// The event type (letters, digits, '_', '-', '.'), or `-` to read JSON Lines
+    /// `{"type","data","source"?}` from stdin, one event per line.
     #[arg(value_name = "TYPE")]
     event_type: String,
-    /// The event data: a JSON object.
+    /// The event data: a JSON object (not with `-`).
     #[arg(value_name = "JSON")]
-    json: String,
+    json: Option<String>,
     /// The event source (default "personal-manager").
     #[arg(long)]
     source: Option<String>,
-    /// How long to wait for the webhook deliveries the event causes (e.g. 60s, 2m).
+    /// Send to a running `pm-events serve` at this base URL (POST /events, with
+    /// `Authorization: Bearer $PM_API_TOKEN` when set) instead of publishing in-process.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// How long to wait for the webhook deliveries the events cause (in-process).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
 }
 
-/// Parses the arguments into an event, or a usage error naming what is wrong.
-pub fn build_event(
-    event_type: &str,
-    json: &str,
-    source: Option<&str>,
-) -> Result<Event, UsageError> {
-    pm_events::event::validate_type(event_type)
-        .map_err(|m| UsageError(format!("invalid TYPE: {m}")))?;
-    let data: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
+/// Checks a built-in type's payload schema (the file system is the handler's business).
+pub fn check_builtin(event_type: &str, data: &Value) -> Result<(), String> {
+    let r = match event_type {
+        "file_change" => FileChange::parse(data).map(|_| ()),
+        "report_ready" => ReportReady::parse(data).map(|_| ()),
+        "risk_alert" => RiskAlert::parse(data).map(|_| ()),
+        _ => Ok(()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Builds and checks one event.
+pub fn build_event(event_type: &str, data: Value, source: Option<&str>) -> Result<Event, String> {
+    pm_events::event::validate_type(event_type).map_err(|m| format!("invalid TYPE: {m}"))?;
     if !data.is_object() {
-        return Err(UsageError(format!(
+        return Err(format!(
             "the event data must be a JSON object, got {}",
             pm_events::event::json_kind(&data)
-        )));
+        ));
     }
+    check_builtin(event_type, &data)?;
     let mut event = Event::new(event_type, data);
     if let Some(s) = source {
         event = event.with_source(s);
     }
-    event.validate().map_err(UsageError)?;
+    event.validate()?;
     Ok(event)
+}
+
+/// Parses one stdin line `{"type","data","source"?}`.
+fn parse_line(line: &str) -> Result<Event, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(mut m) = v else {
+        return Err("expected a JSON object {\"type\",\"data\",\"source\"?}".into());
+    };
+    let ty = match m.remove("type") {
+        Some(Value::String(t)) => t,
+        Some(_) => return Err("`type` must be a string".into()),
+        None => return Err("missing field `type`".into()),
+    };
+    let data = m.remove("data").ok_or("missing field `data`")?;
+    let source = match m.remove("source") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err("`source` must be a string".into()),
+    };
+    if let Some(k) = m.keys().next() {
+        return Err(format!("unknown field `{k}` (expected type, data, source)"));
+    }
+    build_event(&ty, data, source.as_deref())
 }
 
 /// Runs `publish`.
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
-    let event = build_event(&args.event_type, &args.json, args.source.as_deref())?;
-    let app = App::open(&cfg, false)?;
-    app.bus.start().await?;
-    let published = app.bus.publish_event(event).await;
-    let bus = app.bus.clone();
-    let outcome = app.stop(args.wait).await?;
-    let id = published?;
-    say!("{id}");
-    let delivered = report(outcome);
-    let failed = bus.stats().failed + bus.stats().panicked + bus.stats().timed_out;
-    if failed > 0 {
-        eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
+    let mut bad_lines = 0usize;
+    let events: Vec<Event> = if args.event_type == "-" {
+        if args.json.is_some() {
+            return Err(UsageError(
+                "with `-`, events come from stdin: give no JSON argument".into(),
+            )
+            .into());
+        }
+        let mut out = Vec::new();
+        for (i, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.context("read stdin")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(&line) {
+                Ok(e) => out.push(e),
+                Err(m) => {
+                    bad_lines += 1;
+                    eprintln!("pm-events: line {}: {m}", i + 1);
+                }
+            }
+        }
+        out
+    } else {
+        let json = args.json.as_deref().ok_or_else(|| {
+            UsageError(
+                "missing the JSON argument (the event data), e.g. '{\"key\":\"value\"}'".into(),
+            )
+        })?;
+        let data: Value = serde_json::from_str(json)
+            .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
+        vec![build_event(&args.event_type, data, args.source.as_deref()).map_err(UsageError)?]
+    };
+
+    let ok = match &args.url {
+        Some(url) => send_remote(&cfg, url, &events).await?,
+        None => publish_local(&cfg, &events, args.wait).await?,
+    };
+    if bad_lines > 0 {
+        eprintln!(
+            "pm-events: {bad_lines} line(s) refused, {} event(s) published",
+            events.len()
+        );
     }
-    Ok(if delivered && failed == 0 {
+    Ok(if ok && bad_lines == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn publish_local(cfg: &Config, events: &[Event], wait: Duration) -> Result<bool> {
+    let app = App::open(cfg, false)?;
+    app.bus.start().await?;
+    let mut published = Ok(());
+    for e in events {
+        match app.bus.publish_event(e.clone()).await {
+            Ok(id) => say!("{id}"),
+            Err(err) => {
+                published = Err(err);
+                break;
+            }
+        }
+    }
+    let bus = app.bus.clone();
+    let outcome = app.stop(wait).await?;
+    published?;
+    let delivered = report(outcome);
+    let st = bus.stats();
+    let failed = st.failed + st.panicked + st.timed_out;
+    if failed > 0 {
+        eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
+    }
+    Ok(delivered && failed == 0)
+}
+
+async fn send_remote(cfg: &Config, url: &str, events: &[Event]) -> Result<bool> {
+    let endpoint = format!("{}/events", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut all_ok = true;
+    for e in events {
+        let body = serde_json::json!({"type": e.event_type, "data": e.data, "source": e.source});
+        let mut req = client
+            .post(&endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body)?);
+        if let Some(t) = &cfg.api_token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {endpoint}: {}", e.without_url()))?;
+        let status = resp.status();
+        let v: Value = resp
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        if status.is_success() {
+            say!("{}", v["event_id"].as_str().unwrap_or(""));
+        } else {
+            all_ok = false;
+            eprintln!(
+                "pm-events: {endpoint} answered {}: {}",
+                status.as_u16(),
+                v["message"].as_str().unwrap_or("(no message)")
+            );
+        }
+    }
+    Ok(all_ok)
 }

@@ -1,7 +1,7 @@
 //! `pm-events serve`: the HTTP face — incoming webhooks, the publish API, health,
 //! subscribers, Prometheus metrics and the OpenAPI document (DESIGN.md section 6).
 
-use crate::app::{App, parse_duration};
+use crate::app::{App, parse_duration, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use axum::body::Bytes;
@@ -377,28 +377,6 @@ impl AppState {
             stopping: AtomicBool::new(false),
             timeout,
         })
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

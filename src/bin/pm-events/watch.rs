@@ -1,0 +1,182 @@
+//! `pm-events watch DIR...`: publishes `file_change` events for what happens in
+//! directories (recursively), through the built-in handlers and webhooks.
+//!
+//! File-system events come from the `notify` crate, debounced by
+//! `notify-debouncer-full` (one event per burst of writes, renames paired). The log
+//! directory is never watched into (the watcher would feed on its own logs), nor
+//! anything matching an `--ignore` glob. A file that vanishes before it is read
+//! is skipped; directories themselves are not reported.
+
+use crate::app::{App, parse_duration, report, shutdown_signal};
+use crate::{UsageError, say};
+use anyhow::{Context as _, Result};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::event::{EventKind, ModifyKind, RenameMode};
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use pm_events::Config;
+use pm_events::handlers::file_change::{CHECKSUM_LIMIT, md5_file};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Arguments of `watch`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directories to watch (recursively).
+    #[arg(value_name = "DIR", required = true)]
+    dirs: Vec<PathBuf>,
+    /// Paths to ignore (glob, matched against the full path; repeatable), e.g. '**/*.tmp'.
+    #[arg(long, value_name = "GLOB")]
+    ignore: Vec<String>,
+    /// Quiet time that ends a burst of changes to one file.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// How long to wait for webhook deliveries when stopping.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    wait: Duration,
+}
+
+/// Facts of a file for its event, or `None` if it vanished or is not a file.
+fn facts(path: &Path, change: &str) -> Option<Value> {
+    let mut data = json!({"file_path": path.display().to_string(), "change_type": change});
+    if change == "deleted" {
+        return Some(data);
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    data["size"] = meta.len().into();
+    if let Ok(t) = meta.modified() {
+        let t: chrono::DateTime<chrono::Utc> = t.into();
+        data["modified_time"] = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    }
+    if meta.len() <= CHECKSUM_LIMIT {
+        // The file may vanish between stat and read: then it is skipped.
+        data["checksum"] = md5_file(path).ok()?.into();
+    }
+    Some(data)
+}
+
+/// Runs `watch` until Ctrl-C or SIGTERM.
+pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
+    let mut dirs = Vec::new();
+    for d in &args.dirs {
+        let c = d
+            .canonicalize()
+            .map_err(|e| UsageError(format!("cannot watch {}: {e}", d.display())))?;
+        if !c.is_dir() {
+            return Err(
+                UsageError(format!("cannot watch {}: not a directory", d.display())).into(),
+            );
+        }
+        dirs.push(c);
+    }
+    let mut globs = GlobSetBuilder::new();
+    for g in &args.ignore {
+        globs.add(
+            Glob::new(g).map_err(|e| UsageError(format!("invalid --ignore glob {g:?}: {e}")))?,
+        );
+    }
+    let ignore: GlobSet = globs
+        .build()
+        .map_err(|e| UsageError(format!("--ignore: {e}")))?;
+    std::fs::create_dir_all(&cfg.log_dir)
+        .with_context(|| format!("create {}", cfg.log_dir.display()))?;
+    let log_dir = cfg
+        .log_dir
+        .canonicalize()
+        .unwrap_or_else(|_| cfg.log_dir.clone());
+    let skip = move |p: &Path| p.starts_with(&log_dir) || ignore.is_match(p);
+
+    let app = App::open(&cfg, false)?;
+    app.bus.start().await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(args.debounce, None, move |r: DebounceEventResult| {
+        let _ = tx.send(r);
+    })
+    .context("start the file watcher")?;
+    for d in &dirs {
+        debouncer
+            .watch(d, RecursiveMode::Recursive)
+            .with_context(|| format!("watch {}", d.display()))?;
+    }
+    say!(
+        "watching {} (log directory and --ignore excluded); Ctrl-C stops",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut published = 0u64;
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => break,
+            b = rx.recv() => match b { Some(b) => b, None => break },
+        };
+        let events = match batch {
+            Ok(ev) => ev,
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "file watcher error");
+                }
+                continue;
+            }
+        };
+        for ev in events {
+            let changes: Vec<(&Path, &str)> = match ev.kind {
+                EventKind::Create(_) => ev.paths.iter().map(|p| (p.as_path(), "created")).collect(),
+                EventKind::Remove(_) => ev.paths.iter().map(|p| (p.as_path(), "deleted")).collect(),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if ev.paths.len() == 2 => {
+                    vec![
+                        (ev.paths[0].as_path(), "deleted"),
+                        (ev.paths[1].as_path(), "created"),
+                    ]
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    ev.paths.iter().map(|p| (p.as_path(), "deleted")).collect()
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    ev.paths.iter().map(|p| (p.as_path(), "created")).collect()
+                }
+                EventKind::Modify(ModifyKind::Metadata(_)) => Vec::new(),
+                EventKind::Modify(_) => {
+                    ev.paths.iter().map(|p| (p.as_path(), "modified")).collect()
+                }
+                _ => Vec::new(),
+            };
+            for (path, change) in changes {
+                if skip(path) {
+                    continue;
+                }
+                let p = path.to_path_buf();
+                let ch = change.to_string();
+                let Some(data) = tokio::task::spawn_blocking(move || facts(&p, &ch))
+                    .await
+                    .ok()
+                    .flatten()
+                else {
+                    tracing::debug!(path = %path.display(), "changed path vanished or is not a file; skipped");
+                    continue;
+                };
+                match app.bus.publish("file_change", data).await {
+                    Ok(id) => {
+                        published += 1;
+                        say!("{change:<8} {}  {}", path.display(), &id[..8]);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot publish a file change"),
+                }
+            }
+        }
+    }
+    drop(debouncer);
+    eprintln!("stopping: {published} file change(s) published; draining");
+    let outcome = app.stop(args.wait).await?;
+    report(outcome);
+    Ok(ExitCode::SUCCESS)
+}
