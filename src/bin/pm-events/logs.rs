@@ -157,10 +157,11 @@ pub async fn tail(cfg: Config, a: TailArgs) -> Result<ExitCode> {
                     // Only whole lines; a line being written stays for the next read.
                     while let Some(i) = partial.find('\n') {
                         let line: String = partial.drain(..=i).collect();
-                        if let Ok(e) = serde_json::from_str::<Event>(line.trim_end()) {
-                            if wanted(&e) && e.timestamp >= since {
-                                print_event(&e, a.json, None, color);
-                            }
+                        if let Ok(e) = serde_json::from_str::<Event>(line.trim_end())
+                            && wanted(&e)
+                            && e.timestamp >= since
+                        {
+                            print_event(&e, a.json, None, color);
                         }
                     }
                 }
