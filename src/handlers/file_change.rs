@@ -236,16 +236,7 @@ impl FileChangeHandler {
             data: data.clone(),
             ..event.clone()
         };
-        let webhook = self
-            .ctx
-            .deliver(
-                &enriched,
-                self.ctx
-                    .webhooks
-                    .as_ref()
-                    .and_then(|w| w.routes().for_event(&enriched)),
-            )
-            .await;
+        let webhook = self.ctx.deliver_routed(&enriched).await;
         let mut fields = summary(&fc);
         fields.insert("action".into(), action.into());
         if let Some(p) = previous {

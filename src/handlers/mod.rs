@@ -9,7 +9,7 @@
 //! reach webhooks, and is returned as the handler's error (counted by the bus).
 //! [`register_builtins`] subscribes all three on a bus in one call.
 //!
-//! Every handler log line starts with `timestamp` (RFC 3339), `event_id`, `status`
+//! Every handler log line holds `timestamp` (RFC 3339), `event_id`, `status`
 //! (`ok`, `invalid` or `error`) and, unless `ok`, `reason`; the fields of each
 //! handler follow and are documented in its module.
 
@@ -120,6 +120,15 @@ impl Context {
             self.log_keep,
             self.fsync,
         )?)
+    }
+
+    /// Queues `event` for its own route (see [`Routes::for_event`](crate::webhook::Routes::for_event)).
+    pub(crate) async fn deliver_routed(&self, event: &Event) -> Value {
+        let route = self
+            .webhooks
+            .as_ref()
+            .and_then(|w| w.routes().for_event(event));
+        self.deliver(event, route).await
     }
 
     /// Queues `event` for `route` (if webhooks are on); the delivery id, or the error as text.

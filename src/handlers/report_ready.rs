@@ -272,16 +272,7 @@ impl ReportReadyHandler {
             data,
             ..event.clone()
         };
-        let webhook = self
-            .ctx
-            .deliver(
-                &enriched,
-                self.ctx
-                    .webhooks
-                    .as_ref()
-                    .and_then(|w| w.routes().for_event(&enriched)),
-            )
-            .await;
+        let webhook = self.ctx.deliver_routed(&enriched).await;
         let mut fields = summary(&r);
         fields.insert("size_bytes".into(), size.into());
         fields.insert("sha256".into(), sha256.into());

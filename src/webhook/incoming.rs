@@ -177,7 +177,8 @@ impl IncomingWebhooks {
     }
 }
 
-fn media_type(headers: &BTreeMap<String, String>) -> String {
+/// The media type of `content-type` (lower-case, without parameters); empty when absent.
+pub fn media_type(headers: &BTreeMap<String, String>) -> String {
     headers
         .get("content-type")
         .map(|c| {

@@ -172,6 +172,24 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Publishes events `0..n` from `p` tasks, each its share in order.
+async fn publish_all(bus: &EventBus, n: u64, p: u64) -> Result<()> {
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in split(n, p, k) {
+                bus.publish_event(make(i)).await?;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 fn split(n: u64, p: u64, k: u64) -> std::ops::Range<u64> {
     (n * k / p)..(n * (k + 1) / p)
 }
@@ -227,19 +245,7 @@ async fn bus_run(n: u64, p: u64, cfg: &Config, log: Option<PathBuf>) -> Result<f
     bus.subscribe("bench", noop);
     bus.start().await?;
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..p {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in split(n, p, k) {
-                bus.publish_event(make(i)).await?;
-            }
-            Ok::<(), pm_events::BusError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    publish_all(&bus, n, p).await?;
     bus.stop().await?;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     let s = bus.stats();
@@ -327,19 +333,7 @@ async fn burst(cfg: &Config, n: u64, p: u64, dir: &Path) -> Result<(u64, u64)> {
     // Reset the high-water mark so the peak is this burst's (Linux: "5" > clear_refs).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = rss_kib("VmRSS:") * 1024;
-    let mut tasks = Vec::new();
-    for k in 0..p {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in split(n, p, k) {
-                bus.publish_event(make(i)).await?;
-            }
-            Ok::<(), pm_events::BusError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    publish_all(&bus, n, p).await?;
     bus.stop().await?;
     let peak = rss_kib("VmHWM:") * 1024;
     Ok((before, peak.max(before)))
@@ -424,19 +418,7 @@ async fn webhooks(mut cfg: Config, a: Args) -> Result<ExitCode> {
     bus.start().await?;
     let t0 = Instant::now();
     let p = 8;
-    let mut tasks = Vec::new();
-    for k in 0..p {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in split(n, p, k) {
-                bus.publish_event(make(i)).await?;
-            }
-            Ok::<(), pm_events::BusError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    publish_all(&bus, n, p).await?;
     bus.stop().await?;
     let queued_at = t0.elapsed();
     let ids = handler.take_queued();

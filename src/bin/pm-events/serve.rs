@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pm_events::config::Secret;
-use pm_events::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks};
+use pm_events::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks, media_type};
 use pm_events::{BusError, Config, Event, EventBus};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -208,17 +208,7 @@ async fn publish(
             ));
         }
     }
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let media = media_type(&lower_headers(&headers));
     if media != "application/json" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
