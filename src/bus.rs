@@ -9,9 +9,11 @@
 //!    it handed to the transport, and `publish` returns its id.
 //! 3. The dispatcher task takes events from the transport (priority lane
 //!    first), picks the subscriptions whose type (or `"*"`) and filter match,
-//!    and spawns one task per event that runs those handlers concurrently, each
-//!    under the handler timeout and with panics caught. At most `concurrency`
-//!    such tasks run at once.
+//!    and spawns a task that runs those handlers concurrently, each under the
+//!    handler timeout and with panics caught. Under load it takes up to 32 ready
+//!    events at once and gives them one task (their handlers still run
+//!    concurrently, interleaved); an idle bus spawns one task per event. At most
+//!    `concurrency` events are in handlers at once.
 //! 4. When every handler of the event is done, the event is acknowledged and
 //!    its capacity unit is released.
 //!
@@ -846,22 +848,56 @@ impl Drop for Finished {
     }
 }
 
+/// Most ready events one handler task takes at once.
+const BURST: usize = 32;
+
 async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots: Arc<Semaphore>) {
-    while let Some(delivery) = consumer.next().await {
-        inner.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        let subs = matching(&inner, &delivery.event);
-        if subs.is_empty() {
-            inner.stats.unhandled.fetch_add(1, Ordering::Relaxed);
-            ack(delivery).await;
-            finish_one(&inner);
+    // A burst never needs more slots than exist (`concurrency` may be below BURST).
+    let max_burst = BURST.min(inner.settings.concurrency).max(1);
+    let mut burst: Vec<(Delivery, SubList)> = Vec::with_capacity(max_burst);
+    while let Some(first) = consumer.next().await {
+        // Take what else is ready now: under load, one task runs a burst of events
+        // (their handlers still concurrent); when idle, a burst is one event.
+        let mut next = Some(first);
+        while let Some(delivery) = next {
+            inner.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+            let subs = matching(&inner, &delivery.event);
+            if subs.is_empty() {
+                inner.stats.unhandled.fetch_add(1, Ordering::Relaxed);
+                ack(delivery).await;
+                finish_one(&inner);
+            } else {
+                burst.push((delivery, subs));
+            }
+            next = if burst.len() < max_burst {
+                consumer.try_next()
+            } else {
+                None
+            };
+        }
+        if burst.is_empty() {
             continue;
         }
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = slots.clone().acquire_many_owned(burst.len() as u32).await else {
             break;
         };
-        let done = Finished(inner.clone());
+        let items = std::mem::replace(&mut burst, Vec::with_capacity(max_burst));
+        let inner2 = inner.clone();
+        // Made before the spawn: they count the events finished even if the task never runs.
+        let done: Vec<Finished> = items.iter().map(|_| Finished(inner.clone())).collect();
         tokio::spawn(async move {
-            run_handlers(&done.0, delivery, subs).await;
+            if items.len() == 1 {
+                for (d, subs) in items {
+                    run_handlers(&inner2, d, subs).await;
+                }
+            } else {
+                futures_util::future::join_all(
+                    items
+                        .into_iter()
+                        .map(|(d, subs)| run_handlers(&inner2, d, subs)),
+                )
+                .await;
+            }
             drop(slot);
             drop(done);
         });

@@ -55,6 +55,18 @@ struct MemoryConsumer {
     queued: Arc<AtomicUsize>,
 }
 
+impl MemoryConsumer {
+    fn delivery(&self, item: Item, priority: Priority) -> Delivery {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let (event, permit) = item;
+        Delivery {
+            event,
+            priority,
+            ack: Ack::Permit(permit),
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Option<Delivery> {
@@ -64,13 +76,15 @@ impl Consumer for MemoryConsumer {
             Some(item) = self.normal.recv() => (item, Priority::Normal),
             else => return None,
         };
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        let (event, permit) = item;
-        Some(Delivery {
-            event,
-            priority,
-            ack: Ack::Permit(permit),
-        })
+        Some(self.delivery(item, priority))
+    }
+
+    fn try_next(&mut self) -> Option<Delivery> {
+        if let Ok(item) = self.high.try_recv() {
+            return Some(self.delivery(item, Priority::High));
+        }
+        let item = self.normal.try_recv().ok()?;
+        Some(self.delivery(item, Priority::Normal))
     }
 }
 

@@ -99,6 +99,13 @@ impl Ack {
 pub trait Consumer: Send {
     /// The next event, or `None` once the transport is closed and drained.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// The next event if one is ready now, without waiting (priority lane first).
+    /// Lets the dispatcher take a burst of ready events in one go; the default
+    /// takes none.
+    fn try_next(&mut self) -> Option<Delivery> {
+        None
+    }
 }
 
 /// A queue of accepted events between publishers and the dispatcher.
