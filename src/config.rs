@@ -110,6 +110,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `PM_SMTP_URL`: SMTP server for report distribution.
     pub smtp_url: Option<String>,
+    /// `PM_MAIL_FROM`: sender of report e-mail.
+    pub mail_from: String,
     /// `PM_REPORT_AUTO_DISTRIBUTE`: e-mail reports to their recipients.
     pub report_auto_distribute: bool,
     /// `PM_NATS_URL`: run the bus over NATS JetStream.
@@ -154,6 +156,7 @@ impl Default for Config {
             api_token: None,
             max_body_bytes: 1024 * 1024,
             smtp_url: None,
+            mail_from: "pm-events <pm-events@localhost>".into(),
             report_auto_distribute: true,
             nats_url: None,
             consumer_group: "pm-events".into(),
@@ -392,6 +395,16 @@ impl Config {
             c.max_body_bytes = n;
         }
         c.smtp_url = v.url("PM_SMTP_URL", &["smtp", "smtps"])?;
+        if let Some(f) = v.get("PM_MAIL_FROM") {
+            if f.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(err(
+                    "PM_MAIL_FROM",
+                    f,
+                    "an e-mail address, optionally with a name: Name <user@host>",
+                ));
+            }
+            c.mail_from = f.to_string();
+        }
         if let Some(b) = v.bool("PM_REPORT_AUTO_DISTRIBUTE")? {
             c.report_auto_distribute = b;
         }
@@ -452,6 +465,8 @@ mod tests {
             ("PM_WEBHOOK_URL_DEPLOYMENT", "not a url"),
             ("PM_ALLOW_UNSIGNED", "perhaps"),
             ("PM_SMTP_URL", "http://x"),
+            ("PM_MAIL_FROM", "not an address"),
+            ("PM_WEBHOOK_CONCURRENCY", "0"),
         ] {
             let e = Config::from_vars([(k, v)]).unwrap_err();
             assert_eq!(e.var, k);

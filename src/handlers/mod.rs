@@ -93,6 +93,8 @@ pub struct Context {
     pub fsync: crate::config::FsyncPolicy,
     /// Where webhooks go; `None`: no webhooks.
     pub webhooks: Option<Arc<WebhookHandler>>,
+    /// Sender of report e-mail (`PM_MAIL_FROM`).
+    pub mail_from: String,
 }
 
 impl Context {
@@ -104,6 +106,7 @@ impl Context {
             log_keep: config.log_keep,
             fsync: config.fsync,
             webhooks: None,
+            mail_from: config.mail_from.clone(),
         }
     }
 

@@ -189,10 +189,8 @@ impl ReportReadyHandler {
         mailer: Mailer,
     ) -> Result<Self, SetupError> {
         let log = ctx.writer("reports/report_generations.jsonl")?;
-        let from = std::env::var("PM_MAIL_FROM")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "pm-events <pm-events@localhost>".into())
+        let from = ctx
+            .mail_from
             .parse::<Mailbox>()
             .map_err(|e| SetupError::Mail(format!("PM_MAIL_FROM: {e}")))?;
         Ok(ReportReadyHandler {
