@@ -3,7 +3,9 @@
 # the built binary) and doc tests. Installs what the tests need when it is missing,
 # so it works on a fresh machine:
 #   - a Python virtualenv (target/test-venv) with `standardwebhooks` (the independent
-#     Standard Webhooks implementation the interop tests check against) and `aiosmtpd`.
+#     Standard Webhooks implementation the interop tests check against) and `aiosmtpd`;
+#   - nats-server (Debian's package) for the JetStream scale-out tests, which start
+#     their own server on a free port in a temporary directory.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,5 +18,15 @@ if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd
 fi
 export PM_TEST_PYTHON="$venv/bin/python"
+
+nats=$(command -v nats-server || true)
+[ -n "$nats" ] || { [ -x /usr/sbin/nats-server ] && nats=/usr/sbin/nats-server; } || true
+if [ -z "$nats" ]; then
+  echo "== installing nats-server"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq nats-server >/dev/null; fi
+  nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+fi
+export PM_TEST_NATS_SERVER="$nats"
 
 cargo test -j2 --locked "$@"

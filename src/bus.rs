@@ -181,8 +181,11 @@ struct Inner {
     state: RwLock<State>,
     /// Serializes `start` and `stop`.
     lifecycle: tokio::sync::Mutex<()>,
-    /// Events handed to the transport and not yet finished by the dispatcher.
+    /// Events not finished yet: with a local transport, from acceptance; with a
+    /// remote one, from when the dispatcher takes them.
     inflight: AtomicUsize,
+    /// Whether the transport is in-process (see [`Transport::is_local`]).
+    local: bool,
     /// Woken when `inflight` drops to zero; `stop` waits on it.
     idle: Notify,
     stats: Counters,
@@ -328,12 +331,14 @@ impl EventBusBuilder {
 
     /// Builds the bus (not started).
     pub fn build(self) -> EventBus {
+        let transport = self
+            .transport
+            .unwrap_or_else(|| Arc::new(MemoryTransport::new()));
         EventBus {
             inner: Arc::new(Inner {
                 settings: self.settings,
-                transport: self
-                    .transport
-                    .unwrap_or_else(|| Arc::new(MemoryTransport::new())),
+                local: transport.is_local(),
+                transport,
                 priority: self.priority,
                 table: RwLock::new(Arc::new(Table::default())),
                 next_id: AtomicU64::new(1),
@@ -589,6 +594,32 @@ impl EventBus {
         };
         run.publishers.close();
         run.publishers.wait().await;
+        if self.inner.local {
+            // Every accepted event (and its follow-ups) is handled, then the queue closes.
+            self.wait_idle().await;
+            self.inner.transport.close();
+            if let Err(e) = dispatcher.await {
+                tracing::error!(error = %e, "event bus dispatcher ended abnormally");
+            }
+        } else {
+            // Remote queue: stop taking events, finish (and acknowledge) those taken;
+            // the rest stays on the server for the other consumers or the next start.
+            self.inner.transport.close();
+            if let Err(e) = dispatcher.await {
+                tracing::error!(error = %e, "event bus dispatcher ended abnormally");
+            }
+            self.wait_idle().await;
+        }
+        if let Some(log) = &run.log {
+            log.close().await;
+        }
+        *write(&self.inner.state) = State::Idle;
+        tracing::debug!("event bus stopped");
+        Ok(())
+    }
+
+    /// Waits until no event counted in `inflight` remains.
+    async fn wait_idle(&self) {
         loop {
             let notified = self.inner.idle.notified();
             tokio::pin!(notified);
@@ -598,16 +629,6 @@ impl EventBus {
             }
             notified.await;
         }
-        self.inner.transport.close();
-        if let Err(e) = dispatcher.await {
-            tracing::error!(error = %e, "event bus dispatcher ended abnormally");
-        }
-        if let Some(log) = &run.log {
-            log.close().await;
-        }
-        *write(&self.inner.state) = State::Idle;
-        tracing::debug!("event bus stopped");
-        Ok(())
     }
 
     /// The running state for a publish: the run, plus a token `stop` waits for.
@@ -753,9 +774,10 @@ impl EventBus {
                 items.push((e, prio, p));
             }
             let n = items.len();
-            self.inner.inflight.fetch_add(n, Ordering::SeqCst);
+            let counted = if self.inner.local { n } else { 0 };
+            self.inner.inflight.fetch_add(counted, Ordering::SeqCst);
             if let Err(e) = self.inner.transport.publish_batch(items).await {
-                self.inner.inflight.fetch_sub(n, Ordering::SeqCst);
+                self.inner.inflight.fetch_sub(counted, Ordering::SeqCst);
                 self.inner.idle.notify_waiters();
                 return Err(BusError::Transport(e.to_string()));
             }
@@ -785,9 +807,13 @@ impl EventBus {
             .metrics
             .then(|| event.event_type.clone());
         let prio = self.priority_of(&event);
-        self.inner.inflight.fetch_add(1, Ordering::SeqCst);
+        if self.inner.local {
+            self.inner.inflight.fetch_add(1, Ordering::SeqCst);
+        }
         if let Err(e) = self.inner.transport.publish(event, prio, permit).await {
-            finish_one(&self.inner);
+            if self.inner.local {
+                finish_one(&self.inner);
+            }
             tracing::error!(event_id = %id, error = %e, "event logged but the transport refused it");
             return Err(BusError::Transport(e.to_string()));
         }
@@ -861,6 +887,10 @@ async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots
         let mut next = Some(first);
         while let Some(delivery) = next {
             inner.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+            if !inner.local {
+                // Remote events are counted from when this process takes them.
+                inner.inflight.fetch_add(1, Ordering::SeqCst);
+            }
             let subs = matching(&inner, &delivery.event);
             if subs.is_empty() {
                 inner.stats.unhandled.fetch_add(1, Ordering::Relaxed);

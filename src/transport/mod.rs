@@ -14,12 +14,14 @@
 //! it as soon as the remote side has the event).
 
 pub mod memory;
+pub mod nats;
 
 use crate::event::Event;
 use async_trait::async_trait;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use memory::MemoryTransport;
+pub use nats::NatsTransport;
 
 /// One unit of the bus's capacity, held while an event is in the transport's care.
 pub type Permit = OwnedSemaphorePermit;
@@ -136,6 +138,13 @@ pub trait Transport: Send + Sync + 'static {
             self.publish(e, p, permit).await?;
         }
         Ok(())
+    }
+
+    /// Whether every event published here is consumed here (in-process queue).
+    /// A remote transport may hand a local event to another process, so the bus
+    /// then waits at `stop` only for the events its own dispatcher took.
+    fn is_local(&self) -> bool {
+        true
     }
 
     /// Events taken but not yet handed to the dispatcher (in this process).

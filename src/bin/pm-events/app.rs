@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use pm_events::handlers::{BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
+use pm_events::transport::NatsTransport;
 use pm_events::webhook::{WaitOutcome, WebhookHandler};
 use pm_events::{Config, EventBus};
 use std::sync::Arc;
@@ -23,26 +24,32 @@ pub struct App {
 impl App {
     /// Builds the bus (not started: subscribe, then `app.bus.start()`); opens and
     /// starts the webhook engine when a route is configured (or `always_webhooks`).
-    pub fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
-        Self::build(cfg, always_webhooks, false, true)
+    pub async fn open(cfg: &Config, always_webhooks: bool) -> Result<App> {
+        Self::build(cfg, always_webhooks, false, true).await
     }
 
     /// Like `open`, for a long-running server: metrics on, and the deliveries
     /// queued are not remembered for a final wait.
-    pub fn open_server(cfg: &Config) -> Result<App> {
-        Self::build(cfg, false, true, true)
+    pub async fn open_server(cfg: &Config) -> Result<App> {
+        Self::build(cfg, false, true, true).await
     }
 
     /// Like `open`, for replaying logged events: no event log (they are in it already).
-    pub fn open_replay(cfg: &Config) -> Result<App> {
-        Self::build(cfg, false, false, false)
+    pub async fn open_replay(cfg: &Config) -> Result<App> {
+        Self::build(cfg, false, false, false).await
     }
 
-    fn build(cfg: &Config, always_webhooks: bool, server: bool, log: bool) -> Result<App> {
-        let builder = EventBus::builder()
+    async fn build(cfg: &Config, always_webhooks: bool, server: bool, log: bool) -> Result<App> {
+        let mut builder = EventBus::builder()
             .config(cfg)
             .priority(builtin_priority)
             .metrics(server);
+        if let Some(url) = &cfg.nats_url {
+            // Scale-out: events go through NATS JetStream, shared by PM_CONSUMER_GROUP.
+            let ack_wait = cfg.handler_timeout + Duration::from_secs(30);
+            let t = NatsTransport::connect(url, &cfg.consumer_group, ack_wait).await?;
+            builder = builder.transport(Arc::new(t));
+        }
         let bus = if log { builder } else { builder.without_log() }.build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = WebhookHandler::from_config(cfg)?;

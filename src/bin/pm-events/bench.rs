@@ -518,7 +518,7 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
     let (bare_addr, bare) = bare_receiver().await?;
     // The product: `serve`'s router over a bus with the built-in handlers and the log.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let app = crate::app::App::open_server(&cfg)?;
+    let app = crate::app::App::open_server(&cfg).await?;
     app.bus.start().await?;
     let state =
         crate::serve::AppState::new(app.bus.clone(), &cfg, metrics, Duration::from_secs(30));

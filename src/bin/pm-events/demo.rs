@@ -60,7 +60,7 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
         b"<!DOCTYPE html><html><body><h1>Monthly</h1></body></html>",
     )?;
 
-    let app = App::open(&cfg, true)?;
+    let app = App::open(&cfg, true).await?;
     let bus = app.bus.clone();
     app.builtins
         .risk_alert

@@ -232,7 +232,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     if a.no_webhooks {
         cfg.webhook_urls.clear();
     }
-    let app = App::open_replay(&cfg)?;
+    let app = App::open_replay(&cfg).await?;
     app.bus.start().await?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(events.len() as u64);

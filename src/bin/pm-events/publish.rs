@@ -141,7 +141,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
 }
 
 async fn publish_local(cfg: &Config, events: &[Event], wait: Duration) -> Result<bool> {
-    let app = App::open(cfg, false)?;
+    let app = App::open(cfg, false).await?;
     app.bus.start().await?;
     let mut published = Ok(());
     for e in events {

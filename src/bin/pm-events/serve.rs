@@ -382,7 +382,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("install the Prometheus recorder")?;
-    let app = App::open_server(&cfg)?;
+    let app = App::open_server(&cfg).await?;
     let bus = app.bus.clone();
     bus.start().await?;
     let state = AppState::new(bus.clone(), &cfg, metrics, args.request_timeout);

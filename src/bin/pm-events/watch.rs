@@ -91,7 +91,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|_| cfg.log_dir.clone());
     let skip = move |p: &Path| p.starts_with(&log_dir) || ignore.is_match(p);
 
-    let app = App::open(&cfg, false)?;
+    let app = App::open(&cfg, false).await?;
     app.bus.start().await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(args.debounce, None, move |r: DebounceEventResult| {

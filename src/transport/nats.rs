@@ -1,0 +1,184 @@
+//! The NATS JetStream transport (DESIGN.md section 7): the same bus over a real
+//! distributed log.
+//!
+//! - Every event is published to the subject `pm.events.<type>` of the stream
+//!   `PM_EVENTS` (created if missing, subjects `pm.events.>`), with the header
+//!   `Nats-Msg-Id: <event_id>` so JetStream drops a duplicate publish within its
+//!   de-duplication window. `publish` returns once JetStream has acknowledged the
+//!   event (it is then durable on the server); the local capacity unit is released
+//!   at that point.
+//! - Each bus consumes through the durable pull consumer named by its consumer group
+//!   (`PM_CONSUMER_GROUP`): processes sharing a group share the work; every event is
+//!   acknowledged only after its handlers finish, so the events of a process that dies
+//!   are redelivered (after `ack_wait`) to another one.
+//! - `close` stops fetching; what was fetched and not acknowledged is redelivered.
+
+use super::{Ack, Consumer, Delivery, Permit, Priority, RemoteAck, Transport, TransportError};
+use crate::event::Event;
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the JetStream stream.
+pub const STREAM: &str = "PM_EVENTS";
+/// Subject prefix of the events.
+pub const SUBJECT_PREFIX: &str = "pm.events.";
+
+fn other(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Other(e.to_string())
+}
+
+/// The NATS JetStream transport.
+pub struct NatsTransport {
+    js: jetstream::Context,
+    group: String,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+    /// Cancelled by `close`; a new one per `open`.
+    stop: std::sync::Mutex<CancellationToken>,
+}
+
+impl NatsTransport {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and makes sure the stream exists.
+    /// `ack_wait` should exceed the handler timeout: it is how long an event may be in
+    /// handlers before JetStream hands it to someone else.
+    pub async fn connect(
+        url: &str,
+        group: &str,
+        ack_wait: Duration,
+    ) -> Result<Self, TransportError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| other(format!("cannot connect to NATS at {url}: {e}")))?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT_PREFIX}>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| other(format!("JetStream stream {STREAM}: {e}")))?;
+        Ok(NatsTransport {
+            js,
+            group: group.to_string(),
+            ack_wait,
+            max_ack_pending: 1024,
+            stop: std::sync::Mutex::new(CancellationToken::new()),
+        })
+    }
+}
+
+struct NatsAck(jetstream::Message);
+
+#[async_trait]
+impl RemoteAck for NatsAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.0.ack().await.map_err(other)
+    }
+}
+
+struct NatsConsumer {
+    messages: jetstream::consumer::pull::Stream,
+    stop: CancellationToken,
+}
+
+#[async_trait]
+impl Consumer for NatsConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let msg = tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                m = self.messages.next() => m?,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "JetStream consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Event>(&msg.payload) {
+                Ok(event) => {
+                    return Some(Delivery {
+                        event,
+                        priority: Priority::Normal,
+                        ack: Ack::Remote(Box::new(NatsAck(msg))),
+                    });
+                }
+                Err(e) => {
+                    // Not an event: acknowledge it so it is not redelivered forever.
+                    tracing::warn!(subject = %msg.subject, error = %e, "undecodable message on the event stream skipped");
+                    let _ = msg.ack().await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    async fn open(&self) -> Result<Box<dyn Consumer>, TransportError> {
+        let stream = self.js.get_stream(STREAM).await.map_err(other)?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &self.group,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(self.group.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_ack_pending: self.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| other(format!("JetStream consumer {}: {e}", self.group)))?;
+        let messages = consumer.messages().await.map_err(other)?;
+        let stop = CancellationToken::new();
+        *self.stop.lock().map_err(|_| TransportError::Closed)? = stop.clone();
+        Ok(Box::new(NatsConsumer { messages, stop }))
+    }
+
+    async fn publish(
+        &self,
+        event: Event,
+        _priority: Priority,
+        permit: Permit,
+    ) -> Result<(), TransportError> {
+        let subject = format!("{SUBJECT_PREFIX}{}", event.event_type);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.event_id.as_str());
+        let payload = serde_json::to_vec(&event).map_err(other)?;
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(other)?;
+        ack.await.map_err(other)?;
+        drop(permit);
+        Ok(())
+    }
+
+    fn queue_len(&self) -> usize {
+        0
+    }
+
+    fn close(&self) {
+        if let Ok(t) = self.stop.lock() {
+            t.cancel();
+        }
+    }
+}
