@@ -44,29 +44,29 @@ struct Cli {
 enum Command {
     /// Run the demonstration: publish the seed's example events and show them handled.
     Demo,
-    /// Publish one event in-process: handlers run, the bus drains, the command exits.
+    /// Publish events: one (TYPE JSON) or JSON Lines from stdin (-), in-process or to a server (--url).
     Publish(publish::Args),
+    /// Watch directories and publish file_change events for what changes in them.
+    Watch(watch::Args),
+    /// Run the HTTP server: incoming webhooks, POST /events, health, metrics.
+    Serve(serve::Args),
     /// Print logged events, one readable line each (--follow for new ones).
     Tail(logs::TailArgs),
     /// Send logged events through the handlers again.
     Replay(logs::ReplayArgs),
     /// Counts by type and day, webhook outcomes and open risks, from the logs.
     Stats(logs::StatsArgs),
+    /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
+    #[command(subcommand)]
+    Webhooks(webhooks::Cmd),
+    /// Measure the bus, webhook delivery or the server against baselines run in the same process.
+    Bench(bench::Args),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Watch directories and publish file_change events for what changes in them.
-    Watch(watch::Args),
-    /// Run the HTTP server: incoming webhooks, POST /events, health, metrics.
-    Serve(serve::Args),
-    /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
-    #[command(subcommand)]
-    Webhooks(webhooks::Cmd),
-    /// Measure the bus against baselines run in the same process.
-    Bench(bench::Args),
 }
 
 /// A usage problem: reported in one line, exit code 2.
