@@ -118,6 +118,7 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     let file = baseline_file(n, &dir.join("baseline.jsonl"))?;
     let on = bus_run(n, p, &cfg, Some(dir.join("bus-logs"))).await?;
     let on1 = bus_run(n / 4, 1, &cfg, Some(dir.join("bus-logs-1"))).await?;
+    let batched = bus_batched(n, p, &cfg, &dir.join("bus-logs-batch")).await?;
 
     say!("  {:<46} {:>12}", "run", "events/s");
     say!(
@@ -148,6 +149,12 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         on1,
         on1 / file
     );
+    say!(
+        "  {:<46} {:>12.0}   ratio {:.2} of B (publish_batch of 256: one write per batch)",
+        "bus, log on, publish_batch",
+        batched,
+        batched / file
+    );
 
     let (p50, p99, p999, count) = latency(&cfg, a.rate, a.seconds, &dir.join("lat-logs")).await?;
     say!(
@@ -170,6 +177,43 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bus with its log, fed by `p` tasks with `publish_batch` of 256 events.
+async fn bus_batched(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
+    let bus = EventBus::builder()
+        .queue_capacity(cfg.queue_capacity)
+        .fsync(FsyncPolicy::Batch)
+        .log_dir(dir)
+        .build();
+    bus.subscribe("bench", noop);
+    bus.start().await?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let range = split(n, p, k);
+            let mut i = range.start;
+            while i < range.end {
+                let end = (i + 256).min(range.end);
+                bus.publish_batch((i..end).map(make)).await?;
+                i = end;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        bus.stats().handled == n,
+        "handled {} of {n} events",
+        bus.stats().handled
+    );
+    Ok(rate)
 }
 
 /// Publishes events `0..n` from `p` tasks, each its share in order.
