@@ -8,7 +8,7 @@
 //!   `base × 2^(retry−1)` ± 20 % jitter, capped at 5 minutes; a longer `Retry-After`
 //!   (seconds or HTTP date, at most one hour) wins. Other 4xx are final; 410 Gone is
 //!   reported as such. After `max_retries` retries a delivery is dead.
-//! - **Durability**: every delivery is in the [`Outbox`](super::outbox::Outbox) before it
+//! - **Durability**: every delivery is in the [`Outbox`] before it
 //!   is sent. Only one process per log directory delivers (it holds
 //!   `webhooks/outbox.lock`); other processes only insert, and the owner picks their
 //!   rows up within a second. A stopped or crashed owner leaves its rows pending for
