@@ -377,11 +377,7 @@ impl Drop for Smtp {
 }
 
 async fn smtp(dir: &Path) -> Smtp {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let maildir = dir.join("maildir");
     let child = std::process::Command::new(python())
         .args([

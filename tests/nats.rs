@@ -30,11 +30,7 @@ impl Drop for Nats {
 
 async fn nats() -> Nats {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let bin = std::env::var("PM_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
     let child = Command::new(&bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])

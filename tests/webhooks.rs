@@ -257,11 +257,7 @@ async fn exhausted_retries_end_in_the_dead_letters() {
 async fn network_errors_are_retried_and_logged_without_the_url_query() {
     let dir = tempfile::tempdir().unwrap();
     // A port with nothing listening: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let cfg = config(
         dir.path(),
         &[

@@ -176,6 +176,15 @@ pub(crate) fn append(log: &JsonlWriter, line: &Value) {
     }
 }
 
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Checks an optional RFC 3339 time field.
 pub(crate) fn check_time(field: &str, v: &Option<String>) -> Result<(), String> {
     match v {

@@ -27,7 +27,10 @@
 //! `webhook`.
 
 use super::mail::{MailAttachment, Mailer};
-use super::{Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339};
+use super::{
+    Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339,
+    write_atomic,
+};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
 use crate::jsonl::JsonlWriter;
@@ -160,15 +163,6 @@ pub struct ReportReadyHandler {
     mailer: Mailer,
     from: Mailbox,
     log: JsonlWriter,
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, then rename).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 impl ReportReadyHandler {

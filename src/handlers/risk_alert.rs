@@ -30,8 +30,10 @@
 //! `risk_score`, `title`, `escalated_to` (or null), `mitigation` (list of `{step,
 //! status, detail}`), `webhooks` (list of routes and delivery ids).
 
-use super::report_ready::write_atomic;
-use super::{Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339};
+use super::{
+    Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339,
+    write_atomic,
+};
 use crate::bus::EventBus;
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};

@@ -171,6 +171,15 @@ impl TestReceiver {
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on (bound, noted, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` until it holds; panics after `timeout`.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
