@@ -223,6 +223,35 @@ async fn client_errors_are_final_and_dead_letters_can_be_redelivered() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_and_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let elsewhere = rx.url("/elsewhere");
+    rx.script(
+        "/moved",
+        vec![Reply::status(307).header("location", &elsewhere)],
+    );
+    let cfg = config(dir.path(), &[]);
+    let e = engine(&cfg);
+    let id = e
+        .enqueue(&Event::new("x", json!({})), &route(rx.url("/moved")))
+        .await
+        .unwrap();
+    let o = e.wait(std::slice::from_ref(&id), T).await.unwrap();
+    assert_eq!(o.dead, 1, "{o:?}");
+    assert_eq!(rx.requests("/moved").len(), 1, "a 3xx is not retried");
+    assert!(
+        rx.requests("/elsewhere").is_empty(),
+        "the signed body never goes to a URL that was not configured"
+    );
+    let log = attempts(dir.path());
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["status"], 307);
+    assert_eq!(log[0]["outcome"], "failed");
+    e.shutdown().await;
+}
+
+#[tokio::test]
 async fn exhausted_retries_end_in_the_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;

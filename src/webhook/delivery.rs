@@ -219,10 +219,42 @@ struct EngineInner {
     /// outbox writer may not have committed yet: `resume` must not send them again.
     /// (Delivery id → number of its outbox update; forgotten once that is done.)
     settled_recently: Mutex<HashMap<String, u64>>,
-    /// Redacted form of each URL, for the logs.
-    redacted: Mutex<HashMap<String, String>>,
+    /// What each destination URL resolves to (parsed once: URLs are few, attempts many).
+    targets: Mutex<HashMap<String, Arc<Target>>>,
+    /// Waits for a few deliveries, which want news of every settlement (see `release`).
+    eager_waiters: std::sync::atomic::AtomicUsize,
     /// Watched deliveries not settled yet (of every waiter).
     watched_pending: std::sync::atomic::AtomicUsize,
+}
+
+/// A destination URL, resolved once.
+struct Target {
+    /// The queue of the URL's origin.
+    endpoint: Arc<Endpoint>,
+    /// The parsed URL (`None`: unparsable; the request then fails with the parser's error).
+    url: Option<reqwest::Url>,
+    /// The URL without credentials or query, for the logs.
+    redacted: String,
+}
+
+/// Counts a waiter among the engine's eager ones while it lives.
+struct EagerWaiter<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl<'a> EagerWaiter<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize, eager: bool) -> Self {
+        if eager {
+            count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        EagerWaiter(eager.then_some(count))
+    }
+}
+
+impl Drop for EagerWaiter<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 /// The delivery engine. Cheap to clone.
@@ -287,6 +319,9 @@ impl WebhookEngine {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(cfg.per_endpoint.max(1))
+            // A webhook goes to the URL configured, nowhere else: a 3xx answer is a
+            // final failure (as with GitHub's and Stripe's webhooks).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pm-events/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookError::Config(format!("HTTP client: {e}")))?;
@@ -305,7 +340,8 @@ impl WebhookEngine {
                 owner,
                 settled: Notify::new(),
                 watched: Mutex::new(HashMap::new()),
-                redacted: Mutex::new(HashMap::new()),
+                targets: Mutex::new(HashMap::new()),
+                eager_waiters: std::sync::atomic::AtomicUsize::new(0),
                 settled_recently: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
             }),
@@ -474,7 +510,7 @@ impl WebhookEngine {
     /// Puts a due delivery in its endpoint's queue, and starts a worker for the
     /// endpoint if fewer than `per_endpoint` run.
     fn ready(&self, r: DeliveryRecord) {
-        let ep = self.endpoint(&r.url);
+        let ep = self.target(&r.url).endpoint.clone();
         let start_worker = {
             let mut q = lock(&ep.queue);
             q.items.push_back(r);
@@ -533,35 +569,51 @@ impl WebhookEngine {
         }
         let settled = settled.map(|(delivered, _)| delivered);
         lock(&self.inner.active).remove(id);
+        let mut last_watched = false;
         if let Some(delivered) = settled
             && let Some(slot) = lock(&self.inner.watched).get_mut(id)
             && slot.replace(delivered).is_none()
         {
-            self.inner
+            last_watched = self
+                .inner
                 .watched_pending
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1;
         }
-        self.inner.settled.notify_waiters();
+        // Waiters for many deliveries look on their own every 250 ms and want news
+        // only when the last watched one settles; waiters for a few want every one.
+        if last_watched
+            || self
+                .inner
+                .eager_waiters
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+        {
+            self.inner.settled.notify_waiters();
+        }
     }
 
-    /// `redact_url(url)`, remembered per URL (URLs are few; attempts are many).
-    fn redacted(&self, url: &str) -> String {
-        let mut cache = lock(&self.inner.redacted);
-        if let Some(r) = cache.get(url) {
-            return r.clone();
+    /// What `url` resolves to, remembered per URL.
+    fn target(&self, url: &str) -> Arc<Target> {
+        if let Some(t) = lock(&self.inner.targets).get(url) {
+            return t.clone();
         }
-        let r = redact_url(url);
-        if cache.len() < 10_000 {
-            cache.insert(url.to_string(), r.clone());
-        }
-        r
-    }
-
-    fn endpoint(&self, url: &str) -> Arc<Endpoint> {
-        let key = reqwest::Url::parse(url)
+        let parsed = reqwest::Url::parse(url).ok();
+        let key = parsed
+            .as_ref()
             .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| url.to_string());
-        lock(&self.inner.endpoints).entry(key).or_default().clone()
+            .unwrap_or_else(|| url.to_string());
+        let endpoint = lock(&self.inner.endpoints).entry(key).or_default().clone();
+        let t = Arc::new(Target {
+            endpoint,
+            url: parsed,
+            redacted: redact_url(url),
+        });
+        let mut targets = lock(&self.inner.targets);
+        if targets.len() < 10_000 {
+            targets.insert(url.to_string(), t.clone());
+        }
+        t
     }
 
     /// Makes one attempt and records it: `Some(true)` delivered, `Some(false)`
@@ -638,10 +690,11 @@ impl WebhookEngine {
     /// One attempt: `Ok((status, Retry-After))` or `Err(error text without the URL)`.
     async fn send(&self, r: &DeliveryRecord) -> Result<(u16, Option<Duration>), String> {
         let i = &*self.inner;
-        let mut req = i
-            .client
-            .post(&r.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        let req = match &self.target(&r.url).url {
+            Some(u) => i.client.post(u.clone()),
+            None => i.client.post(&r.url),
+        };
+        let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(s) = &i.signer {
             let ts = now_unix().floor() as i64;
             for (k, v) in s.headers(&r.event_id, ts, &r.body) {
@@ -692,7 +745,7 @@ impl WebhookEngine {
             event_id: &r.event_id,
             event_type: &r.event_type,
             route: &r.route,
-            url: self.redacted(&r.url),
+            url: self.target(&r.url).redacted.clone(),
             attempt: r.attempt,
             status,
             error,
@@ -737,6 +790,7 @@ impl WebhookEngine {
         if all_watched {
             return Ok(self.wait_watched(ids, deadline).await);
         }
+        let _eager = EagerWaiter::new(&self.inner.eager_waiters, ids.len() <= 16);
         loop {
             let notified = self.inner.settled.notified();
             tokio::pin!(notified);
@@ -771,6 +825,7 @@ impl WebhookEngine {
     async fn wait_watched(&self, ids: &[String], deadline: tokio::time::Instant) -> WaitOutcome {
         use std::sync::atomic::Ordering;
         let mut last_count: Option<tokio::time::Instant> = None;
+        let _eager = EagerWaiter::new(&self.inner.eager_waiters, ids.len() <= 16);
         loop {
             let notified = self.inner.settled.notified();
             tokio::pin!(notified);

@@ -248,7 +248,7 @@ impl Outbox {
                     route TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL,
                     attempt INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
                     state TEXT NOT NULL, last_error TEXT) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_at);",
+                 DROP INDEX IF EXISTS deliveries_state;",
             )
             .map_err(err)?;
         let read = connect(&path, fsync).map_err(err)?;
