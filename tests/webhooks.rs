@@ -419,6 +419,47 @@ async fn a_second_process_only_queues_and_the_owner_delivers() {
 }
 
 #[tokio::test]
+async fn a_backlog_left_by_others_is_resumed_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let cfg = config(dir.path(), &[]);
+    let open = || WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets);
+    // The owner is not started (it delivers nothing); another process queues a
+    // backlog larger than the resume reads by id (64), and a few more.
+    let holder = open().unwrap();
+    let queuer = open().unwrap();
+    assert!(holder.is_owner() && !queuer.is_owner());
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let ev = Event::new("x", json!({ "n": n }));
+        ids.push(queuer.enqueue(&ev, &route(rx.url("/many"))).await.unwrap());
+    }
+    drop(holder);
+    drop(queuer);
+
+    let owner = engine(&cfg);
+    assert!(owner.is_owner());
+    let o = owner.wait(&ids, T).await.unwrap();
+    assert_eq!(o.delivered, 100, "{o:?}");
+    // A few more while it runs: its poller picks them up from the outbox.
+    let queuer = open().unwrap();
+    let mut more = Vec::new();
+    for n in 0..3 {
+        let ev = Event::new("x", json!({ "more": n }));
+        more.push(queuer.enqueue(&ev, &route(rx.url("/many"))).await.unwrap());
+    }
+    assert_eq!(queuer.wait(&more, T).await.unwrap().delivered, 3);
+    let got = rx.requests("/many");
+    assert_eq!(got.len(), 103, "each delivery is sent once");
+    let distinct: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(distinct.len(), 103);
+    owner.shutdown().await;
+}
+
+#[tokio::test]
 async fn unsigned_delivery_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;

@@ -394,14 +394,36 @@ impl WebhookEngine {
         // read below still reads as pending: skip what `settled_recently` holds, and
         // forget only entries whose update was committed before the read.
         let done_before = self.inner.outbox.done_count();
-        let rows = self.inner.outbox.list(DeliveryState::Pending)?;
-        let recent = {
-            let mut s = lock(&self.inner.settled_recently);
-            let ids = s.keys().cloned().collect::<HashSet<String>>();
-            s.retain(|_, seq| *seq > done_before);
-            ids
+        // Ids first: under a backlog, most pending rows are already in this
+        // process's care, and their bodies need not be read again every second.
+        let ids = self.inner.outbox.pending_ids()?;
+        let wanted: HashSet<String> = {
+            let mut recent = lock(&self.inner.settled_recently);
+            let active = lock(&self.inner.active);
+            let wanted = ids
+                .into_iter()
+                .filter(|id| !active.contains(id) && !recent.contains_key(id))
+                .collect();
+            recent.retain(|_, seq| *seq > done_before);
+            wanted
         };
-        for r in rows.into_iter().filter(|r| !recent.contains(&r.id)) {
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let rows = if wanted.len() > 64 {
+            self.inner.outbox.list(DeliveryState::Pending)?
+        } else {
+            let mut rows = Vec::with_capacity(wanted.len());
+            for id in &wanted {
+                rows.extend(self.inner.outbox.get(id)?);
+            }
+            rows.sort_by(|a, b| a.created_at.total_cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            rows
+        };
+        for r in rows
+            .into_iter()
+            .filter(|r| wanted.contains(&r.id) && r.state == DeliveryState::Pending)
+        {
             if self.spawn(r) {
                 n += 1;
             }

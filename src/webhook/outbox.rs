@@ -73,9 +73,9 @@ pub struct DeliveryRecord {
 /// Writes go to one writer thread that applies everything queued as one
 /// transaction (group commit): an insert waits for its commit, the updates that
 /// follow an attempt do not (losing one to a crash means an attempt is made
-/// again: deliveries are at least once). Updates alone are left to gather for
-/// up to 2 ms before their commit, which makes one commit of a few hundred of
-/// them under load instead of one per handful. Reads use a second connection (WAL lets
+/// again: deliveries are at least once). Removals of delivered deliveries, alone,
+/// are left to gather for up to 2 ms before their commit, which makes one commit
+/// of a few hundred of them under load instead of one per handful. Reads use a second connection (WAL lets
 /// readers and the writer work side by side).
 pub struct Outbox {
     path: PathBuf,
@@ -190,10 +190,10 @@ fn reply_of(op: Op) -> Option<Reply> {
     }
 }
 
-/// How long the writer lets updates that nobody waits for gather before it
+/// How long the writer lets removals of delivered deliveries gather before it
 /// commits them, unless [`LAZY_BATCH`] of them are there already. A crash loses
 /// at most this much of them: deliveries are at least once, so such a loss only
-/// means an attempt is made again.
+/// means a delivery is sent again.
 const LAZY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 const LAZY_BATCH: usize = 256;
 
@@ -220,10 +220,10 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf, done: Arc
     while let Ok(first) = rx.recv() {
         batch.push(first);
         drain(&rx, &mut batch);
-        if !batch.iter().any(reply_of_ref) && batch.len() < LAZY_BATCH {
-            // Nobody waits for these (updates after attempts): let more gather
-            // while asleep (a sleeping writer is not woken by each send), and
-            // commit them together.
+        if batch.iter().all(|op| matches!(op, Op::Remove(_))) && batch.len() < LAZY_BATCH {
+            // Only removals of delivered deliveries, which nobody waits for: let
+            // more gather while asleep (a sleeping writer is not woken by each
+            // send), and commit them together.
             std::thread::sleep(LAZY_LINGER);
             drain(&rx, &mut batch);
         }
@@ -390,6 +390,15 @@ impl Outbox {
                 "SELECT {COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY created_at, id"
             ))?;
             let rows = st.query_map(params![state.as_str()], row)?;
+            rows.collect()
+        })
+    }
+
+    /// The ids of the pending deliveries.
+    pub fn pending_ids(&self) -> Result<Vec<String>, WebhookError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT id FROM deliveries WHERE state = 'pending'")?;
+            let rows = st.query_map([], |r| r.get(0))?;
             rows.collect()
         })
     }
