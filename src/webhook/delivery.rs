@@ -465,7 +465,7 @@ impl WebhookEngine {
             event_type: event.event_type.clone(),
             route: route.name.clone(),
             url: route.url.clone(),
-            body: super::payload::build_body(event, i.signer.as_ref()),
+            body: super::payload::build_body(event, i.signer.as_ref()).into(),
             attempt: 0,
             next_at: now,
             created_at: now,

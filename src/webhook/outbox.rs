@@ -55,7 +55,7 @@ pub struct DeliveryRecord {
     pub url: String,
     /// The exact body to send.
     #[serde(skip)]
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     /// Attempts made so far.
     pub attempt: u32,
     /// When the next attempt is due (Unix seconds).
@@ -129,7 +129,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
         event_type: r.get(2)?,
         route: r.get(3)?,
         url: r.get(4)?,
-        body: r.get(5)?,
+        body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)?),
         attempt: r.get(6)?,
         next_at: r.get(7)?,
         created_at: r.get(8)?,
@@ -161,7 +161,7 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
         Op::Insert(r, _) => c.prepare_cached(
             &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
         )?.execute(params![
-                r.id, r.event_id, r.event_type, r.route, r.url, r.body, r.attempt, r.next_at,
+                r.id, r.event_id, r.event_type, r.route, r.url, &r.body[..], r.attempt, r.next_at,
                 r.created_at, r.state.as_str(), r.last_error
             ],
         ),
