@@ -28,12 +28,16 @@ impl Drop for Nats {
     }
 }
 
+/// Starts nats-server on a port of its own choosing (`-p -1`) and reads the port
+/// from the ports file it writes, named after its pid: no race with another test
+/// (or anything else) for a port picked beforehand.
 async fn nats() -> Nats {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
     let bin = std::env::var("PM_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-    let child = Command::new(&bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+    let mut child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+        .arg(dir.path())
+        .arg("--ports_file_dir")
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -43,16 +47,34 @@ async fn nats() -> Nats {
                 "cannot start {bin} ({e}): run the tests with scripts/test.sh, which installs it"
             )
         });
-    let n = Nats {
-        child,
-        url: format!("nats://127.0.0.1:{port}"),
-        _dir: dir,
+    let suffix = format!("_{}.ports", child.id());
+    let ports_file = || {
+        std::fs::read_dir(dir.path())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+            .map(|e| e.path())
     };
-    wait_until(T, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    n
+    let deadline = std::time::Instant::now() + T;
+    let url = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{bin} exited at start: {status}");
+        }
+        let found = ports_file()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["nats"][0].as_str().map(str::to_string));
+        if let Some(url) = found {
+            break url;
+        }
+        assert!(std::time::Instant::now() < deadline, "{bin} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Nats {
+        child,
+        url,
+        _dir: dir,
+    }
 }
 
 async fn bus(
