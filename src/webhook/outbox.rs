@@ -75,8 +75,8 @@ pub struct DeliveryRecord {
 /// follow an attempt do not (losing one to a crash means an attempt is made
 /// again: deliveries are at least once). Removals of delivered deliveries, alone,
 /// are left to gather for up to 2 ms before their commit, which makes one commit
-/// of a few hundred of them under load instead of one per handful. Reads use a second connection (WAL lets
-/// readers and the writer work side by side).
+/// of a few hundred of them under load instead of one per handful. Reads use a
+/// second connection (WAL lets readers and the writer work side by side).
 pub struct Outbox {
     path: PathBuf,
     /// The reading connection; calls are short and never held across an `.await`.
@@ -195,10 +195,11 @@ fn reply_of(op: Op) -> Option<Reply> {
 /// at most this much of them: deliveries are at least once, so such a loss only
 /// means a delivery is sent again.
 const LAZY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How many lingering removals are enough for a commit of their own.
 const LAZY_BATCH: usize = 256;
 
 /// Whether someone waits for `op`'s commit.
-fn reply_of_ref(op: &Op) -> bool {
+fn awaited(op: &Op) -> bool {
     matches!(
         op,
         Op::Insert(..) | Op::Revive { .. } | Op::MakeDue { .. } | Op::Flush(_)
@@ -245,7 +246,7 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf, done: Arc
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = &result
-                && !reply_of_ref(&op)
+                && !awaited(&op)
             {
                 tracing::error!(path = %path.display(), error = %e, "webhook outbox update failed");
             }
