@@ -217,8 +217,9 @@ struct EngineInner {
     watched: Mutex<HashMap<String, Option<bool>>>,
     /// Deliveries settled in this process lately, whose removal (or dead mark) the
     /// outbox writer may not have committed yet: `resume` must not send them again.
-    /// (Delivery id → number of its outbox update; forgotten once that is done.)
-    settled_recently: Mutex<HashMap<String, u64>>,
+    /// (Delivery id → number of its outbox update and whether it was delivered;
+    /// forgotten once that update is done.) `wait` counts them from here.
+    settled_recently: Mutex<HashMap<String, (u64, bool)>>,
     /// What each destination URL resolves to (parsed once: URLs are few, attempts many).
     targets: Mutex<HashMap<String, Arc<Target>>>,
     /// Waits for a few deliveries, which want news of every settlement (see `release`).
@@ -404,7 +405,7 @@ impl WebhookEngine {
                 .into_iter()
                 .filter(|id| !active.contains(id) && !recent.contains_key(id))
                 .collect();
-            recent.retain(|_, seq| *seq > done_before);
+            recent.retain(|_, (seq, _)| *seq > done_before);
             wanted
         };
         if wanted.is_empty() {
@@ -586,8 +587,8 @@ impl WebhookEngine {
     /// The delivery leaves this process's care: settled (`Some((delivered, number
     /// of its outbox update))`), or left pending.
     fn release(&self, id: &str, settled: Option<(bool, u64)>) {
-        if let Some((_, seq)) = settled {
-            lock(&self.inner.settled_recently).insert(id.to_string(), seq);
+        if let Some((delivered, seq)) = settled {
+            lock(&self.inner.settled_recently).insert(id.to_string(), (seq, delivered));
         }
         let settled = settled.map(|(delivered, _)| delivered);
         lock(&self.inner.active).remove(id);
@@ -798,7 +799,8 @@ impl WebhookEngine {
         tracing::warn!(delivery_id = %r.id, event_id = %r.event_id, reason, "webhook delivery failed for good");
     }
 
-    /// Waits until none of `ids` is pending, or `timeout` passes; counts the outcomes.
+    /// Waits until none of `ids` is pending, or `timeout` passes; counts the
+    /// outcomes. The outbox reflects every settlement counted when this returns.
     pub async fn wait(
         &self,
         ids: &[String],
@@ -810,15 +812,41 @@ impl WebhookEngine {
             ids.iter().all(|id| w.contains_key(id))
         };
         if all_watched {
-            return Ok(self.wait_watched(ids, deadline).await);
+            let o = self.wait_watched(ids, deadline).await;
+            // The settlements it counted are in the outbox too when this returns.
+            self.inner.outbox.flush().await?;
+            return Ok(o);
         }
         let _eager = EagerWaiter::new(&self.inner.eager_waiters, ids.len() <= 16);
         loop {
             let notified = self.inner.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (pending, dead) = self.inner.outbox.count_states(ids)?;
+            // Settled here but perhaps not committed yet: counted from memory
+            // (the outbox may still read them as pending); the rest from the outbox.
+            let (rest, dead_here) = {
+                let recent = lock(&self.inner.settled_recently);
+                let mut dead_here = 0;
+                let rest: Vec<String> = ids
+                    .iter()
+                    .filter(|id| match recent.get(id.as_str()) {
+                        Some((_, delivered)) => {
+                            dead_here += usize::from(!delivered);
+                            false
+                        }
+                        None => true,
+                    })
+                    .cloned()
+                    .collect();
+                (rest, dead_here)
+            };
+            let (pending, dead) = self.inner.outbox.count_states(&rest)?;
+            let dead = dead + dead_here;
             if pending == 0 || tokio::time::Instant::now() >= deadline {
+                if rest.len() < ids.len() {
+                    // What was counted from memory is in the outbox too when this returns.
+                    self.inner.outbox.flush().await?;
+                }
                 return Ok(WaitOutcome {
                     delivered: ids.len() - pending - dead,
                     dead,
