@@ -50,7 +50,8 @@ pub struct Args {
     /// Concurrent requests (`bench webhooks`): the engine's per-endpoint bound and the baseline's.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Rounds of `bench webhooks` (baseline and engine in turn; medians reported).
+    /// Rounds of the throughput runs (`bench bus`, `bench webhooks`: every run in
+    /// turn, medians reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Run only the bus with the log on (for profiling).
@@ -116,14 +117,37 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(ExitCode::SUCCESS);
     }
-    let chan = baseline_channel(n, p, cfg.queue_capacity).await;
-    let off = bus_run(n, p, &cfg, None).await?;
-    let file = baseline_file(n, &dir.join("baseline.jsonl"))?;
-    let on = bus_run(n, p, &cfg, Some(dir.join("bus-logs"))).await?;
-    let on1 = bus_run(n / 4, 1, &cfg, Some(dir.join("bus-logs-1"))).await?;
-    let batched = bus_batched(n, p, &cfg, &dir.join("bus-logs-batch")).await?;
+    // Rounds of every throughput run in turn; each row reports the median of its
+    // rounds, each ratio the median of the rounds' ratios (this VM's speed drifts).
+    let rounds = a.rounds.max(1);
+    let mut runs: [Vec<f64>; 6] = Default::default();
+    let (mut off_a, mut on_b, mut on1_b, mut batch_b) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let chan = baseline_channel(n, p, cfg.queue_capacity).await;
+        let off = bus_run(n, p, &cfg, None).await?;
+        let file = baseline_file(n, &dir.join("baseline.jsonl"))?;
+        let on = bus_run(n, p, &cfg, Some(dir.join("bus-logs"))).await?;
+        let on1 = bus_run(n / 4, 1, &cfg, Some(dir.join("bus-logs-1"))).await?;
+        let batched = bus_batched(n, p, &cfg, &dir.join("bus-logs-batch")).await?;
+        say!(
+            "  round {round}: A {chan:.0}, log off {off:.0} ({:.2} of A), B {file:.0}, log on {on:.0} ({:.2} of B)",
+            off / chan,
+            on / file
+        );
+        for (v, x) in runs.iter_mut().zip([chan, off, file, on, on1, batched]) {
+            v.push(x);
+        }
+        off_a.push(off / chan);
+        on_b.push(on / file);
+        on1_b.push(on1 / file);
+        batch_b.push(batched / file);
+    }
+    let [chan, off, file, on, on1, batched] = runs.map(|mut v| median(&mut v));
 
-    say!("  {:<46} {:>12}", "run", "events/s");
+    say!("  {:<46} {:>12}", "run (median of the rounds)", "events/s");
     say!(
         "  {:<46} {:>12.0}",
         "baseline A: bounded tokio mpsc channel",
@@ -133,7 +157,7 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         "  {:<46} {:>12.0}   ratio {:.2} of A (target >= 0.25)",
         "bus, log off",
         off,
-        off / chan
+        median(&mut off_a)
     );
     say!(
         "  {:<46} {:>12.0}",
@@ -144,19 +168,19 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         "  {:<46} {:>12.0}   ratio {:.2} of B (target >= 0.50)",
         "bus, log on (fsync batch)",
         on,
-        on / file
+        median(&mut on_b)
     );
     say!(
         "  {:<46} {:>12.0}   ratio {:.2} of B (one publisher: one write per event)",
         "bus, log on, 1 publisher",
         on1,
-        on1 / file
+        median(&mut on1_b)
     );
     say!(
         "  {:<46} {:>12.0}   ratio {:.2} of B (publish_batch of 256: one write per batch)",
         "bus, log on, publish_batch",
         batched,
-        batched / file
+        median(&mut batch_b)
     );
 
     let (p50, p99, p999, count) = latency(&cfg, a.rate, a.seconds, &dir.join("lat-logs")).await?;
