@@ -686,7 +686,7 @@ impl WebhookEngine {
             ("retry", Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
             _ => {
                 if outcome == "gone" {
-                    tracing::warn!(url = %redact_url(&r.url), route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
+                    tracing::warn!(url = %self.target(&r.url).redacted, route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
                 }
                 let why = match outcome {
                     "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
@@ -789,7 +789,7 @@ impl WebhookEngine {
             event_id: &r.event_id,
             event_type: &r.event_type,
             route: &r.route,
-            url: redact_url(&r.url),
+            url: self.target(&r.url).redacted.clone(),
             attempts: r.attempt,
             reason,
         };
