@@ -60,6 +60,9 @@ pub struct Args {
     /// Run only the bus with the log off (for profiling).
     #[arg(long, hide = true)]
     only_log_off: bool,
+    /// Run only the engine of `bench webhooks` (for profiling).
+    #[arg(long, hide = true)]
+    only_engine: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -442,6 +445,13 @@ async fn webhooks(mut cfg: Config, a: Args) -> Result<ExitCode> {
     cfg.webhook_urls
         .insert("PM_WEBHOOK_URL_BENCH".into(), url.clone());
 
+    if a.only_engine {
+        let eng = engine_deliveries(&cfg, n).await?;
+        say!("  engine: {eng:.0} deliveries/s");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (mut bases, mut engs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let base = bare_posts(&url, n, c).await?;
