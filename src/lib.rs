@@ -27,10 +27,11 @@
 //! - [`bus`]: the [`EventBus`] — subscriptions, dispatch, backpressure, start/stop.
 //! - [`handlers`]: the built-in `file_change`, `report_ready` and `risk_alert` handlers.
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
-//! - [`transport`]: the queue behind the bus (`memory` now; NATS JetStream later).
+//! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
 //! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
-//! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery.
+//! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
+//!   (and, with NATS, the JetStream work queue of deliveries).
 //! - [`config`]: settings from the environment, validated once.
 //! - [`error`]: the error types of each area.
 //!

@@ -198,3 +198,173 @@ async fn an_event_taken_by_a_process_that_dies_goes_to_another() {
     publisher.stop().await.unwrap();
     assert_eq!(seen.lock().unwrap().iter().filter(|s| **s == id).count(), 1);
 }
+
+// ---- Webhook deliveries as a JetStream work queue (DESIGN.md section 7) ----
+
+use common::{Reply, TestReceiver, jsonl};
+use pm_events::Config;
+use pm_events::config::Secret;
+use pm_events::webhook::jetstream::JetStreamQueue;
+use pm_events::webhook::outbox::DeliveryState;
+use pm_events::webhook::sign::verify_standard;
+use pm_events::webhook::{DeliveryConfig, Route, WebhookEngine};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A node's webhook engine on its own log directory, over the work queue.
+async fn node(nats_url: &str, dir: &std::path::Path, take: bool, backoff_ms: u64) -> WebhookEngine {
+    let cfg = Config::from_vars([
+        ("PM_LOG_DIR".to_string(), dir.display().to_string()),
+        ("WEBHOOK_SIGNATURE_SECRET".to_string(), SECRET.to_string()),
+        (
+            "WEBHOOK_BACKOFF_BASE_MS".to_string(),
+            backoff_ms.to_string(),
+        ),
+    ])
+    .unwrap();
+    let e = WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets).unwrap();
+    let q = JetStreamQueue::connect(nats_url, "hooks", Duration::from_secs(60))
+        .await
+        .unwrap();
+    e.use_jetstream(q, take).unwrap();
+    e.start().unwrap();
+    e
+}
+
+fn hook_route(url: String) -> Route {
+    Route {
+        name: "PM_WEBHOOK_URL_JOB".into(),
+        url,
+    }
+}
+
+fn attempt_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    jsonl(&dir.join("webhooks/webhook_attempts.jsonl"))
+}
+
+/// Messages left in the work-queue stream.
+async fn queued(nats_url: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    let mut s = js
+        .get_stream(pm_events::webhook::jetstream::STREAM)
+        .await
+        .unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_deliveries_queued_by_one_node_are_delivered_by_another() {
+    let server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/hook", vec![Reply::status(503)]); // the first request fails once
+    rx.script("/bad", vec![Reply::status(400)]); // final
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Node A only queues (as the CLI commands do).
+    let a = node(&server.url, &a_dir, false, 100).await;
+    let events: Vec<Event> = (0..3).map(|i| Event::new("job", json!({"n": i}))).collect();
+    for e in &events {
+        a.enqueue(e, &hook_route(rx.url("/hook"))).await.unwrap();
+    }
+    let bad = Event::new("job", json!({"n": "bad"}));
+    a.enqueue(&bad, &hook_route(rx.url("/bad"))).await.unwrap();
+    assert_eq!(queued(&server.url).await, 4, "the work queue holds them");
+    assert!(a.outbox().list(DeliveryState::Pending).unwrap().is_empty());
+    assert!(rx.requests("/hook").is_empty(), "nobody took them yet");
+
+    // Node B takes and delivers them: one retried after a 503, one dead after a 400.
+    let b = node(&server.url, &b_dir, true, 100).await;
+    let got = rx.wait_for("/hook", 4, T).await;
+    wait_until(T, || attempt_lines(&b_dir).len() >= 5).await;
+    let mut per_event = std::collections::HashMap::<String, usize>::new();
+    for r in &got {
+        assert!(
+            verify_standard(
+                &[Secret::new(SECRET)],
+                r.header("webhook-id"),
+                r.header("webhook-timestamp"),
+                &r.body,
+                r.header("webhook-signature"),
+                pm_events::event::now_unix() as i64,
+                pm_events::webhook::sign::DEFAULT_TOLERANCE,
+            )
+            .is_ok(),
+            "signed"
+        );
+        *per_event
+            .entry(r.header("webhook-id").to_string())
+            .or_default() += 1;
+    }
+    let mut counts: Vec<usize> = events.iter().map(|e| per_event[&e.event_id]).collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![1, 1, 2],
+        "each delivered once; one after a retry"
+    );
+    let lines = attempt_lines(&b_dir);
+    let outcomes = |o: &str| lines.iter().filter(|l| l["outcome"] == o).count();
+    assert_eq!(
+        (outcomes("delivered"), outcomes("retry"), outcomes("failed")),
+        (3, 1, 1)
+    );
+    let retried = lines.iter().find(|l| l["outcome"] == "retry").unwrap();
+    let again = lines
+        .iter()
+        .find(|l| l["delivery_id"] == retried["delivery_id"] && l["outcome"] == "delivered")
+        .unwrap();
+    assert_eq!(
+        (retried["attempt"].as_u64(), again["attempt"].as_u64()),
+        (Some(1), Some(2))
+    );
+    // The final failure is a dead letter on the node that tried it, redeliverable there.
+    let dead = b.outbox().list(DeliveryState::Dead).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, bad.event_id);
+    assert_eq!(jsonl(&b_dir.join("webhooks/dead_letters.jsonl")).len(), 1);
+    // Everything acknowledged: the work queue is empty.
+    let deadline = std::time::Instant::now() + T;
+    while queued(&server.url).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages left in the work queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(attempt_lines(&a_dir).is_empty(), "node A sent nothing");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_handed_back_by_a_node_that_stops_is_made_by_another() {
+    let server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    rx.script("/flaky", vec![Reply::status(503)]);
+    let (b_dir, c_dir) = (dir.path().join("b"), dir.path().join("c"));
+    // A retry ~1 s after the failure: B is gone by then.
+    let b = node(&server.url, &b_dir, true, 1000).await;
+    let ev = Event::new("job", json!({"precious": true}));
+    b.enqueue(&ev, &hook_route(rx.url("/flaky"))).await.unwrap();
+    // B's first attempt fails; B stops before its retry is due.
+    wait_until(T, || {
+        attempt_lines(&b_dir)
+            .iter()
+            .any(|l| l["outcome"] == "retry")
+    })
+    .await;
+    b.shutdown().await;
+    // Another node makes the retry: the attempt count carries over.
+    let c = node(&server.url, &c_dir, true, 1000).await;
+    let got = rx.wait_for("/flaky", 2, T).await;
+    wait_until(T, || !attempt_lines(&c_dir).is_empty()).await;
+    let line = &attempt_lines(&c_dir)[0];
+    assert_eq!(line["outcome"], "delivered");
+    assert_eq!(line["attempt"], 2);
+    assert_eq!(got[0].header("webhook-id"), ev.event_id);
+    assert_eq!(got[1].header("webhook-id"), ev.event_id);
+    assert_eq!(attempt_lines(&b_dir).len(), 1, "B made one attempt only");
+    c.shutdown().await;
+}

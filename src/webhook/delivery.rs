@@ -13,6 +13,9 @@
 //!   `webhooks/outbox.lock`); other processes only insert, and the owner picks their
 //!   rows up within a second. A stopped or crashed owner leaves its rows pending for
 //!   the next one.
+//! - **Scale-out**: with a [`JetStreamQueue`] attached ([`WebhookEngine::use_jetstream`];
+//!   the CLI does it when `PM_NATS_URL` is set), deliveries are queued in JetStream
+//!   instead of the outbox and any node's engine delivers them (see [`super::jetstream`]).
 //!
 //! # `webhooks/webhook_attempts.jsonl`
 //!
@@ -32,6 +35,7 @@
 //! never logged.
 
 use super::WebhookError;
+use super::jetstream::JetStreamQueue;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
 use super::route::Route;
 use super::sign::Signer;
@@ -226,6 +230,21 @@ struct EngineInner {
     eager_waiters: std::sync::atomic::AtomicUsize,
     /// Watched deliveries not settled yet (of every waiter).
     watched_pending: std::sync::atomic::AtomicUsize,
+    /// The JetStream work queue, when deliveries are shared by the nodes of a NATS cluster.
+    jetstream: std::sync::OnceLock<(JetStreamQueue, bool)>,
+    /// The JetStream messages of the deliveries this process holds, by delivery id:
+    /// acknowledged when the delivery settles, handed back for a retry or at shutdown.
+    js_held: Mutex<HashMap<String, async_nats::jetstream::Message>>,
+}
+
+/// What became of one attempt.
+enum Attempted {
+    /// Delivered (`true`) or dead (`false`), with the number of its outbox update.
+    Settled(bool, u64),
+    /// To be retried here at `next_at`.
+    Retry,
+    /// Handed back to the JetStream work queue for a later retry (by any node).
+    HandedBack,
 }
 
 /// A destination URL, resolved once.
@@ -345,6 +364,8 @@ impl WebhookEngine {
                 eager_waiters: std::sync::atomic::AtomicUsize::new(0),
                 settled_recently: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
+                jetstream: std::sync::OnceLock::new(),
+                js_held: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -364,11 +385,35 @@ impl WebhookEngine {
         &self.inner.cfg
     }
 
+    /// Queues new deliveries in the JetStream work queue `q` instead of the outbox;
+    /// with `take`, [`start`](Self::start) (in the process that delivers) also takes
+    /// deliveries from it — long-running nodes should, short-lived commands should
+    /// not (what they take and leave at exit counts as a delivery in JetStream).
+    /// Call before `start`; a second queue is refused.
+    pub fn use_jetstream(&self, q: JetStreamQueue, take: bool) -> Result<(), WebhookError> {
+        self.inner
+            .jetstream
+            .set((q, take))
+            .map_err(|_| WebhookError::Config("a JetStream queue is attached already".into()))
+    }
+
+    /// Whether deliveries go through a JetStream work queue.
+    pub fn uses_jetstream(&self) -> bool {
+        self.inner.jetstream.get().is_some()
+    }
+
     /// Starts delivering: resumes every pending delivery of the outbox and watches
-    /// it for rows other processes add. Does nothing in a process that only queues.
+    /// it for rows other processes add; with a JetStream queue, takes deliveries
+    /// from it too. Does nothing in a process that only queues.
     pub fn start(&self) -> Result<usize, WebhookError> {
         if !self.is_owner() {
             return Ok(0);
+        }
+        if self.inner.jetstream.get().is_some_and(|(_, take)| *take) {
+            let me = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { me.consume_jetstream().await });
         }
         let resumed = self.resume()?;
         if resumed > 0 {
@@ -387,6 +432,66 @@ impl WebhookEngine {
             }
         });
         Ok(resumed)
+    }
+
+    /// Takes deliveries from the JetStream work queue into the endpoint queues
+    /// until the engine stops.
+    async fn consume_jetstream(&self) {
+        use futures_util::StreamExt;
+        let Some((q, _)) = self.inner.jetstream.get() else {
+            return;
+        };
+        // The consumer holds at most this many deliveries (of every node) at once.
+        let max_held = (self.inner.cfg.per_endpoint.max(1) * 8).max(64);
+        let mut messages = loop {
+            match q.messages(max_held).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot consume the webhook work queue; retrying");
+                    tokio::select! {
+                        _ = self.inner.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = self.inner.cancel.cancelled() => {
+                    // Hand back at once what the consumer fetched ahead and nobody took.
+                    while let Ok(Some(Ok(m))) =
+                        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+                    {
+                        let _ = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
+                m = messages.next() => m,
+            };
+            let msg = match msg {
+                None => return,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "webhook work queue consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let r = match super::jetstream::record_of(&msg) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Not a delivery of ours: acknowledge it so it is not redelivered forever.
+                    tracing::warn!(subject = %msg.subject, error = %e, "undecodable message on the webhook work queue skipped");
+                    let _ = msg.ack().await;
+                    continue;
+                }
+            };
+            // A message given again while this process still holds it (its ack_wait
+            // ran out) keeps its one task here; the newest handle acknowledges it.
+            let id = r.id.clone();
+            lock(&self.inner.js_held).insert(id, msg);
+            self.spawn(r);
+        }
     }
 
     fn resume(&self) -> Result<usize, WebhookError> {
@@ -473,6 +578,11 @@ impl WebhookEngine {
             state: DeliveryState::Pending,
             last_error: None,
         };
+        if let Some((q, _)) = i.jetstream.get() {
+            // Any node (this one too, if it delivers) takes it from the work queue.
+            q.publish(&record).await?;
+            return Ok(record.id);
+        }
         i.outbox.insert(&record).await?;
         let id = record.id.clone();
         if watched && self.is_owner() {
@@ -578,8 +688,9 @@ impl WebhookEngine {
             };
             let Some(mut r) = next else { return };
             match self.attempt(&mut r).await {
-                (Some(delivered), seq) => self.release(&r.id, Some((delivered, seq))),
-                (None, _) => self.schedule(r),
+                Attempted::Settled(delivered, seq) => self.release(&r.id, Some((delivered, seq))),
+                Attempted::Retry => self.schedule(r),
+                Attempted::HandedBack => self.release(&r.id, None),
             }
         }
     }
@@ -639,9 +750,9 @@ impl WebhookEngine {
         t
     }
 
-    /// Makes one attempt and records it: `Some(true)` delivered, `Some(false)`
-    /// dead, `None` to be retried at `r.next_at`; with the number of the outbox update.
-    async fn attempt(&self, r: &mut DeliveryRecord) -> (Option<bool>, u64) {
+    /// Makes one attempt and records it (in the outbox, or in the JetStream work
+    /// queue for a delivery taken from it).
+    async fn attempt(&self, r: &mut DeliveryRecord) -> Attempted {
         let i = &*self.inner;
         r.attempt += 1;
         let started = Instant::now();
@@ -681,18 +792,17 @@ impl WebhookEngine {
         metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome).increment(1);
         metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
             .record(duration_ms / 1000.0);
+        let held = lock(&i.js_held).remove(&r.id);
+        if let Some(msg) = held {
+            return self
+                .settle_in_queue(r, msg, outcome, next_at, &reason)
+                .await;
+        }
         let stored = match (outcome, next_at) {
             ("delivered", _) => i.outbox.remove(&r.id),
             ("retry", Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
             _ => {
-                if outcome == "gone" {
-                    tracing::warn!(url = %self.target(&r.url).redacted, route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
-                }
-                let why = match outcome {
-                    "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
-                    "failed" => format!("{reason}: final (not retried)"),
-                    _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
-                };
+                let why = self.dead_reason(r, outcome, &reason);
                 self.dead_letter(r, &why);
                 i.outbox.mark_dead(&r.id, r.attempt, &why)
             }
@@ -704,9 +814,61 @@ impl WebhookEngine {
         match next_at {
             Some(t) => {
                 r.next_at = t;
-                (None, seq)
+                Attempted::Retry
             }
-            None => (Some(outcome == "delivered"), seq),
+            None => Attempted::Settled(outcome == "delivered", seq),
+        }
+    }
+
+    /// The end of an attempt at a delivery taken from the JetStream work queue:
+    /// delivered → acknowledged; to be retried → handed back with the delay;
+    /// failed for good → dead letter here (line and outbox row), then acknowledged.
+    async fn settle_in_queue(
+        &self,
+        r: &DeliveryRecord,
+        msg: async_nats::jetstream::Message,
+        outcome: &str,
+        next_at: Option<f64>,
+        reason: &str,
+    ) -> Attempted {
+        use async_nats::jetstream::AckKind;
+        let acked = match (outcome, next_at) {
+            ("delivered", _) => msg.ack().await,
+            ("retry", Some(t)) => {
+                let delay = Duration::from_secs_f64((t - now_unix()).max(0.0));
+                let handed = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                if let Err(e) = &handed {
+                    tracing::error!(delivery_id = %r.id, error = %e, "cannot hand a delivery back to the webhook work queue; it returns after the consumer's ack_wait");
+                }
+                return Attempted::HandedBack;
+            }
+            _ => {
+                let why = self.dead_reason(r, outcome, reason);
+                self.dead_letter(r, &why);
+                let mut dead = r.clone();
+                dead.state = DeliveryState::Dead;
+                dead.last_error = Some(why);
+                if let Err(e) = self.inner.outbox.insert(&dead).await {
+                    tracing::error!(delivery_id = %r.id, error = %e, "cannot keep a dead delivery in the outbox");
+                }
+                msg.ack().await
+            }
+        };
+        if let Err(e) = acked {
+            tracing::error!(delivery_id = %r.id, error = %e, "cannot acknowledge a delivery in the webhook work queue; it may be delivered again");
+        }
+        Attempted::Settled(outcome == "delivered", 0)
+    }
+
+    /// Why a delivery is dead (for its dead letter), warning about a 410.
+    fn dead_reason(&self, r: &DeliveryRecord, outcome: &str, reason: &str) -> String {
+        if outcome == "gone" {
+            tracing::warn!(url = %self.target(&r.url).redacted, route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
+        }
+        match outcome {
+            "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
+            "failed" => format!("{reason}: final (not retried)"),
+            _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
         }
     }
 
@@ -927,6 +1089,13 @@ impl WebhookEngine {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // Deliveries taken from the work queue and not attempted: back to it at once.
+        let held: Vec<_> = lock(&self.inner.js_held).drain().collect();
+        for (_, msg) in held {
+            let _ = msg
+                .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                .await;
+        }
         if let Err(e) = self.inner.outbox.flush().await {
             tracing::error!(error = %e, "cannot flush the webhook outbox");
         }

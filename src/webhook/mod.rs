@@ -6,9 +6,11 @@
 //! - [`route`]: which variable's URL an event goes to.
 //! - [`outbox`]: the SQLite outbox that makes deliveries survive restarts.
 //! - [`delivery`]: the engine (HTTP client, per-endpoint bounds, retries, logs).
+//! - [`jetstream`]: with `PM_NATS_URL`, deliveries as a JetStream work queue shared by every node.
 
 pub mod delivery;
 pub mod incoming;
+pub mod jetstream;
 pub mod outbox;
 pub mod payload;
 pub mod route;
@@ -43,6 +45,9 @@ pub enum WebhookError {
     /// A setting is unusable.
     #[error("webhook configuration: {0}")]
     Config(String),
+    /// The JetStream work queue could not be used.
+    #[error("webhook queue: {0}")]
+    Queue(String),
 }
 
 /// The seed's `WebhookHandler`: routes events to their webhook URLs and queues
@@ -60,6 +65,8 @@ pub struct WebhookHandler {
     incoming: incoming::IncomingWebhooks,
     /// Delivery ids queued, when tracking is on (`track_deliveries`).
     queued: Option<Mutex<Vec<String>>>,
+    /// Deliveries put in the JetStream work queue (see [`take_handed_off`](Self::take_handed_off)).
+    handed_off: std::sync::atomic::AtomicUsize,
 }
 
 impl WebhookHandler {
@@ -93,6 +100,7 @@ impl WebhookHandler {
             incoming: incoming::IncomingWebhooks::new(secrets.clone()),
             secrets,
             queued: None,
+            handed_off: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -110,6 +118,13 @@ impl WebhookHandler {
             .unwrap_or_default()
     }
 
+    /// How many deliveries went to the JetStream work queue since the last call
+    /// (they are not tracked: any node may deliver them).
+    pub fn take_handed_off(&self) -> usize {
+        self.handed_off
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The delivery engine.
     pub fn engine(&self) -> &WebhookEngine {
         &self.engine
@@ -122,6 +137,13 @@ impl WebhookHandler {
 
     /// Queues a delivery of `event` to `route`.
     pub async fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
+        if self.engine.uses_jetstream() {
+            // Delivered by whichever node takes it: nothing to wait for here.
+            let id = self.engine.enqueue(event, route).await?;
+            self.handed_off
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(id);
+        }
         let id = if self.queued.is_some() {
             self.engine.enqueue_watched(event, route).await?
         } else {

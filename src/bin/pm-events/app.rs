@@ -5,6 +5,7 @@
 use anyhow::Result;
 use pm_events::handlers::{BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
 use pm_events::transport::NatsTransport;
+use pm_events::webhook::jetstream::JetStreamQueue;
 use pm_events::webhook::{WaitOutcome, WebhookHandler};
 use pm_events::{Config, EventBus};
 use std::sync::Arc;
@@ -54,6 +55,14 @@ impl App {
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = WebhookHandler::from_config(cfg)?;
             let h = Arc::new(if server { h } else { h.track_deliveries() });
+            if let Some(url) = &cfg.nats_url {
+                // Scale-out: deliveries are a JetStream work queue any node delivers from.
+                // A node may hold a delivery while up to 8 per endpoint wait before it.
+                let ack_wait = cfg.webhook_timeout * 9 + Duration::from_secs(30);
+                let q = JetStreamQueue::connect(url, &cfg.consumer_group, ack_wait).await?;
+                // Long-running `serve` nodes take deliveries from the queue; commands only queue.
+                h.engine().use_jetstream(q, server)?;
+            }
             h.engine().start()?;
             Some(h)
         } else {
@@ -83,6 +92,13 @@ impl App {
         let Some(h) = self.webhooks else {
             return Ok(None);
         };
+        let handed_off = h.take_handed_off();
+        if handed_off > 0 {
+            eprintln!(
+                "webhooks: {handed_off} queued in the JetStream work queue {} (delivered by whichever node takes them)",
+                pm_events::webhook::jetstream::STREAM
+            );
+        }
         let ids = h.take_queued();
         let outcome = if ids.is_empty() {
             None

@@ -1,0 +1,154 @@
+//! Webhook deliveries as a NATS JetStream work queue (DESIGN.md section 7), used
+//! when `PM_NATS_URL` is set, so that any node can deliver and retries survive nodes.
+//!
+//! # Wire form
+//!
+//! - Stream `PM_WEBHOOKS` (created if missing): subjects `pm.webhooks.>`, retention
+//!   *work queue* (a message is removed once acknowledged), file storage.
+//! - One message per delivery, subject `pm.webhooks.<event type>`; the payload is
+//!   the exact body to send (the same bytes the SQLite outbox keeps), and headers
+//!   carry the rest: `Nats-Msg-Id` (the delivery id: JetStream drops a duplicate
+//!   publish), `Pm-Delivery-Id`, `Pm-Event-Id`, `Pm-Event-Type`, `Pm-Route`,
+//!   `Pm-Url`, `Pm-Created-At` (Unix seconds). The URL travels to the NATS server
+//!   as it is stored in the outbox otherwise: keep secrets out of webhook URLs.
+//! - Every node consumes through one durable pull consumer, `<PM_CONSUMER_GROUP>-webhooks`.
+//!
+//! # Delivery
+//!
+//! A node that takes a message puts the delivery in its per-endpoint queue and
+//! attempts it like any other (signing, timeouts, the attempt log); the attempt
+//! number is JetStream's delivery count. Then: delivered → the message is
+//! acknowledged (and leaves the queue); to be retried → it is handed back with a
+//! delay (a *nak* with the backoff, or a longer `Retry-After`), and JetStream gives
+//! it to whichever node asks next once the delay is over; failed for good → a line
+//! in this node's `dead_letters.jsonl`, a dead row in its outbox (so `pm-events
+//! webhooks redeliver` on this node sends it again), and the message is
+//! acknowledged. A node that dies holding messages leaves them to the others after
+//! the consumer's `ack_wait`; a node that stops hands back what it has not
+//! attempted at once.
+
+use super::WebhookError;
+use super::outbox::{DeliveryRecord, DeliveryState};
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
+use std::time::Duration;
+
+/// Name of the work-queue stream.
+pub const STREAM: &str = "PM_WEBHOOKS";
+/// Subject prefix of the deliveries.
+pub const SUBJECT_PREFIX: &str = "pm.webhooks.";
+
+fn err(what: &str, e: impl std::fmt::Display) -> WebhookError {
+    WebhookError::Queue(format!("{what}: {e}"))
+}
+
+/// The JetStream work queue of webhook deliveries.
+pub struct JetStreamQueue {
+    js: jetstream::Context,
+    consumer: String,
+    ack_wait: Duration,
+}
+
+impl JetStreamQueue {
+    /// Connects to `url`, makes sure the stream exists; `group` names the durable
+    /// consumer (`<group>-webhooks`). `ack_wait` is how long a node may hold a
+    /// delivery before JetStream gives it to another one: it should exceed the
+    /// time a delivery may wait in a node's queue plus one attempt.
+    pub async fn connect(url: &str, group: &str, ack_wait: Duration) -> Result<Self, WebhookError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| err(&format!("cannot connect to NATS at {url}"), e))?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT_PREFIX}>")],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&format!("JetStream stream {STREAM}"), e))?;
+        Ok(JetStreamQueue {
+            js,
+            consumer: format!("{group}-webhooks"),
+            ack_wait,
+        })
+    }
+
+    /// Puts a delivery in the queue; returns once JetStream has stored it.
+    pub(crate) async fn publish(&self, r: &DeliveryRecord) -> Result<(), WebhookError> {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", r.id.as_str());
+        h.insert("Pm-Delivery-Id", r.id.as_str());
+        h.insert("Pm-Event-Id", r.event_id.as_str());
+        h.insert("Pm-Event-Type", r.event_type.as_str());
+        h.insert("Pm-Route", r.route.as_str());
+        h.insert("Pm-Url", r.url.as_str());
+        h.insert("Pm-Created-At", r.created_at.to_string().as_str());
+        let subject = format!("{SUBJECT_PREFIX}{}", r.event_type);
+        let ack = self
+            .js
+            .publish_with_headers(subject, h, r.body.clone())
+            .await
+            .map_err(|e| err("JetStream publish", e))?;
+        ack.await.map_err(|e| err("JetStream publish", e))?;
+        Ok(())
+    }
+
+    /// The messages of the shared durable consumer.
+    pub(crate) async fn messages(
+        &self,
+        max_ack_pending: usize,
+    ) -> Result<jetstream::consumer::pull::Stream, WebhookError> {
+        let stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| err(&format!("JetStream stream {STREAM}"), e))?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &self.consumer,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(self.consumer.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_ack_pending: max_ack_pending as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(&format!("JetStream consumer {}", self.consumer), e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| err("JetStream consumer", e))
+    }
+}
+
+/// The delivery a message carries, with the attempts made before this one.
+pub(crate) fn record_of(msg: &jetstream::Message) -> Result<DeliveryRecord, String> {
+    let headers = msg.headers.as_ref().ok_or("no headers")?;
+    let get = |k: &str| -> Result<String, String> {
+        headers
+            .get(k)
+            .map(|v| v.as_str().to_string())
+            .ok_or_else(|| format!("no {k} header"))
+    };
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    Ok(DeliveryRecord {
+        id: get("Pm-Delivery-Id")?,
+        event_id: get("Pm-Event-Id")?,
+        event_type: get("Pm-Event-Type")?,
+        route: get("Pm-Route")?,
+        url: get("Pm-Url")?,
+        body: msg.payload.clone(),
+        attempt: u32::try_from(delivered.saturating_sub(1).max(0)).unwrap_or(u32::MAX),
+        next_at: 0.0,
+        created_at: get("Pm-Created-At")?
+            .parse()
+            .map_err(|e| format!("Pm-Created-At: {e}"))?,
+        state: DeliveryState::Pending,
+        last_error: None,
+    })
+}
