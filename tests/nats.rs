@@ -368,3 +368,61 @@ async fn a_retry_handed_back_by_a_node_that_stops_is_made_by_another() {
     assert_eq!(attempt_lines(&b_dir).len(), 1, "B made one attempt only");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_fetched_ahead_by_a_process_that_stops_go_to_another_at_once() {
+    let server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    // ack_wait of 30 s: events a stopped process kept would reach B only after it.
+    let slow_bus = |log: std::path::PathBuf, seen: Arc<Mutex<Vec<String>>>| {
+        let url = server.url.clone();
+        async move {
+            let t = NatsTransport::connect(&url, "g", Duration::from_secs(30))
+                .await
+                .unwrap();
+            let bus = EventBus::builder()
+                .log_dir(log)
+                .concurrency(1)
+                .transport(Arc::new(t))
+                .build();
+            bus.subscribe("job", move |e: Event| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    seen.lock().unwrap().push(e.event_id);
+                    Ok::<(), std::io::Error>(())
+                }
+            });
+            bus.start().await.unwrap();
+            bus
+        }
+    };
+    let (a_seen, b_seen) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let a = slow_bus(dir.path().join("a"), a_seen.clone()).await;
+    let mut ids = HashSet::new();
+    for i in 0..40 {
+        ids.insert(a.publish("job", json!({"n": i})).await.unwrap());
+    }
+    wait_until(T, || !a_seen.lock().unwrap().is_empty()).await;
+    a.stop().await.unwrap();
+    let handled_by_a = a_seen.lock().unwrap().len();
+    assert!(handled_by_a < 40, "A stopped before handling everything");
+    let b = slow_bus(dir.path().join("b"), b_seen.clone()).await;
+    wait_until(Duration::from_secs(10), || {
+        a_seen.lock().unwrap().len() + b_seen.lock().unwrap().len() >= 40
+    })
+    .await;
+    b.stop().await.unwrap();
+    let all: Vec<String> = a_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(b_seen.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    assert_eq!(all.len(), 40, "each event handled exactly once");
+    assert_eq!(all.into_iter().collect::<HashSet<_>>(), ids);
+}

@@ -11,7 +11,8 @@
 //!   (`PM_CONSUMER_GROUP`): processes sharing a group share the work; every event is
 //!   acknowledged only after its handlers finish, so the events of a process that dies
 //!   are redelivered (after `ack_wait`) to another one.
-//! - `close` stops fetching; what was fetched and not acknowledged is redelivered.
+//! - `close` stops fetching and hands back at once (a *nak*) what was fetched ahead and
+//!   not dispatched; what was dispatched is finished and acknowledged by the bus.
 
 use super::{Ack, Consumer, Delivery, Permit, Priority, RemoteAck, Transport, TransportError};
 use crate::event::Event;
@@ -73,6 +74,25 @@ impl NatsTransport {
     }
 }
 
+/// Hands back the messages `stream` fetched ahead and nobody took, each with a
+/// *nak* delayed by a second (so they do not come straight back to this stream
+/// while it is drained): the next consumer of the durable consumer gets them then,
+/// not after `ack_wait`. Drains until nothing arrives for 50 ms, at most 2 s.
+pub(crate) async fn hand_back_fetched(stream: &mut jetstream::consumer::pull::Stream) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let next = (tokio::time::Instant::now() + Duration::from_millis(50)).min(until);
+        match tokio::time::timeout_at(next, stream.next()).await {
+            Ok(Some(Ok(m))) => {
+                let _ = m
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+            _ => return,
+        }
+    }
+}
+
 struct NatsAck(jetstream::Message);
 
 #[async_trait]
@@ -92,7 +112,12 @@ impl Consumer for NatsConsumer {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             let msg = tokio::select! {
-                _ = self.stop.cancelled() => return None,
+                _ = self.stop.cancelled() => {
+                    // Events fetched ahead and not taken: another process of the
+                    // group gets them soon, not after `ack_wait`.
+                    hand_back_fetched(&mut self.messages).await;
+                    return None;
+                }
                 m = self.messages.next() => m?,
             };
             let msg = match msg {

@@ -458,12 +458,8 @@ impl WebhookEngine {
         loop {
             let msg = tokio::select! {
                 _ = self.inner.cancel.cancelled() => {
-                    // Hand back at once what the consumer fetched ahead and nobody took.
-                    while let Ok(Some(Ok(m))) =
-                        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
-                    {
-                        let _ = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
-                    }
+                    // What the consumer fetched ahead and nobody took: to another node.
+                    crate::transport::nats::hand_back_fetched(&mut messages).await;
                     return;
                 }
                 m = messages.next() => m,
@@ -1089,11 +1085,14 @@ impl WebhookEngine {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        // Deliveries taken from the work queue and not attempted: back to it at once.
+        // Deliveries taken from the work queue and not attempted: back to it (after a
+        // second, once this process no longer fetches).
         let held: Vec<_> = lock(&self.inner.js_held).drain().collect();
         for (_, msg) in held {
             let _ = msg
-                .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                    Duration::from_secs(1),
+                )))
                 .await;
         }
         if let Err(e) = self.inner.outbox.flush().await {
