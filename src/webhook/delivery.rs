@@ -402,6 +402,11 @@ impl WebhookEngine {
         self.inner.jetstream.get().is_some()
     }
 
+    /// Whether this process takes deliveries from the JetStream work queue.
+    pub fn takes_from_queue(&self) -> bool {
+        self.is_owner() && self.inner.jetstream.get().is_some_and(|(_, take)| *take)
+    }
+
     /// Starts delivering: resumes every pending delivery of the outbox and watches
     /// it for rows other processes add; with a JetStream queue, takes deliveries
     /// from it too. Does nothing in a process that only queues.
@@ -409,7 +414,7 @@ impl WebhookEngine {
         if !self.is_owner() {
             return Ok(0);
         }
-        if self.inner.jetstream.get().is_some_and(|(_, take)| *take) {
+        if self.takes_from_queue() {
             let me = self.clone();
             self.inner
                 .tasks
@@ -575,7 +580,13 @@ impl WebhookEngine {
             last_error: None,
         };
         if let Some((q, _)) = i.jetstream.get() {
-            // Any node (this one too, if it delivers) takes it from the work queue.
+            // Any node (this one too, if it takes) delivers it from the work queue; a
+            // watched one is settled in memory if this process is the one.
+            if watched && self.takes_from_queue() {
+                lock(&i.watched).insert(record.id.clone(), None);
+                i.watched_pending
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
             q.publish(&record).await?;
             return Ok(record.id);
         }

@@ -137,7 +137,7 @@ impl WebhookHandler {
 
     /// Queues a delivery of `event` to `route`.
     pub async fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
-        if self.engine.uses_jetstream() {
+        if self.engine.uses_jetstream() && !self.engine.takes_from_queue() {
             // Delivered by whichever node takes it: nothing to wait for here.
             let id = self.engine.enqueue(event, route).await?;
             self.handed_off
