@@ -426,3 +426,37 @@ async fn events_fetched_ahead_by_a_process_that_stops_go_to_another_at_once() {
     assert_eq!(all.len(), 40, "each event handled exactly once");
     assert_eq!(all.into_iter().collect::<HashSet<_>>(), ids);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_delivers_its_webhooks_through_the_work_queue() {
+    let server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, cwd) = (server.url.clone(), dir.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pm-events"))
+            .arg("demo")
+            .current_dir(&cwd)
+            .env_remove("RUST_LOG")
+            .env("PM_NATS_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("webhooks           11 delivered (11 with every signature verified"),
+        "{stdout}"
+    );
+    // The retries of the endpoint that fails twice went back to JetStream and came again.
+    assert!(
+        stdout.contains("/webhooks/deploy   deployment   attempt 3  answered 200"),
+        "{stdout}"
+    );
+    assert_eq!(queued(&server.url).await, 0, "the work queue is empty");
+}
