@@ -223,7 +223,7 @@ async fn node(nats_url: &str, dir: &std::path::Path, take: bool, backoff_ms: u64
     ])
     .unwrap();
     let e = WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets).unwrap();
-    let q = JetStreamQueue::connect(nats_url, "hooks", Duration::from_secs(60))
+    let q = JetStreamQueue::connect(nats_url, Duration::from_secs(60))
         .await
         .unwrap();
     e.use_jetstream(q, take).unwrap();

@@ -11,7 +11,9 @@
 //!   publish), `Pm-Delivery-Id`, `Pm-Event-Id`, `Pm-Event-Type`, `Pm-Route`,
 //!   `Pm-Url`, `Pm-Created-At` (Unix seconds). The URL travels to the NATS server
 //!   as it is stored in the outbox otherwise: keep secrets out of webhook URLs.
-//! - Every node consumes through one durable pull consumer, `<PM_CONSUMER_GROUP>-webhooks`.
+//! - Every node consumes through one durable pull consumer, `pm-webhooks` (a work-queue
+//!   stream admits one consumer over all its subjects, so every node of every consumer
+//!   group shares it: any node may deliver any webhook).
 //!
 //! # Delivery
 //!
@@ -36,6 +38,8 @@ use std::time::Duration;
 pub const STREAM: &str = "PM_WEBHOOKS";
 /// Subject prefix of the deliveries.
 pub const SUBJECT_PREFIX: &str = "pm.webhooks.";
+/// Name of the durable consumer every node takes deliveries through.
+pub const CONSUMER: &str = "pm-webhooks";
 
 fn err(what: &str, e: impl std::fmt::Display) -> WebhookError {
     WebhookError::Queue(format!("{what}: {e}"))
@@ -44,16 +48,14 @@ fn err(what: &str, e: impl std::fmt::Display) -> WebhookError {
 /// The JetStream work queue of webhook deliveries.
 pub struct JetStreamQueue {
     js: jetstream::Context,
-    consumer: String,
     ack_wait: Duration,
 }
 
 impl JetStreamQueue {
-    /// Connects to `url`, makes sure the stream exists; `group` names the durable
-    /// consumer (`<group>-webhooks`). `ack_wait` is how long a node may hold a
-    /// delivery before JetStream gives it to another one: it should exceed the
-    /// time a delivery may wait in a node's queue plus one attempt.
-    pub async fn connect(url: &str, group: &str, ack_wait: Duration) -> Result<Self, WebhookError> {
+    /// Connects to `url` and makes sure the stream exists. `ack_wait` is how long
+    /// a node may hold a delivery before JetStream gives it to another one: it
+    /// should exceed the time a delivery may wait in a node's queue plus one attempt.
+    pub async fn connect(url: &str, ack_wait: Duration) -> Result<Self, WebhookError> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(10))
             .connect(url)
@@ -69,11 +71,7 @@ impl JetStreamQueue {
         })
         .await
         .map_err(|e| err(&format!("JetStream stream {STREAM}"), e))?;
-        Ok(JetStreamQueue {
-            js,
-            consumer: format!("{group}-webhooks"),
-            ack_wait,
-        })
+        Ok(JetStreamQueue { js, ack_wait })
     }
 
     /// Puts a delivery in the queue; returns once JetStream has stored it.
@@ -108,9 +106,9 @@ impl JetStreamQueue {
             .map_err(|e| err(&format!("JetStream stream {STREAM}"), e))?;
         let consumer: PullConsumer = stream
             .get_or_create_consumer(
-                &self.consumer,
+                CONSUMER,
                 jetstream::consumer::pull::Config {
-                    durable_name: Some(self.consumer.clone()),
+                    durable_name: Some(CONSUMER.into()),
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: self.ack_wait,
                     max_ack_pending: max_ack_pending as i64,
@@ -118,7 +116,7 @@ impl JetStreamQueue {
                 },
             )
             .await
-            .map_err(|e| err(&format!("JetStream consumer {}", self.consumer), e))?;
+            .map_err(|e| err(&format!("JetStream consumer {CONSUMER}"), e))?;
         consumer
             .messages()
             .await

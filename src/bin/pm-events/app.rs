@@ -59,7 +59,7 @@ impl App {
                 // Scale-out: deliveries are a JetStream work queue any node delivers from.
                 // A node may hold a delivery while up to 8 per endpoint wait before it.
                 let ack_wait = cfg.webhook_timeout * 9 + Duration::from_secs(30);
-                let q = JetStreamQueue::connect(url, &cfg.consumer_group, ack_wait).await?;
+                let q = JetStreamQueue::connect(url, ack_wait).await?;
                 // `serve` nodes take deliveries from the queue, and so does the (single-
                 // process) demo; the other commands only queue.
                 h.engine().use_jetstream(q, server || always_webhooks)?;
