@@ -269,7 +269,14 @@ async fn webhook_deliveries_queued_by_one_node_are_delivered_by_another() {
     }
     let bad = Event::new("job", json!({"n": "bad"}));
     a.enqueue(&bad, &hook_route(rx.url("/bad"))).await.unwrap();
-    assert_eq!(queued(&server.url).await, 4, "the work queue holds them");
+    // Something that is not a delivery of ours: skipped (and removed) by the taker.
+    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await.unwrap());
+    js.publish("pm.webhooks.junk", "not a delivery".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(queued(&server.url).await, 5, "the work queue holds them");
     assert!(a.outbox().list(DeliveryState::Pending).unwrap().is_empty());
     assert!(rx.requests("/hook").is_empty(), "nobody took them yet");
 
