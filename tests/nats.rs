@@ -467,3 +467,82 @@ async fn the_demo_delivers_its_webhooks_through_the_work_queue() {
     );
     assert_eq!(queued(&server.url).await, 0, "the work queue is empty");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_goes_on_taking_deliveries_after_a_server_restart_and_a_lost_consumer() {
+    let mut server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let b_dir = dir.path().join("b");
+    let b = node(&server.url, &b_dir, true, 100).await;
+    let before = Event::new("job", json!({"n": "before"}));
+    b.enqueue(&before, &hook_route(rx.url("/hook")))
+        .await
+        .unwrap();
+    rx.wait_for("/hook", 1, T).await;
+
+    // Restart the server on the same port and store (JetStream keeps the stream).
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let bin = std::env::var("PM_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    server.child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+        .arg(server._dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Queue one more (from a fresh node, once the server answers again): B delivers it.
+    let after = Event::new("job", json!({"n": "after"}));
+    let deadline = std::time::Instant::now() + T;
+    let a = loop {
+        match JetStreamQueue::connect(&server.url, Duration::from_secs(60)).await {
+            Ok(q) => {
+                let cfg = Config::from_vars([
+                    (
+                        "PM_LOG_DIR".to_string(),
+                        dir.path().join("a").display().to_string(),
+                    ),
+                    ("WEBHOOK_SIGNATURE_SECRET".to_string(), SECRET.to_string()),
+                ])
+                .unwrap();
+                let e =
+                    WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets)
+                        .unwrap();
+                e.use_jetstream(q, false).unwrap();
+                break e;
+            }
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server did not come back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    a.enqueue(&after, &hook_route(rx.url("/hook")))
+        .await
+        .unwrap();
+    let got = rx.wait_for("/hook", 2, Duration::from_secs(60)).await;
+    assert_eq!(got[1].header("webhook-id"), after.event_id);
+
+    // An operator deletes the consumer: B makes it again and goes on.
+    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await.unwrap());
+    js.get_stream(pm_events::webhook::jetstream::STREAM)
+        .await
+        .unwrap()
+        .delete_consumer(pm_events::webhook::jetstream::CONSUMER)
+        .await
+        .unwrap();
+    let last = Event::new("job", json!({"n": "after the consumer was deleted"}));
+    a.enqueue(&last, &hook_route(rx.url("/hook")))
+        .await
+        .unwrap();
+    let got = rx.wait_for("/hook", 3, Duration::from_secs(60)).await;
+    assert_eq!(got[2].header("webhook-id"), last.event_id);
+    a.shutdown().await;
+    b.shutdown().await;
+}

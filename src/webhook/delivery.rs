@@ -448,51 +448,68 @@ impl WebhookEngine {
         };
         // The consumer holds at most this many deliveries (of every node) at once.
         let max_held = (self.inner.cfg.per_endpoint.max(1) * 8).max(64);
-        let mut messages = loop {
-            match q.messages(max_held).await {
-                Ok(m) => break m,
+        // Opened again whenever it ends or keeps failing (server restarted, consumer
+        // deleted): a node never stops taking deliveries while it runs.
+        loop {
+            let mut messages = match q.messages(max_held).await {
+                Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot consume the webhook work queue; retrying");
                     tokio::select! {
                         _ = self.inner.cancel.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
+                    continue;
                 }
+            };
+            let mut errors = 0u32;
+            loop {
+                let msg = tokio::select! {
+                    _ = self.inner.cancel.cancelled() => {
+                        // What the consumer fetched ahead and nobody took: to another node.
+                        crate::transport::nats::hand_back_fetched(&mut messages).await;
+                        return;
+                    }
+                    m = messages.next() => m,
+                };
+                let msg = match msg {
+                    None => break,
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        errors += 1;
+                        tracing::warn!(error = %e, "webhook work queue consumer error; retrying");
+                        if errors >= 10 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                errors = 0;
+                self.take(msg).await;
+            }
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Puts a delivery taken from the work queue in its endpoint's queue.
+    async fn take(&self, msg: async_nats::jetstream::Message) {
+        let r = match super::jetstream::record_of(&msg) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not a delivery of ours: acknowledge it so it is not redelivered forever.
+                tracing::warn!(subject = %msg.subject, error = %e, "undecodable message on the webhook work queue skipped");
+                let _ = msg.ack().await;
+                return;
             }
         };
-        loop {
-            let msg = tokio::select! {
-                _ = self.inner.cancel.cancelled() => {
-                    // What the consumer fetched ahead and nobody took: to another node.
-                    crate::transport::nats::hand_back_fetched(&mut messages).await;
-                    return;
-                }
-                m = messages.next() => m,
-            };
-            let msg = match msg {
-                None => return,
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "webhook work queue consumer error; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let r = match super::jetstream::record_of(&msg) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Not a delivery of ours: acknowledge it so it is not redelivered forever.
-                    tracing::warn!(subject = %msg.subject, error = %e, "undecodable message on the webhook work queue skipped");
-                    let _ = msg.ack().await;
-                    continue;
-                }
-            };
-            // A message given again while this process still holds it (its ack_wait
-            // ran out) keeps its one task here; the newest handle acknowledges it.
-            let id = r.id.clone();
-            lock(&self.inner.js_held).insert(id, msg);
-            self.spawn(r);
-        }
+        // A message given again while this process still holds it (its ack_wait ran
+        // out) keeps its one task here; the newest handle acknowledges it.
+        lock(&self.inner.js_held).insert(r.id.clone(), msg);
+        self.spawn(r);
     }
 
     fn resume(&self) -> Result<usize, WebhookError> {
