@@ -546,3 +546,23 @@ async fn a_node_goes_on_taking_deliveries_after_a_server_restart_and_a_lost_cons
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bus_whose_consumer_is_deleted_makes_it_again_and_goes_on() {
+    let server = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let b = bus(&server.url, "g", &dir.path().join("b"), seen.clone()).await;
+    let first = b.publish("job", json!({"n": 1})).await.unwrap();
+    wait_until(T, || seen.lock().unwrap().contains(&first)).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await.unwrap());
+    js.get_stream(pm_events::transport::nats::STREAM)
+        .await
+        .unwrap()
+        .delete_consumer("g")
+        .await
+        .unwrap();
+    let second = b.publish("job", json!({"n": 2})).await.unwrap();
+    wait_until(T, || seen.lock().unwrap().contains(&second)).await;
+    b.stop().await.unwrap();
+}

@@ -11,6 +11,10 @@
 //!   (`PM_CONSUMER_GROUP`): processes sharing a group share the work; every event is
 //!   acknowledged only after its handlers finish, so the events of a process that dies
 //!   are redelivered (after `ack_wait`) to another one.
+//! - A consumer that ends or keeps failing (server restarted, consumer deleted) is
+//!   opened again every second until it works. A deleted consumer made again starts
+//!   at the stream's first event, as a new group does (and as a restart would):
+//!   events are handled again rather than lost.
 //! - `close` stops fetching and hands back at once (a *nak*) what was fetched ahead and
 //!   not dispatched; what was dispatched is finished and acknowledged by the bus.
 
@@ -105,11 +109,66 @@ impl RemoteAck for NatsAck {
 struct NatsConsumer {
     messages: jetstream::consumer::pull::Stream,
     stop: CancellationToken,
+    /// Where the messages come from, to open the consumer again if it is lost.
+    source: Source,
+}
+
+/// The durable consumer of a group.
+#[derive(Clone)]
+struct Source {
+    js: jetstream::Context,
+    group: String,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+}
+
+impl Source {
+    /// The messages of the group's durable consumer (created if missing).
+    async fn messages(&self) -> Result<jetstream::consumer::pull::Stream, TransportError> {
+        let stream = self.js.get_stream(STREAM).await.map_err(other)?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &self.group,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(self.group.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_ack_pending: self.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| other(format!("JetStream consumer {}: {e}", self.group)))?;
+        consumer.messages().await.map_err(other)
+    }
+}
+
+impl NatsConsumer {
+    /// Opens the consumer again (it ended, or kept failing: server restarted,
+    /// consumer deleted), every second until it works or the transport closes.
+    async fn reopen(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            match self.source.messages().await {
+                Ok(m) => {
+                    self.messages = m;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot consume the event stream; retrying")
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Consumer for NatsConsumer {
     async fn next(&mut self) -> Option<Delivery> {
+        let mut errors = 0u32;
         loop {
             let msg = tokio::select! {
                 _ = self.stop.cancelled() => {
@@ -118,16 +177,31 @@ impl Consumer for NatsConsumer {
                     hand_back_fetched(&mut self.messages).await;
                     return None;
                 }
-                m = self.messages.next() => m?,
+                m = self.messages.next() => m,
             };
             let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "JetStream consumer error; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    errors += 1;
+                    if errors >= 10 {
+                        errors = 0;
+                        if !self.reopen().await {
+                            return None;
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+                None => {
+                    if !self.reopen().await {
+                        return None;
+                    }
                     continue;
                 }
             };
+            errors = 0;
             match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(event) => {
                     return Some(Delivery {
@@ -157,24 +231,20 @@ impl Transport for NatsTransport {
     }
 
     async fn open(&self) -> Result<Box<dyn Consumer>, TransportError> {
-        let stream = self.js.get_stream(STREAM).await.map_err(other)?;
-        let consumer: PullConsumer = stream
-            .get_or_create_consumer(
-                &self.group,
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(self.group.clone()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    max_ack_pending: self.max_ack_pending,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| other(format!("JetStream consumer {}: {e}", self.group)))?;
-        let messages = consumer.messages().await.map_err(other)?;
+        let source = Source {
+            js: self.js.clone(),
+            group: self.group.clone(),
+            ack_wait: self.ack_wait,
+            max_ack_pending: self.max_ack_pending,
+        };
+        let messages = source.messages().await?;
         let stop = CancellationToken::new();
         *self.stop.lock().map_err(|_| TransportError::Closed)? = stop.clone();
-        Ok(Box::new(NatsConsumer { messages, stop }))
+        Ok(Box::new(NatsConsumer {
+            messages,
+            stop,
+            source,
+        }))
     }
 
     async fn publish(
