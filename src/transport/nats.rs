@@ -23,6 +23,7 @@ use crate::event::Event;
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -107,10 +108,84 @@ impl RemoteAck for NatsAck {
 }
 
 struct NatsConsumer {
-    messages: jetstream::consumer::pull::Stream,
+    messages: Messages,
     stop: CancellationToken,
-    /// Where the messages come from, to open the consumer again if it is lost.
-    source: Source,
+}
+
+/// Opens the message stream of a durable pull consumer (creating the consumer if missing).
+pub(crate) type Open = Box<
+    dyn Fn() -> BoxFuture<'static, Result<jetstream::consumer::pull::Stream, String>> + Send + Sync,
+>;
+
+/// The messages of a durable pull consumer, kept flowing: a stream that ends or
+/// keeps failing (server restarted, consumer deleted) is opened again every second
+/// until that works; once stopped, what was fetched ahead is handed back.
+pub(crate) struct Messages {
+    stream: Option<jetstream::consumer::pull::Stream>,
+    open: Open,
+    /// What the messages are, for the logs.
+    what: &'static str,
+}
+
+impl Messages {
+    /// Messages from `open`, opened on the first `next`.
+    pub(crate) fn new(what: &'static str, open: Open) -> Self {
+        Messages {
+            stream: None,
+            open,
+            what,
+        }
+    }
+
+    /// The next message; `None` once `stop` is cancelled.
+    pub(crate) async fn next(&mut self, stop: &CancellationToken) -> Option<jetstream::Message> {
+        let mut errors = 0u32;
+        loop {
+            let pause = match &mut self.stream {
+                None => match (self.open)().await {
+                    Ok(m) => {
+                        self.stream = Some(m);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot consume the {}; retrying", self.what);
+                        Duration::from_secs(1)
+                    }
+                },
+                Some(stream) => {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => {
+                            hand_back_fetched(stream).await;
+                            return None;
+                        }
+                        m = stream.next() => m,
+                    };
+                    match next {
+                        Some(Ok(m)) => return Some(m),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "error consuming the {}; retrying", self.what);
+                            errors += 1;
+                            if errors < 10 {
+                                Duration::from_millis(200)
+                            } else {
+                                errors = 0;
+                                self.stream = None;
+                                Duration::from_secs(1)
+                            }
+                        }
+                        None => {
+                            self.stream = None;
+                            Duration::from_secs(1)
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
 }
 
 /// The durable consumer of a group.
@@ -124,8 +199,12 @@ struct Source {
 
 impl Source {
     /// The messages of the group's durable consumer (created if missing).
-    async fn messages(&self) -> Result<jetstream::consumer::pull::Stream, TransportError> {
-        let stream = self.js.get_stream(STREAM).await.map_err(other)?;
+    async fn messages(self) -> Result<jetstream::consumer::pull::Stream, String> {
+        let stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
         let consumer: PullConsumer = stream
             .get_or_create_consumer(
                 &self.group,
@@ -138,70 +217,16 @@ impl Source {
                 },
             )
             .await
-            .map_err(|e| other(format!("JetStream consumer {}: {e}", self.group)))?;
-        consumer.messages().await.map_err(other)
-    }
-}
-
-impl NatsConsumer {
-    /// Opens the consumer again (it ended, or kept failing: server restarted,
-    /// consumer deleted), every second until it works or the transport closes.
-    async fn reopen(&mut self) -> bool {
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return false,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            match self.source.messages().await {
-                Ok(m) => {
-                    self.messages = m;
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot consume the event stream; retrying")
-                }
-            }
-        }
+            .map_err(|e| format!("JetStream consumer {}: {e}", self.group))?;
+        consumer.messages().await.map_err(|e| e.to_string())
     }
 }
 
 #[async_trait]
 impl Consumer for NatsConsumer {
     async fn next(&mut self) -> Option<Delivery> {
-        let mut errors = 0u32;
         loop {
-            let msg = tokio::select! {
-                _ = self.stop.cancelled() => {
-                    // Events fetched ahead and not taken: another process of the
-                    // group gets them soon, not after `ack_wait`.
-                    hand_back_fetched(&mut self.messages).await;
-                    return None;
-                }
-                m = self.messages.next() => m,
-            };
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "JetStream consumer error; retrying");
-                    errors += 1;
-                    if errors >= 10 {
-                        errors = 0;
-                        if !self.reopen().await {
-                            return None;
-                        }
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    continue;
-                }
-                None => {
-                    if !self.reopen().await {
-                        return None;
-                    }
-                    continue;
-                }
-            };
-            errors = 0;
+            let msg = self.messages.next(&self.stop).await?;
             match serde_json::from_slice::<Event>(&msg.payload) {
                 Ok(event) => {
                     return Some(Delivery {
@@ -237,14 +262,16 @@ impl Transport for NatsTransport {
             ack_wait: self.ack_wait,
             max_ack_pending: self.max_ack_pending,
         };
-        let messages = source.messages().await?;
+        // The first opening must work (a start fails with its reason); later ones are retried.
+        let first = source.clone().messages().await.map_err(other)?;
+        let mut messages = Messages::new(
+            "event stream",
+            Box::new(move || Box::pin(source.clone().messages())),
+        );
+        messages.stream = Some(first);
         let stop = CancellationToken::new();
         *self.stop.lock().map_err(|_| TransportError::Closed)? = stop.clone();
-        Ok(Box::new(NatsConsumer {
-            messages,
-            stop,
-            source,
-        }))
+        Ok(Box::new(NatsConsumer { messages, stop }))
     }
 
     async fn publish(

@@ -442,56 +442,21 @@ impl WebhookEngine {
     /// Takes deliveries from the JetStream work queue into the endpoint queues
     /// until the engine stops.
     async fn consume_jetstream(&self) {
-        use futures_util::StreamExt;
         let Some((q, _)) = self.inner.jetstream.get() else {
             return;
         };
         // The consumer holds at most this many deliveries (of every node) at once.
         let max_held = (self.inner.cfg.per_endpoint.max(1) * 8).max(64);
-        // Opened again whenever it ends or keeps failing (server restarted, consumer
-        // deleted): a node never stops taking deliveries while it runs.
-        loop {
-            let mut messages = match q.messages(max_held).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot consume the webhook work queue; retrying");
-                    tokio::select! {
-                        _ = self.inner.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                }
-            };
-            let mut errors = 0u32;
-            loop {
-                let msg = tokio::select! {
-                    _ = self.inner.cancel.cancelled() => {
-                        // What the consumer fetched ahead and nobody took: to another node.
-                        crate::transport::nats::hand_back_fetched(&mut messages).await;
-                        return;
-                    }
-                    m = messages.next() => m,
-                };
-                let msg = match msg {
-                    None => break,
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        errors += 1;
-                        tracing::warn!(error = %e, "webhook work queue consumer error; retrying");
-                        if errors >= 10 {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                errors = 0;
-                self.take(msg).await;
-            }
-            tokio::select! {
-                _ = self.inner.cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+        let q = q.clone();
+        let mut messages = crate::transport::nats::Messages::new(
+            "webhook work queue",
+            Box::new(move || {
+                let q = q.clone();
+                Box::pin(async move { q.messages(max_held).await.map_err(|e| e.to_string()) })
+            }),
+        );
+        while let Some(msg) = messages.next(&self.inner.cancel).await {
+            self.take(msg).await;
         }
     }
 

@@ -46,6 +46,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> WebhookError {
 }
 
 /// The JetStream work queue of webhook deliveries.
+#[derive(Clone)]
 pub struct JetStreamQueue {
     js: jetstream::Context,
     ack_wait: Duration,
