@@ -491,32 +491,17 @@ async fn a_node_goes_on_taking_deliveries_after_a_server_restart_and_a_lost_cons
     // Queue one more (from a fresh node, once the server answers again): B delivers it.
     let after = Event::new("job", json!({"n": "after"}));
     let deadline = std::time::Instant::now() + T;
-    let a = loop {
-        match JetStreamQueue::connect(&server.url, Duration::from_secs(60)).await {
-            Ok(q) => {
-                let cfg = Config::from_vars([
-                    (
-                        "PM_LOG_DIR".to_string(),
-                        dir.path().join("a").display().to_string(),
-                    ),
-                    ("WEBHOOK_SIGNATURE_SECRET".to_string(), SECRET.to_string()),
-                ])
-                .unwrap();
-                let e =
-                    WebhookEngine::open(DeliveryConfig::from_config(&cfg), &cfg.webhook_secrets)
-                        .unwrap();
-                e.use_jetstream(q, false).unwrap();
-                break e;
-            }
-            Err(_) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nats-server did not come back"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    while JetStreamQueue::connect(&server.url, Duration::from_secs(60))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = node(&server.url, &dir.path().join("a"), false, 100).await;
     a.enqueue(&after, &hook_route(rx.url("/hook")))
         .await
         .unwrap();
