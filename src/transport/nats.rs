@@ -200,26 +200,47 @@ struct Source {
 impl Source {
     /// The messages of the group's durable consumer (created if missing).
     async fn messages(self) -> Result<jetstream::consumer::pull::Stream, String> {
-        let stream = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| e.to_string())?;
-        let consumer: PullConsumer = stream
-            .get_or_create_consumer(
-                &self.group,
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(self.group.clone()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    max_ack_pending: self.max_ack_pending,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("JetStream consumer {}: {e}", self.group))?;
-        consumer.messages().await.map_err(|e| e.to_string())
+        durable_messages(
+            &self.js,
+            STREAM,
+            &self.group,
+            self.ack_wait,
+            self.max_ack_pending,
+        )
+        .await
     }
+}
+
+/// The messages of the durable pull consumer `name` of `stream` (created if
+/// missing), acknowledged one by one.
+pub(crate) async fn durable_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> Result<jetstream::consumer::pull::Stream, String> {
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("JetStream stream {stream}: {e}"))?;
+    let consumer: PullConsumer = s
+        .get_or_create_consumer(
+            name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.to_string()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("JetStream consumer {name}: {e}"))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| format!("JetStream consumer {name}: {e}"))
 }
 
 #[async_trait]

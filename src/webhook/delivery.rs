@@ -452,7 +452,7 @@ impl WebhookEngine {
             "webhook work queue",
             Box::new(move || {
                 let q = q.clone();
-                Box::pin(async move { q.messages(max_held).await.map_err(|e| e.to_string()) })
+                Box::pin(async move { q.messages(max_held).await })
             }),
         );
         while let Some(msg) = messages.next(&self.inner.cancel).await {

@@ -31,7 +31,7 @@
 
 use super::WebhookError;
 use super::outbox::{DeliveryRecord, DeliveryState};
-use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
+use async_nats::jetstream;
 use std::time::Duration;
 
 /// Name of the work-queue stream.
@@ -99,29 +99,15 @@ impl JetStreamQueue {
     pub(crate) async fn messages(
         &self,
         max_ack_pending: usize,
-    ) -> Result<jetstream::consumer::pull::Stream, WebhookError> {
-        let stream = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| err(&format!("JetStream stream {STREAM}"), e))?;
-        let consumer: PullConsumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    max_ack_pending: max_ack_pending as i64,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| err(&format!("JetStream consumer {CONSUMER}"), e))?;
-        consumer
-            .messages()
-            .await
-            .map_err(|e| err("JetStream consumer", e))
+    ) -> Result<jetstream::consumer::pull::Stream, String> {
+        crate::transport::nats::durable_messages(
+            &self.js,
+            STREAM,
+            CONSUMER,
+            self.ack_wait,
+            max_ack_pending as i64,
+        )
+        .await
     }
 }
 
