@@ -523,3 +523,37 @@ async fn the_global_bus_is_one_instance() {
     assert!(std::ptr::eq(a, b));
     assert!(pm_events::set_event_bus(EventBus::new()).is_err());
 }
+
+#[tokio::test]
+async fn a_failed_log_write_refuses_the_event_and_no_handler_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    std::fs::create_dir_all(&events).unwrap();
+    // Today's file is /dev/full: every write(2) to it fails with ENOSPC.
+    let today = journal::day_path(dir.path(), journal::today());
+    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
+    let bus = EventBus::builder().log_dir(dir.path()).build();
+    let (count, handler) = counter();
+    bus.subscribe(WILDCARD, handler);
+    bus.start().await.unwrap();
+    // A lone publisher (it writes its own line) ...
+    let err = bus
+        .publish("deployment", json!({"service": "api"}))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("events_") && msg.contains("space"), "{msg}");
+    // ... and concurrent ones (their lines written in batches by others).
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.publish("deployment", json!({ "i": i })).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    bus.stop().await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(bus.stats().published, 0);
+}
