@@ -42,6 +42,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -874,8 +875,10 @@ impl Drop for Finished {
     }
 }
 
-/// Most ready events one handler task takes at once.
-const BURST: usize = 32;
+/// Most ready events one handler task takes at once. At most 30: up to that
+/// many, `join_all` polls its futures in place; above, it allocates a task
+/// node per future (a `FuturesOrdered`), which costs more than the handlers.
+const BURST: usize = 30;
 
 async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots: Arc<Semaphore>) {
     // A burst never needs more slots than exist (`concurrency` may be below BURST).
@@ -967,7 +970,13 @@ async fn run_one(inner: &Inner, sub: &Subscription, event: Event, meta: &(String
     );
     let c = &inner.stats;
     let started = inner.settings.metrics.then(std::time::Instant::now);
-    let result = tokio::time::timeout(inner.settings.handler_timeout, fut).await;
+    // Most handlers finish at their first poll: the timer (and its clock read)
+    // is only set up for one that has to wait.
+    let mut fut = std::pin::pin!(fut);
+    let result = match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(inner.settings.handler_timeout, fut).await,
+    };
     if let Some(t) = started {
         let outcome = match &result {
             Ok(Ok(Ok(()))) => "ok",
