@@ -367,6 +367,41 @@ async fn a_slow_endpoint_does_not_hold_up_the_others() {
 }
 
 #[tokio::test]
+async fn answers_with_a_body_keep_the_connection_for_the_next_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    // Receivers often answer with a small JSON body: it must be read, or the
+    // connection cannot go back to the pool and every delivery opens a new one.
+    rx.set_default(
+        "/ok",
+        Reply::status(200)
+            .header("content-type", "application/json")
+            .body(r#"{"ok":true,"message":"received"}"#),
+    );
+    rx.script("/ok", vec![Reply::status(503).body("busy, try again")]);
+    let cfg = config(dir.path(), &[("PM_WEBHOOK_CONCURRENCY", "1")]);
+    let e = engine(&cfg);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            e.enqueue(&Event::new("x", json!({ "i": i })), &route(rx.url("/ok")))
+                .await
+                .unwrap(),
+        );
+    }
+    let o = e.wait(&ids, T).await.unwrap();
+    assert_eq!(o.delivered, 10);
+    let got = rx.requests("/ok");
+    assert_eq!(got.len(), 11, "ten deliveries, one of them retried once");
+    // One request at a time; hyper hands a connection back to the pool from
+    // its connection task, so the next request may find it still busy and
+    // open one more: at most two, where an unread body costs one per request.
+    let peers: std::collections::HashSet<_> = got.iter().map(|r| r.peer).collect();
+    assert!(peers.len() <= 2, "connections reused, got {peers:?}");
+    e.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_restarted_engine_resumes_pending_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;

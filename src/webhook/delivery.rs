@@ -81,6 +81,10 @@ pub struct DeliveryConfig {
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// How much of a receiver's answer body is read (and dropped) to keep its
+/// connection for reuse; a longer body closes the connection instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
 impl DeliveryConfig {
     /// The engine settings of `config`.
     pub fn from_config(c: &Config) -> Self {
@@ -876,12 +880,23 @@ impl WebhookEngine {
             }
         }
         match req.body(r.body.clone()).send().await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let ra = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, Utc::now()));
+                // Read the answer's body (under the same timeout), so that the
+                // connection goes back to the pool: dropped unread, it is
+                // closed, and the next delivery opens a new one. A body past
+                // DRAIN_LIMIT, or one that fails, only costs that connection.
+                let mut read = 0;
+                while read <= DRAIN_LIMIT {
+                    match resp.chunk().await {
+                        Ok(Some(c)) => read += c.len(),
+                        _ => break,
+                    }
+                }
                 Ok((resp.status().as_u16(), ra))
             }
             Err(e) => {

@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::collections::{HashMap, VecDeque};
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    /// The client's address: one per TCP connection.
+    pub peer: SocketAddr,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
@@ -40,6 +42,7 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -48,7 +51,12 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: Vec::new(),
         }
+    }
+    pub fn body(mut self, b: &str) -> Self {
+        self.body = b.as_bytes().to_vec();
+        self
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
@@ -82,6 +90,7 @@ impl Drop for TestReceiver {
 
 async fn record(
     State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -89,6 +98,7 @@ async fn record(
     let path = uri.path().to_string();
     s.received.lock().unwrap().push(Received {
         path: path.clone(),
+        peer,
         headers: headers
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
@@ -107,7 +117,19 @@ async fn record(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut resp = StatusCode::from_u16(reply.status).unwrap().into_response();
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut resp = if reply.body.is_empty() {
+        status.into_response()
+    } else {
+        // As many servers do, the head goes out first and the body in a later
+        // write: the client sees the response before its body has arrived.
+        let body = Bytes::from(reply.body);
+        let later = futures_util::stream::once(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, std::convert::Infallible>(body)
+        });
+        (status, axum::body::Body::from_stream(later)).into_response()
+    };
     for (k, v) in reply.headers {
         resp.headers_mut().insert(
             axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -126,7 +148,11 @@ impl TestReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         TestReceiver { addr, shared, task }
     }
