@@ -249,7 +249,11 @@ async fn every_error_has_its_status_and_a_json_body() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(
         dir.path(),
-        &[("PM_MAX_BODY_BYTES", "2048"), ("PM_API_TOKEN", "tok-123")],
+        &[
+            ("PM_MAX_BODY_BYTES", "2048"),
+            ("PM_API_TOKEN", "tok-123"),
+            ("PM_NODE_ID", "node-a"),
+        ],
     );
     let u = |p: &str| format!("{}{p}", srv.url);
     let now = now_unix() as i64;
@@ -405,6 +409,7 @@ async fn every_error_has_its_status_and_a_json_body() {
         .map(|t| serde_json::from_str(&t).unwrap())
         .unwrap();
     assert_eq!(h["status"], "ok");
+    assert_eq!(h["node"], "node-a");
     let subs: Value = c
         .get(u("/subscribers"))
         .send()

@@ -126,7 +126,7 @@ async fn retries_back_off_exponentially_then_succeed() {
         "/flaky",
         vec![Reply::status(503), Reply::status(500), Reply::status(200)],
     );
-    let cfg = config(dir.path(), &[]);
+    let cfg = config(dir.path(), &[("PM_NODE_ID", "node-a")]);
     let e = engine(&cfg);
     let id = e
         .enqueue(&Event::new("x", json!({})), &route(rx.url("/flaky")))
@@ -151,6 +151,7 @@ async fn retries_back_off_exponentially_then_succeed() {
     assert_eq!(outcomes, ["retry", "retry", "delivered"]);
     assert_eq!(log[0]["status"], 503);
     assert!(log[0]["next_retry_at"].is_string());
+    assert!(log.iter().all(|l| l["node"] == "node-a"), "{log:?}");
     assert!(log[2]["next_retry_at"].is_null());
     assert!(e.outbox().list(DeliveryState::Pending).unwrap().is_empty());
     e.shutdown().await;
@@ -208,6 +209,7 @@ async fn client_errors_are_final_and_dead_letters_can_be_redelivered() {
         .find(|l| l["delivery_id"] == gone.as_str())
         .unwrap();
     assert!(gone_line["reason"].as_str().unwrap().contains("410"));
+    assert!(dead.iter().all(|l| l["node"] == cfg.node_id.as_str()));
     assert_eq!(e.outbox().list(DeliveryState::Dead).unwrap().len(), 2);
 
     // The receiver is fixed; redeliver the one event's dead letter.

@@ -23,12 +23,13 @@
 //! `event_type`, `route` (the variable), `url` (credentials and query removed),
 //! `attempt` (1 = first try), `status` (HTTP status or null), `error` (network error
 //! or null), `duration_ms`, `outcome` (`delivered`, `retry`, `failed` = final 4xx,
-//! `gone` = 410, `dead` = retries exhausted), `next_retry_at` (RFC 3339 or null).
+//! `gone` = 410, `dead` = retries exhausted), `next_retry_at` (RFC 3339 or null),
+//! `node` (`PM_NODE_ID` of the process that made the attempt).
 //!
 //! # `webhooks/dead_letters.jsonl`
 //!
 //! One line per delivery that failed for good: `timestamp`, `delivery_id`, `event_id`,
-//! `event_type`, `route`, `url` (redacted), `attempts`, `reason`. The delivery also
+//! `event_type`, `route`, `url` (redacted), `attempts`, `reason`, `node`. The delivery also
 //! stays in the outbox (state `dead`) for `pm-events webhooks redeliver`.
 //!
 //! No secret is written to either file: signatures are computed per attempt and
@@ -76,6 +77,9 @@ pub struct DeliveryConfig {
     pub log_max_bytes: u64,
     /// Rotated files kept.
     pub log_keep: usize,
+    /// This process's name in the attempt and dead-letter logs (`PM_NODE_ID`,
+    /// default the host name): with NATS, any node may make an attempt.
+    pub node: String,
 }
 
 /// Longest `Retry-After` honoured.
@@ -99,6 +103,7 @@ impl DeliveryConfig {
             fsync: c.fsync,
             log_max_bytes: c.log_max_bytes,
             log_keep: c.log_keep,
+            node: c.node_id.clone(),
         }
     }
 }
@@ -162,6 +167,7 @@ struct AttemptLine<'a> {
     duration_ms: f64,
     outcome: &'static str,
     next_retry_at: Option<String>,
+    node: &'a str,
 }
 
 #[derive(Serialize)]
@@ -174,6 +180,7 @@ struct DeadLine<'a> {
     url: String,
     attempts: u32,
     reason: &'a str,
+    node: &'a str,
 }
 
 /// How many of a set of deliveries ended which way; see [`WebhookEngine::wait`].
@@ -941,6 +948,7 @@ impl WebhookEngine {
             duration_ms: (duration_ms * 1000.0).round() / 1000.0,
             outcome,
             next_retry_at: next_at.map(rfc3339),
+            node: &self.inner.cfg.node,
         };
         if let Err(e) = self.inner.attempts.append(&line) {
             tracing::error!(error = %e, "cannot write the webhook attempt log");
@@ -958,6 +966,7 @@ impl WebhookEngine {
             url: self.target(&r.url).redacted.clone(),
             attempts: r.attempt,
             reason,
+            node: &self.inner.cfg.node,
         };
         if let Err(e) = self.inner.dead.append(&line) {
             tracing::error!(error = %e, "cannot write the dead letter log");

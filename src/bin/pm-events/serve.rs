@@ -47,6 +47,8 @@ pub struct AppState {
     /// Set once shutdown began: new requests get 503.
     stopping: AtomicBool,
     timeout: Duration,
+    /// `PM_NODE_ID`, reported by `/healthz`.
+    node: String,
 }
 
 /// An error answer: status plus JSON `{"error","message"}`.
@@ -251,7 +253,7 @@ async fn publish(
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let ready = s.bus.is_running() && !s.stopping.load(Ordering::Acquire);
-    let body = json!({"status": if ready { "ok" } else { "stopping" }, "queue_len": s.bus.queue_len(), "capacity": s.bus.capacity()});
+    let body = json!({"status": if ready { "ok" } else { "stopping" }, "node": s.node, "queue_len": s.bus.queue_len(), "capacity": s.bus.capacity()});
     let status = if ready {
         StatusCode::OK
     } else {
@@ -366,6 +368,7 @@ impl AppState {
             metrics,
             stopping: AtomicBool::new(false),
             timeout,
+            node: cfg.node_id.clone(),
         })
     }
 }
