@@ -404,6 +404,48 @@ async fn answers_with_a_body_keep_the_connection_for_the_next_delivery() {
 }
 
 #[tokio::test]
+async fn a_backlog_waits_in_the_outbox_beyond_the_window_and_all_of_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let other = TestReceiver::start().await;
+    rx.set_default("/slow", Reply::status(200).delay(Duration::from_millis(20)));
+    let cfg = config(dir.path(), &[("PM_WEBHOOK_CONCURRENCY", "2")]);
+    let mut dc = DeliveryConfig::from_config(&cfg);
+    dc.window = 8;
+    let e = WebhookEngine::open(dc, &cfg.webhook_secrets).unwrap();
+    e.start().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            e.enqueue_watched(&Event::new("x", json!({ "i": i })), &route(rx.url("/slow")))
+                .await
+                .unwrap(),
+        );
+    }
+    // At most a window's worth is held in memory; the rest waits in the outbox.
+    assert!(e.active() <= 8, "{} held in memory", e.active());
+    assert_eq!(e.outbox().list(DeliveryState::Pending).unwrap().len(), 60);
+    // A full window of one endpoint does not hold up another.
+    let quick = e
+        .enqueue_watched(&Event::new("x", json!({})), &route(other.url("/quick")))
+        .await
+        .unwrap();
+    let o = e.wait(&[quick], Duration::from_secs(2)).await.unwrap();
+    assert_eq!(o.delivered, 1);
+    // Room is made as deliveries settle, and the poller takes the rest.
+    let o = e.wait(&ids, T).await.unwrap();
+    assert_eq!(o.delivered, 60, "{o:?}");
+    let got = rx.requests("/slow");
+    let distinct: std::collections::HashSet<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!((got.len(), distinct.len()), (60, 60), "each sent once");
+    assert!(e.outbox().list(DeliveryState::Pending).unwrap().is_empty());
+    e.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_restarted_engine_resumes_pending_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;

@@ -13,6 +13,11 @@
 //!   `webhooks/outbox.lock`); other processes only insert, and the owner picks their
 //!   rows up within a second. A stopped or crashed owner leaves its rows pending for
 //!   the next one.
+//! - **Bounded memory**: at most [`DeliveryConfig::window`] deliveries per endpoint
+//!   are held in memory (queued, in flight, or waiting for a retry); a backlog
+//!   beyond that waits in the outbox, oldest first, and is taken as room is made
+//!   (at half the window), so a dead endpoint's backlog neither fills the memory
+//!   nor holds up the other endpoints.
 //! - **Scale-out**: with a [`JetStreamQueue`] attached ([`WebhookEngine::use_jetstream`];
 //!   the CLI does it when `PM_NATS_URL` is set), deliveries are queued in JetStream
 //!   instead of the outbox and any node's engine delivers them (see [`super::jetstream`]).
@@ -37,7 +42,7 @@
 
 use super::WebhookError;
 use super::jetstream::JetStreamQueue;
-use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
+use super::outbox::{DeliveryRecord, DeliveryState, Outbox, Pick};
 use super::route::Route;
 use super::sign::Signer;
 use crate::config::{Config, FsyncPolicy};
@@ -80,7 +85,14 @@ pub struct DeliveryConfig {
     /// This process's name in the attempt and dead-letter logs (`PM_NODE_ID`,
     /// default the host name): with NATS, any node may make an attempt.
     pub node: String,
+    /// Most deliveries of one endpoint held in memory at once (queued, in flight
+    /// or waiting for a retry); the others wait in the outbox until room is made
+    /// ([`DEFAULT_WINDOW`]).
+    pub window: usize,
 }
+
+/// Default of [`DeliveryConfig::window`]: about 10 MB of memory per endpoint.
+pub const DEFAULT_WINDOW: usize = 4096;
 
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -104,6 +116,7 @@ impl DeliveryConfig {
             log_max_bytes: c.log_max_bytes,
             log_keep: c.log_keep,
             node: c.node_id.clone(),
+            window: DEFAULT_WINDOW,
         }
     }
 }
@@ -206,6 +219,10 @@ struct Endpoint {
 struct EndpointQueue {
     items: std::collections::VecDeque<DeliveryRecord>,
     workers: usize,
+    /// Deliveries of this endpoint in this process's care (at most the window).
+    held: usize,
+    /// A delivery was left in the outbox because the window was full.
+    spilled: bool,
 }
 
 struct EngineInner {
@@ -227,6 +244,9 @@ struct EngineInner {
     owner: Option<File>,
     /// Woken whenever a delivery settles (delivered or dead).
     settled: Notify,
+    /// Wakes the outbox poller: an endpoint that left deliveries in the outbox
+    /// has room again, or a poll stopped before it took all it could.
+    refill: Notify,
     /// Outcomes of the deliveries queued with `enqueue_watched` (`None` while
     /// pending), so `wait` needs no database scan for them; `wait` removes them.
     watched: Mutex<HashMap<String, Option<bool>>>,
@@ -370,6 +390,7 @@ impl WebhookEngine {
                 cancel: CancellationToken::new(),
                 owner,
                 settled: Notify::new(),
+                refill: Notify::new(),
                 watched: Mutex::new(HashMap::new()),
                 targets: Mutex::new(HashMap::new()),
                 eager_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -431,18 +452,19 @@ impl WebhookEngine {
                 .tasks
                 .spawn(async move { me.consume_jetstream().await });
         }
-        let resumed = self.resume()?;
+        let resumed = self.resume(true)?;
         if resumed > 0 {
             tracing::info!(resumed, "resuming pending webhook deliveries");
         }
         let me = self.clone();
         self.inner.tasks.spawn(async move {
             loop {
-                tokio::select! {
+                let full = tokio::select! {
                     _ = me.inner.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                if let Err(e) = me.resume() {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+                    _ = me.inner.refill.notified() => false,
+                };
+                if let Err(e) = me.resume(full) {
                     tracing::error!(error = %e, "cannot read the webhook outbox");
                 }
             }
@@ -485,48 +507,67 @@ impl WebhookEngine {
         // A message given again while this process still holds it (its ack_wait ran
         // out) keeps its one task here; the newest handle acknowledges it.
         lock(&self.inner.js_held).insert(r.id.clone(), msg);
-        self.spawn(r);
+        // The consumer's own bound (`max_held`) limits what this process holds.
+        self.spawn_within(r, false);
     }
 
-    fn resume(&self) -> Result<usize, WebhookError> {
-        let mut n = 0;
+    /// Takes pending deliveries from the outbox that this process does not hold
+    /// yet, oldest first, as far as their endpoints' windows have room: rows that
+    /// other processes queued, rows left there while a window was full, and (at
+    /// start) what a previous run left. A `full` poll reads every pending row; a
+    /// refill (an endpoint has room again) stops once it has taken rows and every
+    /// endpoint it met is full: the next full poll, within a second, finds the rest.
+    fn resume(&self, full: bool) -> Result<usize, WebhookError> {
+        let window = self.inner.cfg.window.max(1);
         // A delivery settled here whose outbox update was not committed before the
         // read below still reads as pending: skip what `settled_recently` holds, and
         // forget only entries whose update was committed before the read.
         let done_before = self.inner.outbox.done_count();
-        // Ids first: under a backlog, most pending rows are already in this
-        // process's care, and their bodies need not be read again every second.
-        let ids = self.inner.outbox.pending_ids()?;
-        let wanted: HashSet<String> = {
-            let mut recent = lock(&self.inner.settled_recently);
-            let active = lock(&self.inner.active);
-            let wanted = ids
-                .into_iter()
-                .filter(|id| !active.contains(id) && !recent.contains_key(id))
-                .collect();
-            recent.retain(|_, (seq, _)| *seq > done_before);
-            wanted
-        };
-        if wanted.is_empty() {
-            return Ok(0);
-        }
-        let rows = if wanted.len() > 64 {
-            self.inner.outbox.list(DeliveryState::Pending)?
-        } else {
-            let mut rows = Vec::with_capacity(wanted.len());
-            for id in &wanted {
-                rows.extend(self.inner.outbox.get(id)?);
+        // Room left per endpoint URL as this scan takes rows. One poll takes at
+        // most a window's worth; if it stops there, it asks for another at once.
+        let mut room: HashMap<String, (Arc<Endpoint>, usize)> = HashMap::new();
+        let (mut with_room, mut taken, mut more) = (0usize, 0usize, false);
+        let rows = self.inner.outbox.scan_pending(|id, url| {
+            if taken >= window {
+                more = true;
+                return Pick::Stop;
             }
-            rows.sort_by(|a, b| a.created_at.total_cmp(&b.created_at).then(a.id.cmp(&b.id)));
-            rows
-        };
-        for r in rows
-            .into_iter()
-            .filter(|r| wanted.contains(&r.id) && r.state == DeliveryState::Pending)
-        {
+            if lock(&self.inner.active).contains(id)
+                || lock(&self.inner.settled_recently).contains_key(id)
+            {
+                return Pick::Skip;
+            }
+            if !room.contains_key(url) {
+                let ep = self.target(url).endpoint.clone();
+                let left = window.saturating_sub(lock(&ep.queue).held);
+                with_room += usize::from(left > 0);
+                room.insert(url.to_string(), (ep, left));
+            }
+            let Some((ep, left)) = room.get_mut(url) else {
+                return Pick::Skip;
+            };
+            if *left == 0 {
+                lock(&ep.queue).spilled = true;
+                return if full || with_room > 0 || taken == 0 {
+                    Pick::Skip
+                } else {
+                    Pick::Stop
+                };
+            }
+            *left -= 1;
+            with_room -= usize::from(*left == 0);
+            taken += 1;
+            Pick::Take
+        })?;
+        lock(&self.inner.settled_recently).retain(|_, (seq, _)| *seq > done_before);
+        let mut n = 0;
+        for r in rows {
             if self.spawn(r) {
                 n += 1;
             }
+        }
+        if more {
+            self.inner.refill.notify_one();
         }
         Ok(n)
     }
@@ -615,10 +656,26 @@ impl WebhookEngine {
         Ok(n)
     }
 
-    /// Takes `r` into this process's care unless it is already; `true` if taken.
+    /// Takes `r` into this process's care unless it is already, or its endpoint's
+    /// window is full: then it waits in the outbox, and the poller takes it once
+    /// room is made. `true` if taken.
     fn spawn(&self, r: DeliveryRecord) -> bool {
-        if !lock(&self.inner.active).insert(r.id.clone()) {
-            return false;
+        self.spawn_within(r, true)
+    }
+
+    /// [`spawn`](Self::spawn), bounded by the window or not.
+    fn spawn_within(&self, r: DeliveryRecord, bounded: bool) -> bool {
+        let ep = self.target(&r.url).endpoint.clone();
+        {
+            let mut q = lock(&ep.queue);
+            if bounded && q.held >= self.inner.cfg.window.max(1) {
+                q.spilled = true;
+                return false;
+            }
+            if !lock(&self.inner.active).insert(r.id.clone()) {
+                return false;
+            }
+            q.held += 1;
         }
         self.schedule(r);
         true
@@ -634,7 +691,7 @@ impl WebhookEngine {
         let me = self.clone();
         self.inner.tasks.spawn(async move {
             tokio::select! {
-                _ = me.inner.cancel.cancelled() => me.release(&r.id, None),
+                _ = me.inner.cancel.cancelled() => me.release(&r, None),
                 _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => me.ready(r),
             }
         });
@@ -673,14 +730,14 @@ impl WebhookEngine {
                 if item.is_none() {
                     q.workers -= 1;
                     // Stopping: what is still queued stays pending in the outbox.
-                    let left: Vec<String> = if self.inner.cancel.is_cancelled() {
-                        q.items.drain(..).map(|r| r.id).collect()
+                    let left: Vec<DeliveryRecord> = if self.inner.cancel.is_cancelled() {
+                        q.items.drain(..).collect()
                     } else {
                         Vec::new()
                     };
                     drop(q);
-                    for id in left {
-                        self.release(&id, None);
+                    for r in &left {
+                        self.release(r, None);
                     }
                     return;
                 }
@@ -688,16 +745,32 @@ impl WebhookEngine {
             };
             let Some(mut r) = next else { return };
             match self.attempt(&mut r).await {
-                Attempted::Settled(delivered, seq) => self.release(&r.id, Some((delivered, seq))),
+                Attempted::Settled(delivered, seq) => self.release(&r, Some((delivered, seq))),
                 Attempted::Retry => self.schedule(r),
-                Attempted::HandedBack => self.release(&r.id, None),
+                Attempted::HandedBack => self.release(&r, None),
             }
         }
     }
 
     /// The delivery leaves this process's care: settled (`Some((delivered, number
     /// of its outbox update))`), or left pending.
-    fn release(&self, id: &str, settled: Option<(bool, u64)>) {
+    fn release(&self, r: &DeliveryRecord, settled: Option<(bool, u64)>) {
+        let id = r.id.as_str();
+        let ep = self.target(&r.url).endpoint.clone();
+        let refill = {
+            let mut q = lock(&ep.queue);
+            q.held = q.held.saturating_sub(1);
+            // Deliveries wait in the outbox for this endpoint: take them once half
+            // the window is free (not one poll per delivery).
+            let refill = q.spilled && q.held <= self.inner.cfg.window.max(1) / 2;
+            if refill {
+                q.spilled = false;
+            }
+            refill
+        };
+        if refill {
+            self.inner.refill.notify_one();
+        }
         if let Some((delivered, seq)) = settled {
             lock(&self.inner.settled_recently).insert(id.to_string(), (seq, delivered));
         }
@@ -1092,7 +1165,8 @@ impl WebhookEngine {
         }
     }
 
-    /// Deliveries this process is working on.
+    /// Deliveries this process holds in memory (queued, in flight, or waiting
+    /// for a retry): at most the window per endpoint.
     pub fn active(&self) -> usize {
         lock(&self.inner.active).len()
     }

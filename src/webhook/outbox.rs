@@ -121,6 +121,17 @@ enum Op {
 const COLUMNS: &str =
     "id, event_id, event_type, route, url, body, attempt, next_at, created_at, state, last_error";
 
+/// What [`Outbox::scan_pending`] does with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Not this one.
+    Skip,
+    /// Return it.
+    Take,
+    /// End the scan.
+    Stop,
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     let state: String = r.get(9)?;
     Ok(DeliveryRecord {
@@ -395,12 +406,36 @@ impl Outbox {
         })
     }
 
-    /// The ids of the pending deliveries.
-    pub fn pending_ids(&self) -> Result<Vec<String>, WebhookError> {
+    /// Goes through the pending deliveries in id order (oldest first: ids are
+    /// UUID v7), asking `pick` about each by id and URL, and returns those it
+    /// takes. Only taken rows are decoded whole.
+    pub fn scan_pending(
+        &self,
+        mut pick: impl FnMut(&str, &str) -> Pick,
+    ) -> Result<Vec<DeliveryRecord>, WebhookError> {
         self.with(|c| {
-            let mut st = c.prepare_cached("SELECT id FROM deliveries WHERE state = 'pending'")?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            rows.collect()
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE state = 'pending' ORDER BY id"
+            ))?;
+            let mut rows = st.query([])?;
+            let mut taken = Vec::new();
+            while let Some(r) = rows.next()? {
+                let text = |i: usize| -> rusqlite::Result<&str> {
+                    r.get_ref(i)?.as_str().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })
+                };
+                match pick(text(0)?, text(4)?) {
+                    Pick::Skip => {}
+                    Pick::Take => taken.push(row(r)?),
+                    Pick::Stop => break,
+                }
+            }
+            Ok(taken)
         })
     }
 
