@@ -198,6 +198,33 @@ fn publish_from_stdin_reports_bad_lines_by_number_and_publishes_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn publish_from_stdin_publishes_each_line_as_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cmd(dir.path(), &["publish", "-"]);
+    c.stdin(Stdio::piped());
+    let mut p = Running::start(c);
+    let mut stdin = p.child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"type":"deployment","data":{{"n":1}}}}"#).unwrap();
+    stdin.flush().unwrap();
+    // Published (its id printed, its line in the event log) while stdin is still open.
+    wait_until(T, || p.lines.lock().unwrap().len() == 1).await;
+    assert_eq!(events(dir.path()).len(), 1);
+    writeln!(stdin, r#"{{"type":"deployment","data":{{"n":2}}}}"#).unwrap();
+    drop(stdin);
+    let status = p.child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(p.lines.lock().unwrap().len(), 2);
+    let logged = events(dir.path());
+    assert_eq!(
+        logged
+            .iter()
+            .map(|e| e["data"]["n"].clone())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(2)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn publish_to_a_running_server_with_url() {
     let dir = tempfile::tempdir().unwrap();
     let srv_dir = dir.path().join("server");

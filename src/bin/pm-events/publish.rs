@@ -87,31 +87,18 @@ fn parse_line(line: &str) -> Result<Event, String> {
     build_event(&ty, data, source.as_deref())
 }
 
-/// Runs `publish`.
+/// Runs `publish`. Events from stdin are published as they are read (memory
+/// stays flat however long the input is); a line that is not a valid event is
+/// reported with its number and skipped.
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
-    let mut bad_lines = 0usize;
-    let events: Vec<Event> = if args.event_type == "-" {
+    let single = if args.event_type == "-" {
         if args.json.is_some() {
             return Err(UsageError(
                 "with `-`, events come from stdin: give no JSON argument".into(),
             )
             .into());
         }
-        let mut out = Vec::new();
-        for (i, line) in std::io::stdin().lock().lines().enumerate() {
-            let line = line.context("read stdin")?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match parse_line(&line) {
-                Ok(e) => out.push(e),
-                Err(m) => {
-                    bad_lines += 1;
-                    eprintln!("pm-events: line {}: {m}", i + 1);
-                }
-            }
-        }
-        out
+        None
     } else {
         let json = args.json.as_deref().ok_or_else(|| {
             UsageError(
@@ -120,64 +107,150 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         })?;
         let data: Value = serde_json::from_str(json)
             .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
-        vec![build_event(&args.event_type, data, args.source.as_deref()).map_err(UsageError)?]
+        Some(build_event(&args.event_type, data, args.source.as_deref()).map_err(UsageError)?)
     };
-
-    let ok = match &args.url {
-        Some(url) => send_remote(&cfg, url, &events).await?,
-        None => publish_local(&cfg, &events, args.wait).await?,
+    let mut sink = match &args.url {
+        Some(url) => Sink::Remote(Remote::new(&cfg, url)?),
+        None => {
+            let app = App::open(&cfg, false).await?;
+            app.bus.start().await?;
+            Sink::Local(app)
+        }
     };
-    if bad_lines > 0 {
-        eprintln!(
-            "pm-events: {bad_lines} line(s) refused, {} event(s) published",
-            events.len()
-        );
+    let (mut bad_lines, mut published) = (0usize, 0usize);
+    let mut all_ok = true;
+    // A publish that fails for good (the bus refused, the server is unreachable)
+    // ends the input; what was published is still drained and reported.
+    let mut fatal = None;
+    match single {
+        Some(e) => match sink.send(e).await {
+            Ok(ok) => {
+                all_ok &= ok;
+                published += 1;
+            }
+            Err(e) => fatal = Some(e),
+        },
+        None => {
+            let mut lines = stdin_lines();
+            let mut n = 0usize;
+            while let Some(line) = lines.recv().await {
+                n += 1;
+                let line = line.context("read stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_line(&line) {
+                    Ok(e) => match sink.send(e).await {
+                        Ok(ok) => {
+                            all_ok &= ok;
+                            published += 1;
+                        }
+                        Err(e) => {
+                            fatal = Some(e);
+                            break;
+                        }
+                    },
+                    Err(m) => {
+                        bad_lines += 1;
+                        eprintln!("pm-events: line {n}: {m}");
+                    }
+                }
+            }
+        }
     }
-    Ok(if ok && bad_lines == 0 {
+    let finished = sink.finish(args.wait).await?;
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    if bad_lines > 0 {
+        eprintln!("pm-events: {bad_lines} line(s) refused, {published} event(s) published");
+    }
+    Ok(if all_ok && finished && bad_lines == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-async fn publish_local(cfg: &Config, events: &[Event], wait: Duration) -> Result<bool> {
-    let app = App::open(cfg, false).await?;
-    app.bus.start().await?;
-    let mut published = Ok(());
-    for e in events {
-        match app.bus.publish_event(e.clone()).await {
-            Ok(id) => say!("{id}"),
-            Err(err) => {
-                published = Err(err);
+/// The lines of stdin, read by a thread of their own and handed over through a
+/// bounded channel (the reader waits while the publisher is behind).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
                 break;
             }
         }
-    }
-    let bus = app.bus.clone();
-    let outcome = app.stop(wait).await?;
-    published?;
-    let delivered = report(outcome);
-    let st = bus.stats();
-    let failed = st.failed + st.panicked + st.timed_out;
-    if failed > 0 {
-        eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
-    }
-    Ok(delivered && failed == 0)
+    });
+    rx
 }
 
-async fn send_remote(cfg: &Config, url: &str, events: &[Event]) -> Result<bool> {
-    let endpoint = format!("{}/events", url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let mut all_ok = true;
-    for e in events {
+/// Where `publish` sends events: the in-process bus, or a server.
+enum Sink {
+    Local(App),
+    Remote(Remote),
+}
+
+impl Sink {
+    /// Publishes one event: `Ok(false)` when a server refused it (reported),
+    /// `Err` when publishing cannot go on.
+    async fn send(&mut self, e: Event) -> Result<bool> {
+        match self {
+            Sink::Local(app) => {
+                let id = app.bus.publish_event(e).await?;
+                say!("{id}");
+                Ok(true)
+            }
+            Sink::Remote(r) => r.send(&e).await,
+        }
+    }
+
+    /// In-process: stops the bus (every published event handled) and waits for
+    /// the webhook deliveries, up to `wait`; `false` if any of that failed.
+    async fn finish(self, wait: Duration) -> Result<bool> {
+        let Sink::Local(app) = self else {
+            return Ok(true);
+        };
+        let bus = app.bus.clone();
+        let outcome = app.stop(wait).await?;
+        let delivered = report(outcome);
+        let st = bus.stats();
+        let failed = st.failed + st.panicked + st.timed_out;
+        if failed > 0 {
+            eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
+        }
+        Ok(delivered && failed == 0)
+    }
+}
+
+/// A running `pm-events serve`: `POST /events`.
+struct Remote {
+    client: reqwest::Client,
+    endpoint: String,
+    token: Option<pm_events::config::Secret>,
+}
+
+impl Remote {
+    fn new(cfg: &Config, url: &str) -> Result<Self> {
+        Ok(Remote {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            endpoint: format!("{}/events", url.trim_end_matches('/')),
+            token: cfg.api_token.clone(),
+        })
+    }
+
+    async fn send(&self, e: &Event) -> Result<bool> {
+        let endpoint = &self.endpoint;
         let body = serde_json::json!({"type": e.event_type, "data": e.data, "source": e.source});
-        let mut req = client
-            .post(&endpoint)
+        let mut req = self
+            .client
+            .post(endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body)?);
-        if let Some(t) = &cfg.api_token {
+        if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }
         let resp = req
@@ -193,14 +266,14 @@ async fn send_remote(cfg: &Config, url: &str, events: &[Event]) -> Result<bool> 
             .unwrap_or(Value::Null);
         if status.is_success() {
             say!("{}", v["event_id"].as_str().unwrap_or(""));
+            Ok(true)
         } else {
-            all_ok = false;
             eprintln!(
                 "pm-events: {endpoint} answered {}: {}",
                 status.as_u16(),
                 v["message"].as_str().unwrap_or("(no message)")
             );
+            Ok(false)
         }
     }
-    Ok(all_ok)
 }
