@@ -342,19 +342,34 @@ pub fn days(log_dir: &Path) -> Vec<NaiveDate> {
     out
 }
 
-/// The events of one day's file, in file order; a missing file reads as empty.
-pub fn read_day(log_dir: &Path, day: NaiveDate) -> Result<Vec<Event>, LogError> {
+/// The events of one day's file, in file order, read as they are iterated (a
+/// day's file may be large); a missing file reads as empty.
+pub fn iter_day(
+    log_dir: &Path,
+    day: NaiveDate,
+) -> Result<Box<dyn Iterator<Item = Event> + Send>, LogError> {
     let path = day_path(log_dir, day);
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok(Box::new(std::iter::empty()));
     }
-    Ok(JsonlReader::<Event>::open(&path)?.collect())
+    Ok(Box::new(JsonlReader::<Event>::open(&path)?))
+}
+
+/// The events of one day's file, in file order; a missing file reads as empty.
+pub fn read_day(log_dir: &Path, day: NaiveDate) -> Result<Vec<Event>, LogError> {
+    Ok(iter_day(log_dir, day)?.collect())
 }
 
 /// The events whose `timestamp` is in `[since, until)` (Unix seconds), from
 /// every day file that can hold them (a day either side is read too, since a
-/// line's file is the day it was written), in file order.
-pub fn read_range(log_dir: &Path, since: f64, until: f64) -> Result<Vec<Event>, LogError> {
+/// line's file is the day it was written), in file order, read as they are
+/// iterated: one file open at a time, memory flat however long the range. A
+/// file that cannot be opened yields its error where its events would be.
+pub fn iter_range(
+    log_dir: &Path,
+    since: f64,
+    until: f64,
+) -> impl Iterator<Item = Result<Event, LogError>> + Send + use<> {
     let to_day = |t: f64| {
         DateTime::<Utc>::from_timestamp(t.clamp(0.0, 253_402_300_799.0) as i64, 0)
             .map(|d| d.date_naive())
@@ -362,16 +377,25 @@ pub fn read_range(log_dir: &Path, since: f64, until: f64) -> Result<Vec<Event>, 
     };
     let first = to_day(since).pred_opt().unwrap_or(NaiveDate::MIN);
     let last = to_day(until).succ_opt().unwrap_or(NaiveDate::MAX);
-    let mut out = Vec::new();
-    for day in days(log_dir)
+    let dir = log_dir.to_path_buf();
+    days(log_dir)
         .into_iter()
-        .filter(|d| *d >= first && *d <= last)
-    {
-        out.extend(
-            read_day(log_dir, day)?
-                .into_iter()
-                .filter(|e| e.timestamp >= since && e.timestamp < until),
-        );
-    }
-    Ok(out)
+        .filter(move |d| *d >= first && *d <= last)
+        .flat_map(
+            move |day| -> Box<dyn Iterator<Item = Result<Event, LogError>> + Send> {
+                match iter_day(&dir, day) {
+                    Ok(events) => Box::new(
+                        events
+                            .filter(move |e| e.timestamp >= since && e.timestamp < until)
+                            .map(Ok),
+                    ),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            },
+        )
+}
+
+/// The events whose `timestamp` is in `[since, until)`, collected; see [`iter_range`].
+pub fn read_range(log_dir: &Path, since: f64, until: f64) -> Result<Vec<Event>, LogError> {
+    iter_range(log_dir, since, until).collect()
 }

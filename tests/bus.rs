@@ -517,6 +517,22 @@ async fn a_torn_last_line_is_skipped_and_the_log_stays_usable() {
 }
 
 #[tokio::test]
+async fn the_range_reader_reads_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EventBus::builder().log_dir(dir.path()).build();
+    bus.start().await.unwrap();
+    let first = bus.publish("x", json!({"n": 1})).await.unwrap();
+    let now = pm_events::event::now_unix();
+    let mut events = journal::iter_range(dir.path(), now - 60.0, now + 60.0);
+    assert_eq!(events.next().unwrap().unwrap().event_id, first);
+    // Not read ahead into memory: a line written after the first was read is seen.
+    let second = bus.publish("x", json!({"n": 2})).await.unwrap();
+    assert_eq!(events.next().unwrap().unwrap().event_id, second);
+    assert!(events.next().is_none());
+    bus.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_global_bus_is_one_instance() {
     let a = pm_events::get_event_bus();
     let b = pm_events::get_event_bus();

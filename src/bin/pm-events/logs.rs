@@ -105,12 +105,13 @@ pub async fn tail(cfg: Config, a: TailArgs) -> Result<ExitCode> {
     let color = !a.json && std::io::stdout().is_terminal();
     let wanted = |e: &Event| a.event_type.as_deref().is_none_or(|t| e.event_type == t);
     let status = handler_status(&cfg.log_dir);
-    for e in journal::read_range(&cfg.log_dir, since, f64::MAX)?
-        .iter()
-        .filter(|e| wanted(e))
-    {
+    for e in journal::iter_range(&cfg.log_dir, since, f64::MAX) {
+        let e = e?;
+        if !wanted(&e) {
+            continue;
+        }
         print_event(
-            e,
+            &e,
             a.json,
             status.get(&e.event_id).map(String::as_str),
             color,
@@ -210,23 +211,27 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     if until <= a.since {
         return Err(UsageError("--until must be after --since".into()).into());
     }
-    let events: Vec<Event> = journal::read_range(&cfg.log_dir, a.since, until)?
-        .into_iter()
-        .filter(|e| a.event_type.as_deref().is_none_or(|t| e.event_type == t))
-        .collect();
-    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in &events {
-        *by_type.entry(e.event_type.as_str()).or_default() += 1;
+    // The log is read as it is replayed (a range may hold more events than fit
+    // in memory): a first pass counts them, for the summary and the progress bar.
+    let selected = || {
+        journal::iter_range(&cfg.log_dir, a.since, until).filter(|e| {
+            e.as_ref().map_or(true, |e| {
+                a.event_type.as_deref().is_none_or(|t| e.event_type == t)
+            })
+        })
+    };
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    let mut count = 0usize;
+    for e in selected() {
+        let e = e?;
+        if a.dry_run {
+            print_event(&e, false, None, false);
+        }
+        count += 1;
+        *by_type.entry(e.event_type).or_default() += 1;
     }
     if a.dry_run {
-        for e in &events {
-            print_event(e, false, None, false);
-        }
-        say!(
-            "dry run: {} event(s) would be replayed {:?}",
-            events.len(),
-            by_type
-        );
+        say!("dry run: {count} event(s) would be replayed {by_type:?}");
         return Ok(ExitCode::SUCCESS);
     }
     if a.no_webhooks {
@@ -235,7 +240,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     let app = App::open_replay(&cfg).await?;
     app.bus.start().await?;
     let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(events.len() as u64);
+        let b = indicatif::ProgressBar::new(count as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "replaying {bar:40} {pos}/{len} {per_sec} eta {eta}",
@@ -246,17 +251,24 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for e in &events {
-        app.bus.publish_event(e.clone()).await?;
+    // Events are replayed as they are read; those logged after the count (with a
+    // timestamp before `until`) are replayed too, and counted in the summary.
+    let (mut replayed, mut by_type_done) = (0usize, BTreeMap::<String, usize>::new());
+    for e in selected() {
+        let e = e?;
+        *by_type_done.entry(e.event_type.clone()).or_default() += 1;
+        app.bus.publish_event(e).await?;
+        replayed += 1;
         bar.inc(1);
     }
+    let by_type = by_type_done;
     bar.finish_and_clear();
     let bus = app.bus.clone();
     let outcome = app.stop(a.wait).await?;
     let st = bus.stats();
     say!(
         "replayed {} event(s) {:?}: {} handler run(s) ok, {} refused or failed",
-        events.len(),
+        replayed,
         by_type,
         st.handled,
         st.failed + st.panicked + st.timed_out
@@ -284,7 +296,7 @@ pub async fn stats(cfg: Config, a: StatsArgs) -> Result<ExitCode> {
         let counts = by_day
             .entry(day.format("%Y-%m-%d").to_string())
             .or_default();
-        for e in journal::read_day(&cfg.log_dir, day)? {
+        for e in journal::iter_day(&cfg.log_dir, day)? {
             *counts.entry(e.event_type).or_default() += 1;
         }
     }
