@@ -234,6 +234,22 @@ pub fn read_rotated<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, LogError
     Ok(out)
 }
 
+/// The records of a rotated family, oldest first, read as they are iterated (one
+/// file open at a time). A file that cannot be opened (rotated away meanwhile) is
+/// skipped with a warning, like a line that does not decode.
+pub fn iter_rotated<T: DeserializeOwned>(path: &Path) -> impl Iterator<Item = T> + use<T> {
+    rotated_family(path)
+        .into_iter()
+        .flat_map(|p| match JsonlReader::<T>::open(&p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "log file skipped");
+                None
+            }
+        })
+        .flatten()
+}
+
 /// Reads a JSON Lines file as records of type `T`, skipping lines that do not
 /// decode (each with a warning naming the file and line number).
 pub struct JsonlReader<T> {

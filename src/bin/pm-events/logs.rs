@@ -37,6 +37,19 @@ fn rfc3339(t: f64) -> String {
         .unwrap_or_default()
 }
 
+/// The fields of a handler log line that `tail` shows.
+#[derive(serde::Deserialize)]
+struct HandlerLine {
+    event_id: Option<String>,
+    status: Option<String>,
+}
+
+/// The field of an attempt log line that `stats` counts.
+#[derive(serde::Deserialize)]
+struct AttemptOutcome {
+    outcome: Option<String>,
+}
+
 /// Handler outcome per event id, from the three handler logs.
 fn handler_status(log_dir: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
@@ -45,9 +58,9 @@ fn handler_status(log_dir: &Path) -> HashMap<String, String> {
         "reports/report_generations.jsonl",
         "risk_alerts/risk_alerts.jsonl",
     ] {
-        for l in jsonl::read_rotated::<Value>(&log_dir.join(rel)).unwrap_or_default() {
-            if let (Some(id), Some(st)) = (l["event_id"].as_str(), l["status"].as_str()) {
-                out.insert(id.to_string(), st.to_string());
+        for l in jsonl::iter_rotated::<HandlerLine>(&log_dir.join(rel)) {
+            if let (Some(id), Some(st)) = (l.event_id, l.status) {
+                out.insert(id, st);
             }
         }
     }
@@ -301,11 +314,11 @@ pub async fn stats(cfg: Config, a: StatsArgs) -> Result<ExitCode> {
         }
     }
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    for l in jsonl::read_rotated::<Value>(&cfg.log_dir.join("webhooks/webhook_attempts.jsonl"))
-        .unwrap_or_default()
+    for l in
+        jsonl::iter_rotated::<AttemptOutcome>(&cfg.log_dir.join("webhooks/webhook_attempts.jsonl"))
     {
         *outcomes
-            .entry(l["outcome"].as_str().unwrap_or("?").to_string())
+            .entry(l.outcome.unwrap_or_else(|| "?".into()))
             .or_default() += 1;
     }
     let dashboard: Value = std::fs::read(cfg.log_dir.join("risk_alerts/dashboard.json"))
