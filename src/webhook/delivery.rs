@@ -523,9 +523,11 @@ impl WebhookEngine {
         // read below still reads as pending: skip what `settled_recently` holds, and
         // forget only entries whose update was committed before the read.
         let done_before = self.inner.outbox.done_count();
-        // Room left per endpoint URL as this scan takes rows. One poll takes at
-        // most a window's worth; if it stops there, it asks for another at once.
-        let mut room: HashMap<String, (Arc<Endpoint>, usize)> = HashMap::new();
+        // Room left per endpoint (several URLs may share one) as this scan takes
+        // rows. One poll takes at most a window's worth; if it stops there, it
+        // asks for another at once.
+        let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
+        let mut room: HashMap<*const Endpoint, usize> = HashMap::new();
         let (mut with_room, mut taken, mut more) = (0usize, 0usize, false);
         let rows = self.inner.outbox.scan_pending(|id, url| {
             if taken >= window {
@@ -537,15 +539,19 @@ impl WebhookEngine {
             {
                 return Pick::Skip;
             }
-            if !room.contains_key(url) {
-                let ep = self.target(url).endpoint.clone();
+            let ep = match endpoints.get(url) {
+                Some(ep) => ep.clone(),
+                None => {
+                    let ep = self.target(url).endpoint.clone();
+                    endpoints.insert(url.to_string(), ep.clone());
+                    ep
+                }
+            };
+            let left = room.entry(Arc::as_ptr(&ep)).or_insert_with(|| {
                 let left = window.saturating_sub(lock(&ep.queue).held);
                 with_room += usize::from(left > 0);
-                room.insert(url.to_string(), (ep, left));
-            }
-            let Some((ep, left)) = room.get_mut(url) else {
-                return Pick::Skip;
-            };
+                left
+            });
             if *left == 0 {
                 lock(&ep.queue).spilled = true;
                 return if full || with_room > 0 || taken == 0 {
