@@ -159,6 +159,44 @@ async fn watch_reports_real_file_changes_and_ignores_its_own_logs() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_editors_atomic_save_is_one_modification() {
+    let dir = tempfile::tempdir().unwrap();
+    let watched = dir.path().join("watched");
+    std::fs::create_dir_all(&watched).unwrap();
+    let f = watched.join("notes.txt");
+    std::fs::write(&f, "one\n").unwrap();
+    let mut c = cmd(
+        dir.path(),
+        &["watch", watched.to_str().unwrap(), "--debounce", "300ms"],
+    );
+    c.env("PM_LOG_DIR", dir.path().join("logs"));
+    let w = Running::start(c);
+    wait_until(T, || w.has("watching")).await;
+    // As vim and many editors save: write a temporary file, rename it over the original.
+    let tmp = watched.join(".notes.txt.swp");
+    std::fs::write(&tmp, "one\ntwo\n").unwrap();
+    std::fs::rename(&tmp, &f).unwrap();
+    wait_until(T, || w.has("notes.txt")).await;
+    assert!(w.stop().success());
+    let logged: Vec<(String, String)> = events(dir.path())
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["change_type"].as_str().unwrap().to_string(),
+                e["data"]["file_path"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(_, p)| p.ends_with("notes.txt"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].0, "modified", "{logged:?}");
+    // The handler accepted it (a "deleted" for a file that exists is refused).
+    let handled = common::jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"));
+    assert_eq!(handled.len(), 1, "{handled:?}");
+    assert_eq!(handled[0]["status"], "ok", "{handled:?}");
+}
+
 #[test]
 fn publish_from_stdin_reports_bad_lines_by_number_and_publishes_the_rest() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,39 @@ pub struct Args {
 }
 
 /// Facts of a file for its event, or `None` if it vanished or is not a file.
+/// The changes of one debounced batch, one per path, in the order paths first
+/// changed.
+#[derive(Default)]
+struct Changes {
+    list: Vec<(PathBuf, Option<&'static str>)>,
+    index: std::collections::HashMap<PathBuf, usize>,
+}
+
+impl Changes {
+    /// Adds `change` of `path`, merged with the path's earlier change in the batch:
+    /// deleted then created is modified (an atomic save), created then deleted is
+    /// nothing (a short-lived file), created then modified stays created, and
+    /// otherwise the later change wins.
+    fn add(&mut self, path: &Path, change: &'static str) {
+        let Some(&i) = self.index.get(path) else {
+            self.index.insert(path.to_path_buf(), self.list.len());
+            self.list.push((path.to_path_buf(), Some(change)));
+            return;
+        };
+        let slot = &mut self.list[i].1;
+        *slot = match (*slot, change) {
+            (Some("deleted"), "created") => Some("modified"),
+            (Some("created"), "deleted") => None,
+            (Some("created"), "modified") => Some("created"),
+            (_, later) => Some(later),
+        };
+    }
+
+    fn into_list(self) -> impl Iterator<Item = (PathBuf, &'static str)> {
+        self.list.into_iter().filter_map(|(p, c)| Some((p, c?)))
+    }
+}
+
 fn facts(path: &Path, change: &str) -> Option<Value> {
     let mut data = json!({"file_path": path.display().to_string(), "change_type": change});
     if change == "deleted" {
@@ -111,6 +144,38 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             .join(", ")
     );
 
+    // The files there now, so that a file replaced by a rename (an editor's atomic
+    // save) reads as modified, not created. Walked after the watch began, so that
+    // nothing created meanwhile is missed; kept up to date from the events.
+    let mut known = {
+        let (dirs, skip) = (dirs.clone(), skip.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut known = std::collections::HashSet::new();
+            let mut todo = dirs;
+            while let Some(d) = todo.pop() {
+                let Ok(entries) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let (p, Ok(t)) = (e.path(), e.file_type()) else {
+                        continue;
+                    };
+                    if skip(&p) {
+                        continue;
+                    }
+                    if t.is_dir() {
+                        todo.push(p);
+                    } else if t.is_file() {
+                        known.insert(p);
+                    }
+                }
+            }
+            known
+        })
+        .await
+        .unwrap_or_default()
+    };
+
     let stop = shutdown_signal();
     tokio::pin!(stop);
     let mut published = 0u64;
@@ -128,8 +193,12 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 continue;
             }
         };
-        for ev in events {
-            let changes: Vec<(&Path, &str)> = match ev.kind {
+        // What happened to each path over the batch, merged in order: an editor's
+        // atomic save (write a temporary file, rename it over the original) shows
+        // as the original deleted and created again, which is one modification.
+        let mut changes = Changes::default();
+        for ev in &events {
+            let raw: Vec<(&Path, &'static str)> = match ev.kind {
                 EventKind::Create(_) => ev.paths.iter().map(|p| (p.as_path(), "created")).collect(),
                 EventKind::Remove(_) => ev.paths.iter().map(|p| (p.as_path(), "deleted")).collect(),
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if ev.paths.len() == 2 => {
@@ -150,27 +219,44 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 }
                 _ => Vec::new(),
             };
-            for (path, change) in changes {
-                if skip(path) {
-                    continue;
+            for (path, change) in raw {
+                changes.add(path, change);
+            }
+        }
+        for (path, change) in changes.into_list() {
+            let path = path.as_path();
+            if skip(path) {
+                continue;
+            }
+            // Deleted, yet there: replaced by a rename this batch did not see whole.
+            // Created where a file was: replaced by a rename over it.
+            let change = match change {
+                "deleted" if path.is_file() => "modified",
+                "created" if known.contains(path) => "modified",
+                c => c,
+            };
+            if change == "deleted" {
+                known.remove(path);
+            }
+            let p = path.to_path_buf();
+            let ch = change.to_string();
+            let Some(data) = tokio::task::spawn_blocking(move || facts(&p, &ch))
+                .await
+                .ok()
+                .flatten()
+            else {
+                tracing::debug!(path = %path.display(), "changed path vanished or is not a file; skipped");
+                continue;
+            };
+            if change != "deleted" {
+                known.insert(path.to_path_buf());
+            }
+            match app.bus.publish("file_change", data).await {
+                Ok(id) => {
+                    published += 1;
+                    say!("{change:<8} {}  {}", path.display(), &id[..8]);
                 }
-                let p = path.to_path_buf();
-                let ch = change.to_string();
-                let Some(data) = tokio::task::spawn_blocking(move || facts(&p, &ch))
-                    .await
-                    .ok()
-                    .flatten()
-                else {
-                    tracing::debug!(path = %path.display(), "changed path vanished or is not a file; skipped");
-                    continue;
-                };
-                match app.bus.publish("file_change", data).await {
-                    Ok(id) => {
-                        published += 1;
-                        say!("{change:<8} {}  {}", path.display(), &id[..8]);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot publish a file change"),
-                }
+                Err(e) => tracing::error!(error = %e, "cannot publish a file change"),
             }
         }
     }
