@@ -197,6 +197,47 @@ async fn an_editors_atomic_save_is_one_modification() {
     assert_eq!(handled[0]["status"], "ok", "{handled:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_directory_reports_each_file_in_it_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let watched = dir.path().join("watched");
+    std::fs::create_dir_all(watched.join("sub/deeper")).unwrap();
+    std::fs::write(watched.join("sub/a.txt"), "a").unwrap();
+    std::fs::write(watched.join("sub/deeper/b.txt"), "b").unwrap();
+    std::fs::write(watched.join("kept.txt"), "k").unwrap();
+    let mut c = cmd(
+        dir.path(),
+        &["watch", watched.to_str().unwrap(), "--debounce", "200ms"],
+    );
+    c.env("PM_LOG_DIR", dir.path().join("logs"));
+    let w = Running::start(c);
+    wait_until(T, || w.has("watching")).await;
+    // The watcher knows the files once its start-up walk is done; a file created
+    // now is known from its event, and shows that the walk and the watch are on.
+    std::fs::write(watched.join("sub/c.txt"), "c").unwrap();
+    wait_until(T, || w.has("c.txt")).await;
+    // inotify reports `rm -r` once, for the directory.
+    std::fs::remove_dir_all(watched.join("sub")).unwrap();
+    wait_until(T, || w.has("b.txt")).await;
+    assert!(w.stop().success());
+    let mut deleted: Vec<String> = events(dir.path())
+        .iter()
+        .filter(|e| e["data"]["change_type"] == "deleted")
+        .map(|e| {
+            let p = e["data"]["file_path"].as_str().unwrap();
+            p.rsplit("watched/").next().unwrap().to_string()
+        })
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["sub/a.txt", "sub/c.txt", "sub/deeper/b.txt"]);
+    let refused: Vec<Value> =
+        common::jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"))
+            .into_iter()
+            .filter(|l| l["status"] != "ok")
+            .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
 #[test]
 fn publish_from_stdin_reports_bad_lines_by_number_and_publishes_the_rest() {
     let dir = tempfile::tempdir().unwrap();

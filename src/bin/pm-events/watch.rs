@@ -72,6 +72,49 @@ impl Changes {
     }
 }
 
+/// The file changes a watcher's change of `path` stands for, given the files
+/// known to exist (kept up to date here for deletions):
+/// - deleted, yet a file is there: it was replaced by a rename, so modified;
+/// - deleted, and a directory is there: nothing (the directory moved back, say);
+/// - deleted, not a known file but a directory that held known files (`rm -r`,
+///   which inotify reports once, for the directory): each of those files deleted;
+/// - created where a file was known: replaced by a rename over it, so modified.
+fn resolve(
+    path: PathBuf,
+    change: &'static str,
+    known: &mut std::collections::HashSet<PathBuf>,
+) -> Vec<(PathBuf, &'static str)> {
+    if change == "created" && known.contains(&path) {
+        return vec![(path, "modified")];
+    }
+    if change != "deleted" {
+        return vec![(path, change)];
+    }
+    if path.is_file() {
+        return vec![(path, "modified")];
+    }
+    if path.is_dir() {
+        return Vec::new();
+    }
+    if known.remove(&path) {
+        return vec![(path, "deleted")];
+    }
+    let mut inside: Vec<PathBuf> = known
+        .iter()
+        .filter(|k| k.starts_with(&path) && !k.exists())
+        .cloned()
+        .collect();
+    if inside.is_empty() {
+        // A file this watcher never saw: reported as it came.
+        return vec![(path, "deleted")];
+    }
+    inside.sort();
+    for k in &inside {
+        known.remove(k);
+    }
+    inside.into_iter().map(|k| (k, "deleted")).collect()
+}
+
 fn facts(path: &Path, change: &str) -> Option<Value> {
     let mut data = json!({"file_path": path.display().to_string(), "change_type": change});
     if change == "deleted" {
@@ -224,39 +267,30 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             }
         }
         for (path, change) in changes.into_list() {
-            let path = path.as_path();
-            if skip(path) {
+            if skip(&path) {
                 continue;
             }
-            // Deleted, yet there: replaced by a rename this batch did not see whole.
-            // Created where a file was: replaced by a rename over it.
-            let change = match change {
-                "deleted" if path.is_file() => "modified",
-                "created" if known.contains(path) => "modified",
-                c => c,
-            };
-            if change == "deleted" {
-                known.remove(path);
-            }
-            let p = path.to_path_buf();
-            let ch = change.to_string();
-            let Some(data) = tokio::task::spawn_blocking(move || facts(&p, &ch))
-                .await
-                .ok()
-                .flatten()
-            else {
-                tracing::debug!(path = %path.display(), "changed path vanished or is not a file; skipped");
-                continue;
-            };
-            if change != "deleted" {
-                known.insert(path.to_path_buf());
-            }
-            match app.bus.publish("file_change", data).await {
-                Ok(id) => {
-                    published += 1;
-                    say!("{change:<8} {}  {}", path.display(), &id[..8]);
+            for (path, change) in resolve(path, change, &mut known) {
+                let p = path.clone();
+                let ch = change.to_string();
+                let Some(data) = tokio::task::spawn_blocking(move || facts(&p, &ch))
+                    .await
+                    .ok()
+                    .flatten()
+                else {
+                    tracing::debug!(path = %path.display(), "changed path vanished or is not a file; skipped");
+                    continue;
+                };
+                if change != "deleted" {
+                    known.insert(path.clone());
                 }
-                Err(e) => tracing::error!(error = %e, "cannot publish a file change"),
+                match app.bus.publish("file_change", data).await {
+                    Ok(id) => {
+                        published += 1;
+                        say!("{change:<8} {}  {}", path.display(), &id[..8]);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot publish a file change"),
+                }
             }
         }
     }
