@@ -198,7 +198,7 @@ async fn an_editors_atomic_save_is_one_modification() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn removing_a_directory_reports_each_file_in_it_deleted() {
+async fn directories_removed_or_moved_in_are_reported_file_by_file() {
     let dir = tempfile::tempdir().unwrap();
     let watched = dir.path().join("watched");
     std::fs::create_dir_all(watched.join("sub/deeper")).unwrap();
@@ -219,6 +219,13 @@ async fn removing_a_directory_reports_each_file_in_it_deleted() {
     // inotify reports `rm -r` once, for the directory.
     std::fs::remove_dir_all(watched.join("sub")).unwrap();
     wait_until(T, || w.has("b.txt")).await;
+    // A directory moved in: its files are created.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("inner")).unwrap();
+    std::fs::write(outside.join("x.txt"), "x").unwrap();
+    std::fs::write(outside.join("inner/y.txt"), "y").unwrap();
+    std::fs::rename(&outside, watched.join("moved")).unwrap();
+    wait_until(T, || w.has("y.txt") && w.has("x.txt")).await;
     assert!(w.stop().success());
     let mut deleted: Vec<String> = events(dir.path())
         .iter()
@@ -230,6 +237,16 @@ async fn removing_a_directory_reports_each_file_in_it_deleted() {
         .collect();
     deleted.sort();
     assert_eq!(deleted, ["sub/a.txt", "sub/c.txt", "sub/deeper/b.txt"]);
+    let mut created: Vec<String> = events(dir.path())
+        .iter()
+        .filter(|e| e["data"]["change_type"] == "created")
+        .map(|e| {
+            let p = e["data"]["file_path"].as_str().unwrap();
+            p.rsplit("watched/").next().unwrap().to_string()
+        })
+        .collect();
+    created.sort();
+    assert_eq!(created, ["moved/inner/y.txt", "moved/x.txt", "sub/c.txt"]);
     let refused: Vec<Value> =
         common::jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"))
             .into_iter()

@@ -115,6 +115,31 @@ fn resolve(
     inside.into_iter().map(|k| (k, "deleted")).collect()
 }
 
+/// The files under `dirs` (not following symbolic links), except what `skip` excludes.
+fn files_under(dirs: Vec<PathBuf>, skip: &impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = dirs;
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let (p, Ok(t)) = (e.path(), e.file_type()) else {
+                continue;
+            };
+            if skip(&p) {
+                continue;
+            }
+            if t.is_dir() {
+                todo.push(p);
+            } else if t.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
 fn facts(path: &Path, change: &str) -> Option<Value> {
     let mut data = json!({"file_path": path.display().to_string(), "change_type": change});
     if change == "deleted" {
@@ -193,27 +218,9 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let mut known = {
         let (dirs, skip) = (dirs.clone(), skip.clone());
         tokio::task::spawn_blocking(move || {
-            let mut known = std::collections::HashSet::new();
-            let mut todo = dirs;
-            while let Some(d) = todo.pop() {
-                let Ok(entries) = std::fs::read_dir(&d) else {
-                    continue;
-                };
-                for e in entries.flatten() {
-                    let (p, Ok(t)) = (e.path(), e.file_type()) else {
-                        continue;
-                    };
-                    if skip(&p) {
-                        continue;
-                    }
-                    if t.is_dir() {
-                        todo.push(p);
-                    } else if t.is_file() {
-                        known.insert(p);
-                    }
-                }
-            }
-            known
+            files_under(dirs, &skip)
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
         })
         .await
         .unwrap_or_default()
@@ -263,7 +270,15 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 _ => Vec::new(),
             };
             for (path, change) in raw {
-                changes.add(path, change);
+                if change == "created" && path.is_dir() {
+                    // A directory moved in, or made and filled before its watch was
+                    // set: its files are what was created.
+                    for f in files_under(vec![path.to_path_buf()], &skip) {
+                        changes.add(&f, "created");
+                    }
+                } else {
+                    changes.add(path, change);
+                }
             }
         }
         for (path, change) in changes.into_list() {
