@@ -227,25 +227,24 @@ async fn directories_removed_or_moved_in_are_reported_file_by_file() {
     std::fs::rename(&outside, watched.join("moved")).unwrap();
     wait_until(T, || w.has("y.txt") && w.has("x.txt")).await;
     assert!(w.stop().success());
-    let mut deleted: Vec<String> = events(dir.path())
-        .iter()
-        .filter(|e| e["data"]["change_type"] == "deleted")
-        .map(|e| {
-            let p = e["data"]["file_path"].as_str().unwrap();
-            p.rsplit("watched/").next().unwrap().to_string()
-        })
-        .collect();
-    deleted.sort();
-    assert_eq!(deleted, ["sub/a.txt", "sub/c.txt", "sub/deeper/b.txt"]);
-    let mut created: Vec<String> = events(dir.path())
-        .iter()
-        .filter(|e| e["data"]["change_type"] == "created")
-        .map(|e| {
-            let p = e["data"]["file_path"].as_str().unwrap();
-            p.rsplit("watched/").next().unwrap().to_string()
-        })
-        .collect();
-    created.sort();
+    // The files of one change type, relative to the watched directory, sorted.
+    let files = |change: &str| {
+        let mut v: Vec<String> = events(dir.path())
+            .iter()
+            .filter(|e| e["data"]["change_type"] == change)
+            .map(|e| {
+                let p = e["data"]["file_path"].as_str().unwrap();
+                p.rsplit("watched/").next().unwrap().to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        files("deleted"),
+        ["sub/a.txt", "sub/c.txt", "sub/deeper/b.txt"]
+    );
+    let created = files("created");
     assert_eq!(created, ["moved/inner/y.txt", "moved/x.txt", "sub/c.txt"]);
     let refused: Vec<Value> =
         common::jsonl(&dir.path().join("logs/file_changes/file_changes.jsonl"))
