@@ -194,6 +194,22 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
 
     let app = App::open(&cfg, false).await?;
     app.bus.start().await?;
+    // The files there now, so that a file replaced by a rename (an editor's atomic
+    // save) reads as modified, not created; kept up to date from the events. Walked
+    // before the watch begins: a file made after the walk is then reported as
+    // created (one made between the walk and the watch is not reported at all,
+    // like one made before the start).
+    let mut known = {
+        let (dirs, skip) = (dirs.clone(), skip.clone());
+        tokio::task::spawn_blocking(move || {
+            files_under(dirs, &skip)
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+        })
+        .await
+        .unwrap_or_default()
+    };
+
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(args.debounce, None, move |r: DebounceEventResult| {
         let _ = tx.send(r);
@@ -211,20 +227,6 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-
-    // The files there now, so that a file replaced by a rename (an editor's atomic
-    // save) reads as modified, not created. Walked after the watch began, so that
-    // nothing created meanwhile is missed; kept up to date from the events.
-    let mut known = {
-        let (dirs, skip) = (dirs.clone(), skip.clone());
-        tokio::task::spawn_blocking(move || {
-            files_under(dirs, &skip)
-                .into_iter()
-                .collect::<std::collections::HashSet<_>>()
-        })
-        .await
-        .unwrap_or_default()
-    };
 
     let stop = shutdown_signal();
     tokio::pin!(stop);
