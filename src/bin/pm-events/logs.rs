@@ -225,7 +225,8 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
         return Err(UsageError("--until must be after --since".into()).into());
     }
     // The log is read as it is replayed (a range may hold more events than fit
-    // in memory): a first pass counts them, for the summary and the progress bar.
+    // in memory): a first pass counts them for the progress bar, or lists them
+    // for a dry run.
     let selected = || {
         journal::iter_range(&cfg.log_dir, a.since, until).filter(|e| {
             e.as_ref().map_or(true, |e| {
@@ -237,11 +238,11 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     let mut count = 0usize;
     for e in selected() {
         let e = e?;
+        count += 1;
         if a.dry_run {
             print_event(&e, false, None, false);
+            *by_type.entry(e.event_type).or_default() += 1;
         }
-        count += 1;
-        *by_type.entry(e.event_type).or_default() += 1;
     }
     if a.dry_run {
         say!("dry run: {count} event(s) would be replayed {by_type:?}");
@@ -266,15 +267,14 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     };
     // Events are replayed as they are read; those logged after the count (with a
     // timestamp before `until`) are replayed too, and counted in the summary.
-    let (mut replayed, mut by_type_done) = (0usize, BTreeMap::<String, usize>::new());
+    let mut replayed = 0usize;
     for e in selected() {
         let e = e?;
-        *by_type_done.entry(e.event_type.clone()).or_default() += 1;
+        *by_type.entry(e.event_type.clone()).or_default() += 1;
         app.bus.publish_event(e).await?;
         replayed += 1;
         bar.inc(1);
     }
-    let by_type = by_type_done;
     bar.finish_and_clear();
     let bus = app.bus.clone();
     let outcome = app.stop(a.wait).await?;
