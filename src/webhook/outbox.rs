@@ -458,11 +458,17 @@ impl Outbox {
         event_id: Option<&str>,
         now: f64,
     ) -> Result<Vec<DeliveryRecord>, WebhookError> {
-        let dead: Vec<DeliveryRecord> = self
-            .list(DeliveryState::Dead)?
-            .into_iter()
-            .filter(|r| event_id.is_none_or(|e| r.event_id == e))
-            .collect();
+        let dead: Vec<DeliveryRecord> = match event_id {
+            // Only that event's dead letters are read, not every one.
+            Some(e) => self.with(|c| {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE state = 'dead' AND event_id = ?1 ORDER BY created_at, id"
+                ))?;
+                let rows = st.query_map(params![e], row)?;
+                rows.collect()
+            })?,
+            None => self.list(DeliveryState::Dead)?,
+        };
         let ids = dead.iter().map(|r| r.id.clone()).collect();
         self.call(|reply| Op::Revive { ids, now, reply }).await?;
         Ok(dead
