@@ -159,6 +159,18 @@ async fn watch_reports_real_file_changes_and_ignores_its_own_logs() {
     );
 }
 
+/// `watch` of `watched` (logs under `dir/logs`, outside it), once it says it watches.
+async fn watching(dir: &Path, watched: &Path, debounce: &str) -> Running {
+    let mut c = cmd(
+        dir,
+        &["watch", watched.to_str().unwrap(), "--debounce", debounce],
+    );
+    c.env("PM_LOG_DIR", dir.join("logs"));
+    let w = Running::start(c);
+    wait_until(T, || w.has("watching")).await;
+    w
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_editors_atomic_save_is_one_modification() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,13 +178,7 @@ async fn an_editors_atomic_save_is_one_modification() {
     std::fs::create_dir_all(&watched).unwrap();
     let f = watched.join("notes.txt");
     std::fs::write(&f, "one\n").unwrap();
-    let mut c = cmd(
-        dir.path(),
-        &["watch", watched.to_str().unwrap(), "--debounce", "300ms"],
-    );
-    c.env("PM_LOG_DIR", dir.path().join("logs"));
-    let w = Running::start(c);
-    wait_until(T, || w.has("watching")).await;
+    let w = watching(dir.path(), &watched, "300ms").await;
     // As vim and many editors save: write a temporary file, rename it over the original.
     let tmp = watched.join(".notes.txt.swp");
     std::fs::write(&tmp, "one\ntwo\n").unwrap();
@@ -205,13 +211,7 @@ async fn directories_removed_or_moved_in_are_reported_file_by_file() {
     std::fs::write(watched.join("sub/a.txt"), "a").unwrap();
     std::fs::write(watched.join("sub/deeper/b.txt"), "b").unwrap();
     std::fs::write(watched.join("kept.txt"), "k").unwrap();
-    let mut c = cmd(
-        dir.path(),
-        &["watch", watched.to_str().unwrap(), "--debounce", "200ms"],
-    );
-    c.env("PM_LOG_DIR", dir.path().join("logs"));
-    let w = Running::start(c);
-    wait_until(T, || w.has("watching")).await;
+    let w = watching(dir.path(), &watched, "200ms").await;
     // The watcher knows the files once its start-up walk is done; a file created
     // now is known from its event, and shows that the walk and the watch are on.
     std::fs::write(watched.join("sub/c.txt"), "c").unwrap();

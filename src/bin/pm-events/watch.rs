@@ -38,7 +38,6 @@ pub struct Args {
     wait: Duration,
 }
 
-/// Facts of a file for its event, or `None` if it vanished or is not a file.
 /// The changes of one debounced batch, one per path, in the order paths first
 /// changed.
 #[derive(Default)]
@@ -140,6 +139,7 @@ fn files_under(dirs: Vec<PathBuf>, skip: &impl Fn(&Path) -> bool) -> Vec<PathBuf
     files
 }
 
+/// Facts of a file for its event, or `None` if it vanished or is not a file.
 fn facts(path: &Path, change: &str) -> Option<Value> {
     let mut data = json!({"file_path": path.display().to_string(), "change_type": change});
     if change == "deleted" {
@@ -275,7 +275,11 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 if change == "created" && path.is_dir() {
                     // A directory moved in, or made and filled before its watch was
                     // set: its files are what was created.
-                    for f in files_under(vec![path.to_path_buf()], &skip) {
+                    let (dir, skip) = (path.to_path_buf(), skip.clone());
+                    let files = tokio::task::spawn_blocking(move || files_under(vec![dir], &skip))
+                        .await
+                        .unwrap_or_default();
+                    for f in files {
                         changes.add(&f, "created");
                     }
                 } else {
