@@ -368,7 +368,7 @@ pub fn get_event_bus() -> &'static EventBus {
     GLOBAL.get_or_init(|| match Config::from_env() {
         Ok(c) => EventBus::builder().config(&c).build(),
         Err(e) => {
-            tracing::error!(error = %e, "invalid configuration; the global event bus uses the defaults");
+            tracing::error!(error = %crate::error::chain(&e), "invalid configuration; the global event bus uses the defaults");
             EventBus::new()
         }
     })
@@ -552,12 +552,7 @@ impl EventBus {
             Some(dir) => Some(EventLog::open(dir.clone(), s.fsync)?),
             None => None,
         };
-        let consumer = self
-            .inner
-            .transport
-            .open()
-            .await
-            .map_err(|e| BusError::Transport(e.to_string()))?;
+        let consumer = self.inner.transport.open().await?;
         let run = Arc::new(Run {
             log,
             permits: Arc::new(Semaphore::new(s.capacity)),
@@ -600,14 +595,14 @@ impl EventBus {
             self.wait_idle().await;
             self.inner.transport.close();
             if let Err(e) = dispatcher.await {
-                tracing::error!(error = %e, "event bus dispatcher ended abnormally");
+                tracing::error!(error = %crate::error::chain(&e), "event bus dispatcher ended abnormally");
             }
         } else {
             // Remote queue: stop taking events, finish (and acknowledge) those taken;
             // the rest stays on the server for the other consumers or the next start.
             self.inner.transport.close();
             if let Err(e) = dispatcher.await {
-                tracing::error!(error = %e, "event bus dispatcher ended abnormally");
+                tracing::error!(error = %crate::error::chain(&e), "event bus dispatcher ended abnormally");
             }
             self.wait_idle().await;
         }
@@ -766,7 +761,10 @@ impl EventBus {
             }
             parts.push(permit);
             if parts.len() != chunk.len() {
-                return Err(BusError::Transport("capacity accounting error".into()));
+                return Err(crate::transport::TransportError::Other(
+                    "capacity accounting error".into(),
+                )
+                .into());
             }
             let mut items = Vec::with_capacity(chunk.len());
             for (e, p) in chunk.into_iter().zip(parts) {
@@ -780,7 +778,7 @@ impl EventBus {
             if let Err(e) = self.inner.transport.publish_batch(items).await {
                 self.inner.inflight.fetch_sub(counted, Ordering::SeqCst);
                 self.inner.idle.notify_waiters();
-                return Err(BusError::Transport(e.to_string()));
+                return Err(BusError::Transport(e));
             }
             self.inner
                 .stats
@@ -815,8 +813,8 @@ impl EventBus {
             if self.inner.local {
                 finish_one(&self.inner);
             }
-            tracing::error!(event_id = %id, error = %e, "event logged but the transport refused it");
-            return Err(BusError::Transport(e.to_string()));
+            tracing::error!(event_id = %id, error = %crate::error::chain(&e), "event logged but the transport refused it");
+            return Err(BusError::Transport(e));
         }
         self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         if self.inner.settings.metrics {
@@ -944,7 +942,7 @@ async fn ack(delivery: Delivery) {
 
 async fn acknowledge(ack: Ack, event_id: &str) {
     if let Err(e) = ack.done().await {
-        tracing::error!(%event_id, error = %e, "acknowledging an event failed; it may be delivered again");
+        tracing::error!(%event_id, error = %crate::error::chain(&e), "acknowledging an event failed; it may be delivered again");
     }
 }
 
@@ -995,7 +993,7 @@ async fn run_one(inner: &Inner, sub: &Subscription, event: Event, meta: &(String
         }
         Ok(Ok(Err(e))) => {
             c.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%event_id, %event_type, handler = sub.handler.name(), error = %e, "handler failed");
+            tracing::error!(%event_id, %event_type, handler = sub.handler.name(), error = %crate::error::chain(&*e), "handler failed");
         }
         Ok(Err(panic)) => {
             c.panicked.fetch_add(1, Ordering::Relaxed);

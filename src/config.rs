@@ -6,8 +6,8 @@
 //! the binary on top of what [`Config::from_env`] returns.
 
 use crate::error::ConfigError;
+pub use crate::secret::Secret;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,34 +43,6 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
-/// A secret string: its `Debug` and `Display` print `***`, so it cannot leak
-/// into a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; call only where it is used (signing, comparing).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// Every setting of pm-events, with the defaults of DESIGN.md section 8.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -86,8 +58,8 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// `PM_LOG_KEEP`: rotated handler log files kept (`file.jsonl.1` .. `.N`).
     pub log_keep: usize,
-    /// `WEBHOOK_SIGNATURE_SECRET`: the signing key(s); several may be given,
-    /// separated by spaces, for rotation (the first one signs).
+    /// `WEBHOOK_SIGNATURE_SECRET` (used exactly as configured, spaces included),
+    /// then `PM_WEBHOOK_PREVIOUS_SECRET` if set: the first signs, any verifies.
     pub webhook_secrets: Vec<Secret>,
     /// `PM_ALLOW_UNSIGNED`: allow webhook delivery without a secret.
     pub allow_unsigned: bool,
@@ -118,6 +90,12 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// `PM_CONSUMER_GROUP`: durable consumer shared by cooperating processes.
     pub consumer_group: String,
+    /// `PM_FILE_ROOTS`: the directories (separated by `:`) whose files events
+    /// that arrive over HTTP may name; none by default.
+    pub file_roots: Vec<PathBuf>,
+    /// `PM_MAIL_ALLOWED_DOMAINS`: the only (lower-case) domains report mail may
+    /// go to, when set (comma-separated).
+    pub mail_allowed_domains: Option<Vec<String>>,
     /// `PM_NODE_ID`: this process's name in the group (default: host name).
     pub node_id: String,
 }
@@ -161,6 +139,8 @@ impl Default for Config {
             nats_url: None,
             consumer_group: "pm-events".into(),
             node_id: default_node_id(),
+            file_roots: Vec::new(),
+            mail_allowed_domains: None,
         }
     }
 }
@@ -179,6 +159,15 @@ fn err(var: &str, value: &str, expected: &str) -> ConfigError {
         var: var.into(),
         value: value.into(),
         expected: expected.into(),
+    }
+}
+
+/// A signing secret from `var`, exactly as configured; a `whsec_` one must carry base64.
+fn secret(var: &str, value: &str) -> Result<Secret, ConfigError> {
+    let s = Secret::new(value);
+    match s.standard_key() {
+        Ok(_) => Ok(s),
+        Err(e) => Err(err(var, "<a secret starting with whsec_>", &e.to_string())),
     }
 }
 
@@ -319,18 +308,18 @@ impl Config {
             c.log_keep = n;
         }
         if let Some(s) = v.get("WEBHOOK_SIGNATURE_SECRET") {
-            c.webhook_secrets = s.split_whitespace().map(Secret::new).collect();
-            for (i, s) in c.webhook_secrets.iter().enumerate() {
-                if s.expose().starts_with("whsec_")
-                    && crate::webhook::sign::standard_key(s).is_err()
-                {
-                    return Err(err(
-                        "WEBHOOK_SIGNATURE_SECRET",
-                        &format!("<secret #{} starting with whsec_>", i + 1),
-                        "a whsec_ secret to be followed by valid base64",
-                    ));
-                }
+            // One secret, used exactly as configured (spaces included).
+            c.webhook_secrets = vec![secret("WEBHOOK_SIGNATURE_SECRET", s)?];
+            if let Some(p) = v.get("PM_WEBHOOK_PREVIOUS_SECRET") {
+                c.webhook_secrets
+                    .push(secret("PM_WEBHOOK_PREVIOUS_SECRET", p)?);
             }
+        } else if v.get("PM_WEBHOOK_PREVIOUS_SECRET").is_some() {
+            return Err(err(
+                "PM_WEBHOOK_PREVIOUS_SECRET",
+                "<set>",
+                "WEBHOOK_SIGNATURE_SECRET to be set too (the previous secret is only accepted beside a current one)",
+            ));
         }
         if let Some(b) = v.bool("PM_ALLOW_UNSIGNED")? {
             c.allow_unsigned = b;
@@ -422,6 +411,29 @@ impl Config {
         if let Some(n) = v.get("PM_NODE_ID") {
             c.node_id = n.to_string();
         }
+        if let Some(roots) = v.get("PM_FILE_ROOTS") {
+            c.file_roots = std::env::split_paths(roots)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+        }
+        if let Some(list) = v.get("PM_MAIL_ALLOWED_DOMAINS") {
+            let domains: Vec<String> = list
+                .split(',')
+                .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect();
+            if let Some(d) = domains.iter().find(|d| {
+                !d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            }) {
+                return Err(err(
+                    "PM_MAIL_ALLOWED_DOMAINS",
+                    d,
+                    "domain names separated by commas, like example.com,example.org",
+                ));
+            }
+            c.mail_allowed_domains = Some(domains);
+        }
         Ok(c)
     }
 
@@ -479,8 +491,27 @@ mod tests {
         let e = Config::from_vars([("WEBHOOK_SIGNATURE_SECRET", "whsec_!!!!hunter2")]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let c = Config::from_vars([("WEBHOOK_SIGNATURE_SECRET", "s3cret other")]).unwrap();
-        assert_eq!(c.webhook_secrets.len(), 2);
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_signing_secret_is_used_exactly_and_rotation_has_its_own_variable() {
+        let c = Config::from_vars([("WEBHOOK_SIGNATURE_SECRET", " It's a Secret to Everybody ")])
+            .unwrap();
+        assert_eq!(c.webhook_secrets.len(), 1);
+        assert_eq!(
+            c.webhook_secrets[0].expose(),
+            " It's a Secret to Everybody "
+        );
+        let c = Config::from_vars([
+            ("WEBHOOK_SIGNATURE_SECRET", "new one"),
+            ("PM_WEBHOOK_PREVIOUS_SECRET", "old one"),
+        ])
+        .unwrap();
+        let got: Vec<&str> = c.webhook_secrets.iter().map(|s| s.expose()).collect();
+        assert_eq!(got, ["new one", "old one"]);
+        let e = Config::from_vars([("PM_WEBHOOK_PREVIOUS_SECRET", "old")]).unwrap_err();
+        assert_eq!(e.var, "PM_WEBHOOK_PREVIOUS_SECRET");
     }
 
     #[test]

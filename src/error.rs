@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum LogError {
     /// A file or directory could not be created, opened, written or read.
-    #[error("{action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         /// What was being done ("create directory", "append to", ...).
         action: &'static str,
@@ -24,6 +24,33 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether the disk (or the quota) is full: `ENOSPC`, `EDQUOT`.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            LogError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            LogError::Closed => false,
+        }
+    }
+
+    /// The kind of the underlying I/O error (`Other` when closed).
+    pub(crate) fn io_kind(&self) -> std::io::ErrorKind {
+        match self {
+            LogError::Io { source, .. } => source.kind(),
+            LogError::Closed => std::io::ErrorKind::Other,
+        }
+    }
+
+    /// The underlying error's own message (without the action and path).
+    pub(crate) fn root_message(&self) -> String {
+        match self {
+            LogError::Io { source, .. } => source.to_string(),
+            LogError::Closed => self.to_string(),
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -59,12 +86,29 @@ pub enum BusError {
     /// `publish_sync` was called from inside an async runtime, where it would block it.
     #[error("publish_sync called from inside an async runtime; use `publish(..).await` there")]
     SyncInAsync,
-    /// The write-ahead event log could not be written; the event was not accepted.
-    #[error("event not accepted: {0}")]
+    /// The write-ahead event log could not be opened or written; a publish that
+    /// returns this did not accept its event.
+    #[error("the event log cannot be written")]
     Log(#[from] LogError),
     /// The transport refused the event.
-    #[error("transport error: {0}")]
-    Transport(String),
+    #[error("the transport refused the event")]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, for the
+/// places that show an error as text (HTTP answers, handler log lines).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// An invalid configuration value: names the variable, what it holds and what was expected.

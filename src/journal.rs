@@ -57,8 +57,9 @@ pub fn today() -> NaiveDate {
     Utc::now().date_naive()
 }
 
-/// Written-or-failed news for one publisher: `Err` carries the write error's text.
-type Done = oneshot::Sender<Result<(), Arc<str>>>;
+/// Written-or-failed news for one publisher: `Err` carries the write error's
+/// kind (so a full disk stays recognisable) and its text.
+type Done = oneshot::Sender<Result<(), (std::io::ErrorKind, Arc<str>)>>;
 
 /// Lines waiting to be written, and who waits for them.
 #[derive(Default)]
@@ -184,7 +185,7 @@ impl EventLog {
                 encode(&mut line);
                 let result = s.write(&mut f, &line);
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, "event log write failed; the event is refused");
+                    tracing::error!(error = %crate::error::chain(e), "event log write failed; the event is refused");
                 }
                 line.clear();
                 f.scratch = line;
@@ -206,10 +207,10 @@ impl EventLog {
         s.flush_all();
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(LogError::io(
+            Ok(Err((kind, msg))) => Err(LogError::io(
                 "append to",
                 self.current_path(),
-                std::io::Error::other(msg.to_string()),
+                std::io::Error::new(kind, msg.to_string()),
             )),
             Err(_) => Err(LogError::Closed),
         }
@@ -255,8 +256,8 @@ impl Shared {
                     (std::mem::take(&mut p.buf), std::mem::take(&mut p.waiters))
                 };
                 let result = self.write(&mut f, &buf).map_err(|e| {
-                    tracing::error!(error = %e, "event log write failed; the events of this batch are refused");
-                    Arc::<str>::from(e.to_string())
+                    tracing::error!(error = %crate::error::chain(&e), "event log write failed; the events of this batch are refused");
+                    (e.io_kind(), Arc::<str>::from(e.root_message()))
                 });
                 for w in waiters {
                     let _ = w.send(result.clone());
@@ -309,7 +310,7 @@ impl Shared {
         }
         let file = lock(&self.sync_file).clone();
         if let Err(e) = file.sync_data() {
-            tracing::error!(dir = %self.dir.display(), error = %e, "event log fdatasync failed");
+            tracing::error!(dir = %self.dir.display(), error = %crate::error::chain(&e), "event log fdatasync failed");
         }
     }
 }

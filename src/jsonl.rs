@@ -34,6 +34,15 @@ pub(crate) fn open_append(path: &Path) -> Result<(File, u64), LogError> {
         .create(true)
         .open(path)
         .map_err(|e| LogError::io("open", path, e))?;
+    file.lock().map_err(|e| LogError::io("lock", path, e))?;
+    let repaired = end_with_newline(&mut file, path);
+    let _ = file.unlock();
+    let len = repaired?;
+    Ok((file, len))
+}
+
+/// Adds a `\n` after a torn last line (the caller holds the file's lock); the new length.
+fn end_with_newline(file: &mut File, path: &Path) -> Result<u64, LogError> {
     let mut len = file
         .metadata()
         .map_err(|e| LogError::io("stat", path, e))?
@@ -50,28 +59,67 @@ pub(crate) fn open_append(path: &Path) -> Result<(File, u64), LogError> {
             len += 1;
         }
     }
-    Ok((file, len))
+    Ok(len)
 }
 
-/// Appends `buf` to `file` (at `len`); on failure truncates back to `len`, so a
-/// failed write leaves no partial line behind.
+/// Appends `buf` to `file`, whose length this writer believes is `len`.
+///
+/// Several processes may append to one file (`serve` and `publish` on one log
+/// directory), so the append holds the file's advisory lock (`flock`) for its
+/// `write(2)`s. That makes a failed write's fragment (a full disk can take part
+/// of a buffer) the last bytes of the file, and only those bytes are cut off
+/// again: a failed append never removes bytes it did not write, and the next
+/// line never lands behind a fragment. Every writer of pm-events' logs goes
+/// through here.
 pub(crate) fn append_all(
     file: &File,
     len: &mut u64,
     buf: &[u8],
     path: &Path,
 ) -> Result<(), LogError> {
-    let mut w = file;
-    match w.write_all(buf) {
+    file.lock().map_err(|e| LogError::io("lock", path, e))?;
+    let result = write_locked(file, buf);
+    if let Err(e) = file.unlock() {
+        tracing::warn!(path = %path.display(), error = %e, "cannot unlock a log file");
+    }
+    match result {
         Ok(()) => {
             *len += buf.len() as u64;
             Ok(())
         }
-        Err(e) => {
-            let _ = file.set_len(*len);
-            Err(LogError::io("append to", path, e))
+        Err(e) => Err(LogError::io("append to", path, e)),
+    }
+}
+
+/// Writes all of `buf` while the caller holds the file's lock; on failure
+/// removes what of `buf` was written (the file's last bytes, under the lock).
+fn write_locked(file: &File, buf: &[u8]) -> std::io::Result<()> {
+    let mut w = file;
+    let mut written = 0usize;
+    while written < buf.len() {
+        match w.write(&buf[written..]) {
+            Ok(0) => {
+                return Err(undo(file, written, std::io::ErrorKind::WriteZero.into()));
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(undo(file, written, e)),
         }
     }
+    Ok(())
+}
+
+/// Cuts the `written` bytes of a failed append off the end of `file`; returns `e`.
+fn undo(file: &File, written: usize, e: std::io::Error) -> std::io::Error {
+    if written > 0 {
+        let cut = file
+            .metadata()
+            .and_then(|m| file.set_len(m.len().saturating_sub(written as u64)));
+        if let Err(c) = cut {
+            tracing::error!(error = %c, "cannot remove a partly written line; readers will skip it");
+        }
+    }
+    e
 }
 
 /// A size-rotated JSON Lines file shared by the threads and tasks that append to it.

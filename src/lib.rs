@@ -33,6 +33,8 @@
 //! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
 //!   (and, with NATS, the JetStream work queue of deliveries).
 //! - [`config`]: settings from the environment, validated once.
+//! - [`secret`]: secrets that never print themselves, and their signing keys.
+//! - [`strict_json`]: the JSON parser of untrusted input (duplicate keys refused, paths named).
 //! - [`error`]: the error types of each area.
 //!
 //! The binary `pm-events` (in `src/bin/pm-events/`) is a thin CLI over this crate.
@@ -45,6 +47,8 @@ pub mod handler;
 pub mod handlers;
 pub mod journal;
 pub mod jsonl;
+pub mod secret;
+pub mod strict_json;
 pub mod transport;
 pub mod webhook;
 

@@ -425,7 +425,8 @@ async fn an_unwritable_log_dir_fails_start_with_the_path() {
     std::fs::write(&file, "x").unwrap();
     let bus = EventBus::builder().log_dir(&file).build();
     let err = bus.start().await.unwrap_err();
-    assert!(err.to_string().contains("not-a-dir"), "{err}");
+    let msg = pm_events::error::chain(&err);
+    assert!(msg.contains("not-a-dir"), "{msg}");
     assert!(!bus.is_running());
 }
 
@@ -557,8 +558,13 @@ async fn a_failed_log_write_refuses_the_event_and_no_handler_sees_it() {
         .publish("deployment", json!({"service": "api"}))
         .await
         .unwrap_err();
-    let msg = err.to_string();
+    let msg = pm_events::error::chain(&err);
     assert!(msg.contains("events_") && msg.contains("space"), "{msg}");
+    assert_eq!(
+        msg.matches("space").count(),
+        1,
+        "the cause is shown once: {msg}"
+    );
     // ... and concurrent ones (their lines written in batches by others).
     let tasks: Vec<_> = (0..32)
         .map(|i| {

@@ -61,9 +61,9 @@ fn demo_runs_the_seed_examples_and_logs_them() {
         "not-an-address=invalid_address",
         "block_ip=executed, notify_owner=skipped",
         "fin_alert_042 low score 0.9 escalated_to medium",
-        "missing field `change_type`",
+        "data.change_type: required field is missing",
         "does not start with %PDF-",
-        "unknown variant `urgent`",
+        "data.severity: expected one of low, medium, high, critical, got \"urgent\"",
         "3 open alerts",
     ] {
         assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");

@@ -278,7 +278,9 @@ fn publish_from_stdin_reports_bad_lines_by_number_and_publishes_the_rest() {
     let err = text(&out.stderr);
     assert!(err.contains("line 2: invalid JSON"), "{err}");
     assert!(
-        err.contains("line 3: invalid file_change payload: missing field `change_type`"),
+        err.contains(
+            "line 3: invalid file_change payload: data.change_type: required field is missing"
+        ),
         "{err}"
     );
     assert!(

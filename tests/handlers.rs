@@ -162,22 +162,25 @@ async fn file_change_refuses_what_does_not_match_the_file_system_or_the_schema()
             json!({"file_path": exists.display().to_string(), "change_type": "deleted"}),
             "still exists",
         ),
-        (json!({"file_path": missing}), "missing field `change_type`"),
+        (
+            json!({"file_path": missing}),
+            "data.change_type: required field is missing",
+        ),
         (
             json!({"file_path": missing, "change_type": "renamed"}),
-            "unknown variant `renamed`",
+            "data.change_type: expected one of created, modified, deleted, got \"renamed\"",
         ),
         (
             json!({"file_path": 7, "change_type": "created"}),
-            "invalid type",
+            "data.file_path: expected a string, got integer 7",
         ),
         (
             json!({"file_path": missing, "change_type": "deleted", "modified_time": "yesterday"}),
-            "`modified_time`",
+            "data.modified_time: expected an RFC 3339 time",
         ),
         (
             json!({"file_path": missing, "change_type": "deleted", "checksum": "xyz"}),
-            "`checksum`",
+            "data.checksum: expected an MD5 hex digest",
         ),
     ];
     for (data, needle) in cases {
@@ -322,11 +325,11 @@ async fn report_ready_refuses_reports_that_are_not_what_they_claim() {
         (size, "`size_bytes` is 999 but the file has 13 bytes"),
         (
             json!({"report_id": "r", "report_type": "yearly", "report_path": html, "report_format": "html"}),
-            "unknown variant `yearly`",
+            "data.report_type: expected one of daily, weekly, monthly, custom, got \"yearly\"",
         ),
         (
             json!({"report_type": "daily", "report_path": html, "report_format": "html"}),
-            "missing field `report_id`",
+            "data.report_id: required field is missing",
         ),
     ];
     for (data, needle) in cases {
@@ -585,7 +588,7 @@ async fn risk_alerts_route_by_severity_escalate_and_run_mitigations() {
         bad["reason"]
             .as_str()
             .unwrap()
-            .contains("`risk_score` must be between 0 and 1")
+            .contains("data.risk_score: expected a number from 0 to 1, got 1.5")
     );
     w.engine().shutdown().await;
 }
@@ -702,7 +705,7 @@ async fn register_builtins_subscribes_the_three_handlers_in_one_call() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), &[]);
     let bus = EventBus::builder().config(&c).build();
-    let b = register_builtins(&bus, &c, None).unwrap();
+    let b = register_builtins(&bus, &c, None, pm_events::handlers::Access::operator(&c)).unwrap();
     assert_eq!(
         bus.get_subscribers().into_iter().collect::<Vec<_>>(),
         [

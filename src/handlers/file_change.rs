@@ -19,7 +19,9 @@
 //! `previous_checksum` (on a modification, when known), `webhook` (route and
 //! delivery id, or null).
 
-use super::{Context, HandleError, SetupError, append, check_time, decode, log_line};
+use super::{
+    Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line, one_of,
+};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
 use crate::jsonl::JsonlWriter;
@@ -36,7 +38,7 @@ use std::sync::Mutex;
 pub const CHECKSUM_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// What happened to the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeType {
     /// Created.
@@ -46,6 +48,8 @@ pub enum ChangeType {
     /// Deleted.
     Deleted,
 }
+
+one_of!(ChangeType { Created => "created", Modified => "modified", Deleted => "deleted" });
 
 /// The `file_change` payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,23 +68,40 @@ pub struct FileChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
     /// Fields the seed does not name, kept as they are.
-    #[serde(flatten)]
+    #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
 
 impl FileChange {
     /// Decodes and checks a payload.
     pub fn parse(data: &Value) -> Result<Self, HandleError> {
-        let fc: FileChange = decode("file_change", data)?;
+        let mut fc: FileChange = decode("file_change", data)?;
+        fc.extra = extra_fields(
+            data,
+            &[
+                "file_path",
+                "change_type",
+                "size",
+                "modified_time",
+                "checksum",
+            ],
+        );
         let bad = |r: String| HandleError::invalid("file_change", r);
         if fc.file_path.trim().is_empty() {
-            return Err(bad("`file_path` is empty".into()));
+            return Err(bad("data.file_path: must not be empty".into()));
+        }
+        if fc.file_path.contains('\0') {
+            return Err(bad(
+                "data.file_path: must not contain a NUL character".into()
+            ));
         }
         check_time("modified_time", &fc.modified_time).map_err(bad)?;
         if let Some(c) = &fc.checksum
             && (c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(bad(format!("`checksum` is not an MD5 hex digest: {c:?}")));
+            return Err(bad(format!(
+                "data.checksum: expected an MD5 hex digest (32 hex digits), got {c:?}"
+            )));
         }
         Ok(fc)
     }
@@ -170,6 +191,11 @@ impl FileChangeHandler {
                 return Err(e);
             }
         };
+        if let Err(m) = self.ctx.access.check_path("data.file_path", &fc.file_path) {
+            let e = HandleError::invalid("file_change", m);
+            self.invalid(event, &e, summary(&fc));
+            return Err(e);
+        }
         let exists = Path::new(&fc.file_path).exists();
         let problem = match (fc.change_type, exists) {
             (ChangeType::Created | ChangeType::Modified, false) => {

@@ -13,12 +13,14 @@
 //! (`ok`, `invalid` or `error`) and, unless `ok`, `reason`; the fields of each
 //! handler follow and are documented in its module.
 
+pub mod access;
 pub mod file_change;
 pub mod mail;
 pub mod report_ready;
 pub mod risk_alert;
 
-pub use file_change::FileChangeHandler;
+pub use access::{Access, FileRoots};
+pub use file_change::{FileChange, FileChangeHandler};
 pub use report_ready::ReportReadyHandler;
 pub use risk_alert::{MitigationExecutor, RiskAlertHandler};
 
@@ -95,6 +97,8 @@ pub struct Context {
     pub webhooks: Option<Arc<WebhookHandler>>,
     /// Sender of report e-mail (`PM_MAIL_FROM`).
     pub mail_from: String,
+    /// Which files and mailboxes the events' paths and addresses may reach.
+    pub access: Access,
 }
 
 impl Context {
@@ -107,7 +111,14 @@ impl Context {
             fsync: config.fsync,
             webhooks: None,
             mail_from: config.mail_from.clone(),
+            access: Access::operator(config),
         }
+    }
+
+    /// The same context under other access rules (e.g. [`Access::server`]).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// The same context, delivering webhooks through `w`.
@@ -141,7 +152,7 @@ impl Context {
         };
         match w.trigger(event, &route).await {
             Ok(id) => serde_json::json!({"route": route.name, "delivery_id": id}),
-            Err(e) => serde_json::json!({"route": route.name, "error": e.to_string()}),
+            Err(e) => serde_json::json!({"route": route.name, "error": crate::error::chain(&e)}),
         }
     }
 }
@@ -172,7 +183,7 @@ pub(crate) fn log_line(
 /// Appends `line` to `log`, reporting (not failing on) an I/O error.
 pub(crate) fn append(log: &JsonlWriter, line: &Value) {
     if let Err(e) = log.append(line) {
-        tracing::error!(path = %log.path().display(), error = %e, "cannot write a handler log line");
+        tracing::error!(path = %log.path().display(), error = %crate::error::chain(&e), "cannot write a handler log line");
     }
 }
 
@@ -188,20 +199,168 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 /// Checks an optional RFC 3339 time field.
 pub(crate) fn check_time(field: &str, v: &Option<String>) -> Result<(), String> {
     match v {
-        Some(t) if chrono::DateTime::parse_from_rfc3339(t).is_err() => {
-            Err(format!("`{field}` is not an RFC 3339 time: {t:?}"))
-        }
+        Some(t) if chrono::DateTime::parse_from_rfc3339(t).is_err() => Err(format!(
+            "data.{field}: expected an RFC 3339 time (2025-01-15T10:30:00Z), got {}",
+            shown(&Value::String(t.clone()))
+        )),
         _ => Ok(()),
     }
 }
 
-/// Decodes a payload into `T`, naming the field serde found wrong.
+/// A JSON value as an error message shows it: its JSON text, cut at 60 characters.
+pub(crate) fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// Decodes a payload into `T`. The error names the field path and what was
+/// expected: `data.severity: expected one of low, medium, high, critical, got 5`.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     event_type: &'static str,
     data: &Value,
 ) -> Result<T, HandleError> {
-    serde_json::from_value(data.clone())
-        .map_err(|e| HandleError::invalid(event_type, e.to_string()))
+    serde_path_to_error::deserialize(data).map_err(|e| {
+        let path = crate::strict_json::path_text(e.path());
+        HandleError::invalid(
+            event_type,
+            field_message(&path, &e.into_inner().to_string()),
+        )
+    })
+}
+
+/// serde's message at `path` (inside `data`), reworded to name the field first.
+fn field_message(path: &str, message: &str) -> String {
+    let at = |p: &str| {
+        if p.is_empty() {
+            "data".to_string()
+        } else {
+            format!("data.{p}")
+        }
+    };
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(field) = rest.strip_suffix('`')
+    {
+        let p = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return format!("{}: required field is missing", at(&p));
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((got, expected)) = rest.split_once(", expected ")
+        {
+            return format!(
+                "{}: expected {expected}, got {}",
+                at(path),
+                got.replace('`', "")
+            );
+        }
+    }
+    format!("{}: {message}", at(path))
+}
+
+/// The other fields of a payload: those of `data` not in `known`.
+pub(crate) fn extra_fields(data: &Value, known: &[&str]) -> Map<String, Value> {
+    data.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !known.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Implements `Deserialize` for a payload enum of fixed names, refusing anything
+/// else with `expected one of a, b, c, got <value>`.
+macro_rules! one_of {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+                match v.as_str() {
+                    $(Some($name) => Ok($ty::$variant),)+
+                    _ => Err(<D::Error as serde::de::Error>::custom(format_args!(
+                        "expected one of {}, got {}",
+                        [$($name),+].join(", "),
+                        crate::handlers::shown(&v)
+                    ))),
+                }
+            }
+        }
+    };
+}
+pub(crate) use one_of;
+
+/// Why an event from outside is refused where it enters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A built-in payload that its handler could only refuse; names the field.
+    #[error(transparent)]
+    Invalid(#[from] HandleError),
+    /// A path or address these access rules do not allow; names the field and setting.
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+/// The door check of an event from outside: its built-in payload is valid
+/// ([`validate_builtin`]) and its paths and mail recipients are allowed by `access`.
+pub fn admit(event: &Event, access: &Access) -> Result<(), Refusal> {
+    let data = &event.data;
+    validate_builtin(&event.event_type, data)?;
+    let path_field = match event.event_type.as_str() {
+        "file_change" => Some("file_path"),
+        "report_ready" => Some("report_path"),
+        _ => None,
+    };
+    if let Some(field) = path_field
+        && let Some(path) = data.get(field).and_then(Value::as_str)
+    {
+        access
+            .check_path(&format!("data.{field}"), path)
+            .map_err(Refusal::NotAllowed)?;
+    }
+    if event.event_type == "report_ready"
+        && let Some(list) = data.get("recipients").and_then(Value::as_array)
+    {
+        for (i, r) in list.iter().enumerate() {
+            if let Some(r) = r.as_str() {
+                access
+                    .check_recipient(&format!("data.recipients[{i}]"), r)
+                    .map_err(Refusal::NotAllowed)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the payload of a built-in type (`file_change`, `report_ready`,
+/// `risk_alert`) as it enters from outside; other types pass. The file system
+/// is not looked at: what can only be known when handling is the handler's.
+///
+/// ```
+/// use serde_json::json;
+/// let e = pm_events::handlers::validate_builtin("risk_alert", &json!({
+///     "alert_id": "a", "risk_type": "security", "severity": 5, "title": "t", "risk_score": 0.5,
+/// })).unwrap_err();
+/// assert_eq!(
+///     e.to_string(),
+///     "invalid risk_alert payload: data.severity: expected one of low, medium, high, critical, got 5"
+/// );
+/// ```
+pub fn validate_builtin(event_type: &str, data: &Value) -> Result<(), HandleError> {
+    match event_type {
+        "file_change" => FileChange::parse(data).map(|_| ()),
+        "report_ready" => report_ready::ReportReady::check(data).map(|_| ()),
+        "risk_alert" => risk_alert::RiskAlert::parse(data).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// The priority rule of the built-in types: critical risk alerts take the priority lane.
@@ -226,15 +385,16 @@ pub struct Builtins {
 }
 
 /// Builds the three built-in handlers from `config` (log directory, SMTP, auto
-/// distribution) and subscribes them on `bus`. With `webhooks`, each triggers
+/// distribution) under the `access` rules and subscribes them on `bus`. With `webhooks`, each triggers
 /// its webhook; subscribe the webhook handler itself only for the other types
 /// (see [`BUILTIN_TYPES`]) so no event is delivered twice.
 pub fn register_builtins(
     bus: &EventBus,
     config: &Config,
     webhooks: Option<Arc<WebhookHandler>>,
+    access: Access,
 ) -> Result<Builtins, SetupError> {
-    let mut ctx = Context::from_config(config);
+    let mut ctx = Context::from_config(config).with_access(access);
     ctx.webhooks = webhooks;
     let file_change = Arc::new(FileChangeHandler::with_context(true, ctx.clone())?);
     let report_ready = Arc::new(ReportReadyHandler::with_context(

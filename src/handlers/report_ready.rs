@@ -28,8 +28,8 @@
 
 use super::mail::{MailAttachment, Mailer};
 use super::{
-    Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339,
-    write_atomic,
+    Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line,
+    now_rfc3339, one_of, write_atomic,
 };
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Report period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportType {
     /// Daily.
@@ -55,8 +55,10 @@ pub enum ReportType {
     Custom,
 }
 
+one_of!(ReportType { Daily => "daily", Weekly => "weekly", Monthly => "monthly", Custom => "custom" });
+
 /// Report file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportFormat {
     /// PDF.
@@ -66,6 +68,8 @@ pub enum ReportFormat {
     /// JSON.
     Json,
 }
+
+one_of!(ReportFormat { Pdf => "pdf", Html => "html", Json => "json" });
 
 impl ReportFormat {
     fn mime(self) -> &'static str {
@@ -87,7 +91,7 @@ pub struct ReportMetadata {
     #[serde(default)]
     pub tags: Vec<String>,
     /// Anything else.
-    #[serde(flatten)]
+    #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
 
@@ -115,21 +119,59 @@ pub struct ReportReady {
     #[serde(default)]
     pub metadata: ReportMetadata,
     /// Fields the seed does not name, kept.
-    #[serde(flatten)]
+    #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
 
 impl ReportReady {
+    /// The door check of a payload from outside: [`parse`](Self::parse), and every
+    /// recipient a valid e-mail address. (The handler itself mails the valid
+    /// addresses of a list and records the others as `invalid_address`.)
+    pub fn check(data: &Value) -> Result<Self, HandleError> {
+        let r = Self::parse(data)?;
+        for (i, rcpt) in r.recipients.iter().enumerate() {
+            if rcpt.parse::<lettre::Address>().is_err() {
+                return Err(HandleError::invalid(
+                    "report_ready",
+                    format!("data.recipients[{i}]: expected an e-mail address, got {rcpt:?}"),
+                ));
+            }
+        }
+        Ok(r)
+    }
+
     /// Decodes and checks the fields that need no file.
     pub fn parse(data: &Value) -> Result<Self, HandleError> {
-        let r: ReportReady = decode("report_ready", data)?;
+        let mut r: ReportReady = decode("report_ready", data)?;
+        r.extra = extra_fields(
+            data,
+            &[
+                "report_id",
+                "report_type",
+                "report_path",
+                "report_format",
+                "generated_at",
+                "size_bytes",
+                "recipients",
+                "metadata",
+            ],
+        );
+        if let Some(m) = data.get("metadata") {
+            r.metadata.extra = extra_fields(m, &["author", "tags"]);
+        }
         let bad = |m: String| HandleError::invalid("report_ready", m);
         if r.report_id.trim().is_empty() {
-            return Err(bad("`report_id` is empty".into()));
+            return Err(bad("data.report_id: must not be empty".into()));
         }
         if r.report_path.trim().is_empty() {
-            return Err(bad("`report_path` is empty".into()));
+            return Err(bad("data.report_path: must not be empty".into()));
         }
+        if r.report_path.contains('\0') {
+            return Err(bad(
+                "data.report_path: must not contain a NUL character".into()
+            ));
+        }
+
         check_time("generated_at", &r.generated_at).map_err(bad)?;
         Ok(r)
     }
@@ -202,7 +244,17 @@ impl ReportReadyHandler {
             Ok(r) => r,
             Err(e) => return Err(self.invalid(event, e, Map::new())),
         };
-        let path = PathBuf::from(&r.report_path);
+        let path = match self
+            .ctx
+            .access
+            .check_path("data.report_path", &r.report_path)
+        {
+            Ok(p) => p,
+            Err(m) => {
+                let e = HandleError::invalid("report_ready", m);
+                return Err(self.invalid(event, e, summary(&r)));
+            }
+        };
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
             Err(e) => {
@@ -301,8 +353,12 @@ impl ReportReadyHandler {
             r.generated_at.as_deref().unwrap_or("-"),
         );
         let mut results = Vec::new();
-        for rcpt in &r.recipients {
+        for (i, rcpt) in r.recipients.iter().enumerate() {
+            let field = format!("data.recipients[{i}]");
             let outcome = match rcpt.parse::<Mailbox>() {
+                Ok(_) if self.ctx.access.check_recipient(&field, rcpt).is_err() => {
+                    json!({"recipient": rcpt, "status": "not_allowed", "detail": "its domain is not in PM_MAIL_ALLOWED_DOMAINS"})
+                }
                 Err(e) => {
                     json!({"recipient": rcpt, "status": "invalid_address", "detail": e.to_string()})
                 }

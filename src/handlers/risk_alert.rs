@@ -31,8 +31,8 @@
 //! status, detail}`), `webhooks` (list of routes and delivery ids).
 
 use super::{
-    Context, HandleError, SetupError, append, check_time, decode, log_line, now_rfc3339,
-    write_atomic,
+    Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line,
+    now_rfc3339, one_of, write_atomic,
 };
 use crate::bus::EventBus;
 use crate::event::Event;
@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Kind of risk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RiskType {
     /// Security.
@@ -60,8 +60,10 @@ pub enum RiskType {
     Financial,
 }
 
+one_of!(RiskType { Security => "security", Performance => "performance", Compliance => "compliance", Financial => "financial" });
+
 /// How bad it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Low.
@@ -73,6 +75,8 @@ pub enum Severity {
     /// Critical.
     Critical,
 }
+
+one_of!(Severity { Low => "low", Medium => "medium", High => "high", Critical => "critical" });
 
 impl Severity {
     /// The severity name as in the payload.
@@ -126,21 +130,37 @@ pub struct RiskAlert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
     /// Fields the seed does not name, kept.
-    #[serde(flatten)]
+    #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
 
 impl RiskAlert {
     /// Decodes and checks a payload.
     pub fn parse(data: &Value) -> Result<Self, HandleError> {
-        let a: RiskAlert = decode("risk_alert", data)?;
+        let mut a: RiskAlert = decode("risk_alert", data)?;
+        a.extra = extra_fields(
+            data,
+            &[
+                "alert_id",
+                "risk_type",
+                "severity",
+                "title",
+                "description",
+                "affected_resources",
+                "risk_score",
+                "detected_at",
+                "source_system",
+                "mitigation_steps",
+                "metadata",
+            ],
+        );
         let bad = |m: String| HandleError::invalid("risk_alert", m);
         if a.alert_id.trim().is_empty() {
-            return Err(bad("`alert_id` is empty".into()));
+            return Err(bad("data.alert_id: must not be empty".into()));
         }
         if !(0.0..=1.0).contains(&a.risk_score) {
             return Err(bad(format!(
-                "`risk_score` must be between 0 and 1, got {}",
+                "data.risk_score: expected a number from 0 to 1, got {}",
                 a.risk_score
             )));
         }
@@ -228,14 +248,38 @@ pub struct Dashboard {
     pub last_update: Option<String>,
 }
 
+/// The dashboard as this process sees it, and what it changed since it last
+/// merged its changes into the file.
+///
+/// Several processes may handle alerts on one log directory, so the file is
+/// never simply overwritten with one process's view: a write takes the file's
+/// lock (`dashboard.json.lock`), reads what is there, adds this process's
+/// changes (its alerts replace those of the same `alert_id`; its counts are
+/// added), writes the result atomically and lets go.
 struct DashState {
+    /// The view: the file as last merged, plus the changes since.
     open: BTreeMap<String, OpenAlert>,
     received: u64,
     escalations: u64,
     last_update: Option<String>,
-    dirty: bool,
+    /// Changes not yet in the file.
+    delta: DashDelta,
     last_write: Option<Instant>,
     flush_scheduled: bool,
+}
+
+/// This process's changes to the dashboard since its last write.
+#[derive(Default)]
+struct DashDelta {
+    alerts: BTreeMap<String, OpenAlert>,
+    received: u64,
+    escalations: u64,
+}
+
+impl DashDelta {
+    fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.received == 0 && self.escalations == 0
+    }
 }
 
 /// How often the dashboard file is rewritten at most.
@@ -277,7 +321,7 @@ impl RiskAlertHandler {
             .and_then(|b| match serde_json::from_slice(&b) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::warn!(path = %dashboard_path.display(), error = %e, "unreadable risk dashboard; starting a new one");
+                    tracing::warn!(path = %dashboard_path.display(), error = %crate::error::chain(&e), "unreadable risk dashboard; starting a new one");
                     None
                 }
             })
@@ -291,7 +335,7 @@ impl RiskAlertHandler {
             received: loaded.alerts_received,
             escalations: loaded.escalations,
             last_update: loaded.last_update,
-            dirty: false,
+            delta: DashDelta::default(),
             last_write: None,
             flush_scheduled: false,
         };
@@ -381,7 +425,7 @@ impl RiskAlertHandler {
                 "alert_event_id": event.event_id,
             });
             if let Err(e) = bus.publish("risk_escalated", escalation).await {
-                tracing::error!(alert_id = %alert.alert_id, error = %e, "cannot publish risk_escalated");
+                tracing::error!(alert_id = %alert.alert_id, error = %crate::error::chain(&e), "cannot publish risk_escalated");
             }
         }
 
@@ -412,25 +456,24 @@ impl RiskAlertHandler {
     fn update_dashboard(&self, a: &RiskAlert, escalated_to: Option<Severity>, event: &Event) {
         let write_now = {
             let mut d = self.dash.lock().unwrap_or_else(PoisonError::into_inner);
+            let escalated = u64::from(escalated_to.is_some());
             d.received += 1;
-            if escalated_to.is_some() {
-                d.escalations += 1;
-            }
-            d.open.insert(
-                a.alert_id.clone(),
-                OpenAlert {
-                    alert_id: a.alert_id.clone(),
-                    severity: a.severity,
-                    risk_type: a.risk_type,
-                    title: a.title.clone(),
-                    risk_score: a.risk_score,
-                    detected_at: a.detected_at.clone(),
-                    escalated_to,
-                    event_id: event.event_id.clone(),
-                },
-            );
+            d.escalations += escalated;
+            d.delta.received += 1;
+            d.delta.escalations += escalated;
+            let open = OpenAlert {
+                alert_id: a.alert_id.clone(),
+                severity: a.severity,
+                risk_type: a.risk_type,
+                title: a.title.clone(),
+                risk_score: a.risk_score,
+                detected_at: a.detected_at.clone(),
+                escalated_to,
+                event_id: event.event_id.clone(),
+            };
+            d.open.insert(a.alert_id.clone(), open.clone());
+            d.delta.alerts.insert(a.alert_id.clone(), open);
             d.last_update = Some(now_rfc3339());
-            d.dirty = true;
             let due = d
                 .last_write
                 .is_none_or(|t| t.elapsed() >= DASHBOARD_INTERVAL);
@@ -485,23 +528,86 @@ fn render(d: &DashState) -> Dashboard {
     }
 }
 
+/// Merges this process's changes into the dashboard file (see [`DashState`]).
 fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
-    let bytes = {
+    let delta = {
         let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
         d.flush_scheduled = false;
-        if !d.dirty {
+        if d.delta.is_empty() {
             return;
         }
-        d.dirty = false;
         d.last_write = Some(Instant::now());
-        serde_json::to_vec_pretty(&render(&d)).unwrap_or_default()
+        std::mem::take(&mut d.delta)
     };
+    match merge_into_file(path, &delta) {
+        Ok(merged) => {
+            // The view becomes the file, plus what changed while it was written.
+            let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut open: BTreeMap<String, OpenAlert> = merged
+                .open_alerts
+                .into_iter()
+                .map(|a| (a.alert_id.clone(), a))
+                .collect();
+            open.extend(d.delta.alerts.iter().map(|(k, v)| (k.clone(), v.clone())));
+            d.open = open;
+            d.received = merged.alerts_received + d.delta.received;
+            d.escalations = merged.escalations + d.delta.escalations;
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the risk dashboard");
+            // Keep the changes for the next write.
+            let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+            for (k, v) in delta.alerts {
+                d.delta.alerts.entry(k).or_insert(v);
+            }
+            d.delta.received += delta.received;
+            d.delta.escalations += delta.escalations;
+        }
+    }
+}
+
+/// Under the file's lock: reads the dashboard, adds `delta`, writes it; the result.
+fn merge_into_file(path: &std::path::Path, delta: &DashDelta) -> std::io::Result<Dashboard> {
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
     }
-    if let Err(e) = write_atomic(path, &bytes) {
-        tracing::error!(path = %path.display(), error = %e, "cannot write the risk dashboard");
-    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::path::PathBuf::from(lock_path))?;
+    lock.lock()?;
+    let on_disk: Dashboard = match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable risk dashboard; starting a new one");
+            Dashboard::default()
+        }),
+        Err(_) => Dashboard::default(),
+    };
+    let mut state = DashState {
+        open: on_disk
+            .open_alerts
+            .into_iter()
+            .map(|a| (a.alert_id.clone(), a))
+            .collect(),
+        received: on_disk.alerts_received + delta.received,
+        escalations: on_disk.escalations + delta.escalations,
+        last_update: Some(now_rfc3339()),
+        delta: DashDelta::default(),
+        last_write: None,
+        flush_scheduled: false,
+    };
+    state
+        .open
+        .extend(delta.alerts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let merged = render(&state);
+    let written = serde_json::to_vec_pretty(&merged)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_atomic(path, &bytes));
+    let _ = lock.unlock();
+    written.map(|()| merged)
 }
 
 impl Drop for RiskAlertHandler {

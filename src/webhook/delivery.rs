@@ -346,7 +346,7 @@ impl WebhookEngine {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| WebhookError::Outbox(format!("open {}: {e}", lock_path.display())))?;
+            .map_err(|e| WebhookError::outbox(format!("open {}", lock_path.display()), e))?;
         let owner = match lock_file.try_lock() {
             Ok(()) => Some(lock_file),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -356,14 +356,16 @@ impl WebhookEngine {
                 None
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(WebhookError::Outbox(format!(
-                    "lock {}: {e}",
-                    lock_path.display()
-                )));
+                return Err(WebhookError::outbox(
+                    format!("lock {}", lock_path.display()),
+                    e,
+                ));
             }
         };
         let signer = match secrets.first() {
-            Some(s) => Some(Signer::new(s).map_err(|e| WebhookError::Config(e.to_string()))?),
+            Some(s) => Some(
+                Signer::new(s).map_err(|e| WebhookError::config("WEBHOOK_SIGNATURE_SECRET", e))?,
+            ),
             None => None,
         };
         let client = reqwest::Client::builder()
@@ -375,7 +377,7 @@ impl WebhookEngine {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pm-events/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| WebhookError::Config(format!("HTTP client: {e}")))?;
+            .map_err(|e| WebhookError::config("HTTP client", e))?;
         Ok(WebhookEngine {
             inner: Arc::new(EngineInner {
                 cfg,
@@ -426,7 +428,7 @@ impl WebhookEngine {
         self.inner
             .jetstream
             .set((q, take))
-            .map_err(|_| WebhookError::Config("a JetStream queue is attached already".into()))
+            .map_err(|_| WebhookError::config_state("a JetStream queue is attached already"))
     }
 
     /// Whether deliveries go through a JetStream work queue.
@@ -465,7 +467,7 @@ impl WebhookEngine {
                     _ = me.inner.refill.notified() => false,
                 };
                 if let Err(e) = me.resume(full) {
-                    tracing::error!(error = %e, "cannot read the webhook outbox");
+                    tracing::error!(error = %crate::error::chain(&e), "cannot read the webhook outbox");
                 }
             }
         });
@@ -887,7 +889,7 @@ impl WebhookEngine {
             }
         };
         let seq = stored.unwrap_or_else(|e| {
-            tracing::error!(delivery_id = %r.id, error = %e, "cannot update the webhook outbox");
+            tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&e), "cannot update the webhook outbox");
             0
         });
         match next_at {
@@ -917,7 +919,7 @@ impl WebhookEngine {
                 let delay = Duration::from_secs_f64((t - now_unix()).max(0.0));
                 let handed = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 if let Err(e) = &handed {
-                    tracing::error!(delivery_id = %r.id, error = %e, "cannot hand a delivery back to the webhook work queue; it returns after the consumer's ack_wait");
+                    tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&**e), "cannot hand a delivery back to the webhook work queue; it returns after the consumer's ack_wait");
                 }
                 return Attempted::HandedBack;
             }
@@ -928,13 +930,13 @@ impl WebhookEngine {
                 dead.state = DeliveryState::Dead;
                 dead.last_error = Some(why);
                 if let Err(e) = self.inner.outbox.insert(&dead).await {
-                    tracing::error!(delivery_id = %r.id, error = %e, "cannot keep a dead delivery in the outbox");
+                    tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&e), "cannot keep a dead delivery in the outbox");
                 }
                 msg.ack().await
             }
         };
         if let Err(e) = acked {
-            tracing::error!(delivery_id = %r.id, error = %e, "cannot acknowledge a delivery in the webhook work queue; it may be delivered again");
+            tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&*e), "cannot acknowledge a delivery in the webhook work queue; it may be delivered again");
         }
         Attempted::Settled(outcome == "delivered", 0)
     }
@@ -1030,7 +1032,7 @@ impl WebhookEngine {
             node: &self.inner.cfg.node,
         };
         if let Err(e) = self.inner.attempts.append(&line) {
-            tracing::error!(error = %e, "cannot write the webhook attempt log");
+            tracing::error!(error = %crate::error::chain(&e), "cannot write the webhook attempt log");
         }
         tracing::debug!(delivery_id = %r.id, attempt = r.attempt, outcome, "webhook attempt");
     }
@@ -1048,7 +1050,7 @@ impl WebhookEngine {
             node: &self.inner.cfg.node,
         };
         if let Err(e) = self.inner.dead.append(&line) {
-            tracing::error!(error = %e, "cannot write the dead letter log");
+            tracing::error!(error = %crate::error::chain(&e), "cannot write the dead letter log");
         }
         tracing::warn!(delivery_id = %r.id, event_id = %r.event_id, reason, "webhook delivery failed for good");
     }
@@ -1193,7 +1195,7 @@ impl WebhookEngine {
                 .await;
         }
         if let Err(e) = self.inner.outbox.flush().await {
-            tracing::error!(error = %e, "cannot flush the webhook outbox");
+            tracing::error!(error = %crate::error::chain(&e), "cannot flush the webhook outbox");
         }
         let _ = self.inner.attempts.sync();
         let _ = self.inner.dead.sync();

@@ -11,7 +11,14 @@
 //!   "timestamp"?, "source"?, "signature"?}` (what pm-events itself sends);
 //! - `application/cloudevents+json`: a CloudEvents 1.0 event in structured mode;
 //! - CloudEvents binary mode: `ce-specversion`, `ce-id`, `ce-source`, `ce-type`
-//!   (`ce-time`) headers and the event data as a JSON body.
+//!   (`ce-time`) headers and the event data as a JSON body. With `ce-specversion`
+//!   present and no `Content-Type` at all (as the CloudEvents SDKs send JSON
+//!   data), the body is read as JSON.
+//!
+//! Every body is parsed with [`strict_json`](crate::strict_json): a repeated key
+//! is refused. An admission check given with [`IncomingWebhooks::with_admission`]
+//! (the server's: built-in payloads valid, paths and addresses allowed) runs on
+//! the parsed event before it is published.
 //!
 //! A CloudEvents `type` becomes the event type; `data` becomes the event data (a
 //! value that is not a JSON object is wrapped as `{"value": ...}`); `id` becomes the
@@ -20,17 +27,21 @@
 //! **Replays**: the `webhook-id`, CloudEvents `id` or body `event_id` of every
 //! accepted webhook is remembered for [`RETENTION`] (at most [`MAX_REMEMBERED`]
 //! ids, oldest forgotten first); a webhook carrying one already seen is
-//! acknowledged as a duplicate and not published again.
+//! acknowledged as a duplicate and not published again. Concurrent copies of one
+//! id wait for the first to be published (or refused, in which case the next one
+//! tries), so one id is published once however many copies arrive at once.
 
 use super::sign::{DEFAULT_TOLERANCE, VerifyError, verify_seed, verify_standard};
 use crate::bus::EventBus;
-use crate::config::Secret;
 use crate::error::BusError;
 use crate::event::{Event, EventId, json_kind, now_unix};
+use crate::secret::Secret;
+use crate::strict_json;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
 
 /// How long an accepted id is remembered.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -52,6 +63,9 @@ pub enum IncomingError {
     /// The body is not a valid payload; the message names the problem.
     #[error("{0}")]
     BadRequest(String),
+    /// The admission check refused the event (its error is the source).
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
     /// The bus refused the event.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -70,7 +84,9 @@ pub enum IncomingOutcome {
 #[derive(Default)]
 struct Seen {
     order: VecDeque<(Instant, String)>,
-    ids: HashMap<String, EventId>,
+    /// Each key's event id, set once its event is accepted. The cell is shared
+    /// by concurrent copies of one webhook: the first publishes, the others wait.
+    ids: HashMap<String, Arc<OnceCell<EventId>>>,
 }
 
 impl Seen {
@@ -86,11 +102,16 @@ impl Seen {
     }
 }
 
+/// An admission check: refuses an event before it is published.
+pub type Admission =
+    Arc<dyn Fn(&Event) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
 /// Verifies and publishes incoming webhooks.
 pub struct IncomingWebhooks {
     secrets: Vec<Secret>,
     tolerance: Duration,
     seen: Mutex<Seen>,
+    admission: Option<Admission>,
 }
 
 fn bad(m: impl Into<String>) -> IncomingError {
@@ -104,7 +125,14 @@ impl IncomingWebhooks {
             secrets,
             tolerance: DEFAULT_TOLERANCE,
             seen: Mutex::new(Seen::default()),
+            admission: None,
         }
+    }
+
+    /// Runs `check` on every parsed event before publishing it; its error refuses the webhook.
+    pub fn with_admission(mut self, check: Admission) -> Self {
+        self.admission = Some(check);
+        self
     }
 
     /// Another timestamp tolerance for Standard Webhooks (default 5 minutes).
@@ -152,28 +180,41 @@ impl IncomingWebhooks {
         self.verify(body, headers)?;
         let (event, key) = parse(body, headers)?;
         event.validate().map_err(bad)?;
-        let key = headers.get("webhook-id").cloned().or(key);
-        if let Some(k) = &key {
+        if let Some(check) = &self.admission {
+            check(&event).map_err(IncomingError::Refused)?;
+        }
+        let Some(key) = headers.get("webhook-id").cloned().or(key) else {
+            return Ok(IncomingOutcome::Published(
+                bus.try_publish(event, None).await?,
+            ));
+        };
+        let cell = {
             let mut seen = self
                 .seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             seen.purge();
-            if let Some(first) = seen.ids.get(k) {
-                return Ok(IncomingOutcome::Duplicate(first.clone()));
-            }
-        }
-        let id = bus.try_publish(event, None).await?;
-        if let Some(k) = key {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            seen.ids.insert(k.clone(), id.clone());
-            seen.order.push_back((Instant::now(), k));
-            seen.purge();
-        }
-        Ok(IncomingOutcome::Published(id))
+            let Seen { order, ids } = &mut *seen;
+            ids.entry(key.clone())
+                .or_insert_with(|| {
+                    order.push_back((Instant::now(), key));
+                    Arc::new(OnceCell::new())
+                })
+                .clone()
+        };
+        let mut published = false;
+        let id = cell
+            .get_or_try_init(|| async {
+                published = true;
+                bus.try_publish(event, None).await
+            })
+            .await?
+            .clone();
+        Ok(if published {
+            IncomingOutcome::Published(id)
+        } else {
+            IncomingOutcome::Duplicate(id)
+        })
     }
 }
 
@@ -217,7 +258,8 @@ pub fn parse(
     let media = media_type(headers);
     if headers.contains_key("ce-specversion") {
         // CloudEvents binary mode: attributes in headers, data in the body.
-        if media != "application/json" && !media.ends_with("+json") {
+        // No content type at all: the SDKs' JSON data.
+        if !(media.is_empty() || media == "application/json" || media.ends_with("+json")) {
             return Err(IncomingError::UnsupportedMediaType(media));
         }
         let h = |k: &str| {
@@ -233,7 +275,7 @@ pub fn parse(
         let data: Value = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON body: {e}")))?
+            strict_json::from_slice(body).map_err(|e| bad(format!("malformed JSON body: {e}")))?
         };
         let id = h("ce-id")?;
         let mut event = Event::new(h("ce-type")?, object_data(data)).with_source(h("ce-source")?);
@@ -245,7 +287,7 @@ pub fn parse(
     }
     let v: Value = match media.as_str() {
         "application/json" | "application/cloudevents+json" => {
-            serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?
+            strict_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?
         }
         _ => return Err(IncomingError::UnsupportedMediaType(media)),
     };

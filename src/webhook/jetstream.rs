@@ -42,7 +42,10 @@ pub const SUBJECT_PREFIX: &str = "pm.webhooks.";
 pub const CONSUMER: &str = "pm-webhooks";
 
 fn err(what: &str, e: impl std::fmt::Display) -> WebhookError {
-    WebhookError::Queue(format!("{what}: {e}"))
+    WebhookError::Queue {
+        context: what.to_string(),
+        source: Some(e.to_string().into()),
+    }
 }
 
 /// The JetStream work queue of webhook deliveries.

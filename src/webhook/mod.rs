@@ -37,17 +37,69 @@ pub enum WebhookError {
     )]
     Unsigned,
     /// The outbox database could not be used.
-    #[error("webhook outbox: {0}")]
-    Outbox(String),
+    #[error("webhook outbox: {context}")]
+    Outbox {
+        /// What was being done.
+        context: String,
+        /// The cause, if another error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A log file could not be written.
     #[error(transparent)]
     Log(#[from] crate::error::LogError),
     /// A setting is unusable.
-    #[error("webhook configuration: {0}")]
-    Config(String),
+    #[error("webhook configuration: {context}")]
+    Config {
+        /// Which setting, or what was being set up.
+        context: String,
+        /// The cause, if another error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The JetStream work queue could not be used.
-    #[error("webhook queue: {0}")]
-    Queue(String),
+    #[error("webhook queue: {context}")]
+    Queue {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// A boxed cause of a [`WebhookError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl WebhookError {
+    /// An outbox error while doing `context`, caused by `source`.
+    pub(crate) fn outbox(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        WebhookError::Outbox {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+    /// An outbox error with no other cause (closed, stopped).
+    pub(crate) fn outbox_state(context: impl Into<String>) -> Self {
+        WebhookError::Outbox {
+            context: context.into(),
+            source: None,
+        }
+    }
+    /// A configuration error of `context`, caused by `source`.
+    pub(crate) fn config(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        WebhookError::Config {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+    /// A configuration error with no other cause.
+    pub(crate) fn config_state(context: impl Into<String>) -> Self {
+        WebhookError::Config {
+            context: context.into(),
+            source: None,
+        }
+    }
 }
 
 /// The seed's `WebhookHandler`: routes events to their webhook URLs and queues
@@ -73,7 +125,7 @@ impl WebhookHandler {
     /// The seed's `WebhookHandler(max_retries=...)`: configured from the environment,
     /// with `max_retries` retries.
     pub fn new(max_retries: u32) -> Result<Self, WebhookError> {
-        let mut c = Config::from_env().map_err(|e| WebhookError::Config(e.to_string()))?;
+        let mut c = Config::from_env().map_err(|e| WebhookError::config("the environment", e))?;
         c.webhook_max_retries = max_retries;
         Self::from_config(&c)
     }

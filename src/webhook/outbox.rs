@@ -275,9 +275,9 @@ impl Outbox {
         let path = path.into();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| WebhookError::Outbox(format!("create {}: {e}", dir.display())))?;
+                .map_err(|e| WebhookError::outbox(format!("create {}", dir.display()), e))?;
         }
-        let err = |e: rusqlite::Error| WebhookError::Outbox(format!("{}: {e}", path.display()));
+        let err = |e: rusqlite::Error| WebhookError::outbox(path.display().to_string(), e);
         let write = connect(&path, fsync).map_err(err)?;
         write
             .execute_batch(
@@ -297,7 +297,7 @@ impl Outbox {
         let thread = std::thread::Builder::new()
             .name("pm-events-outbox".into())
             .spawn(move || writer(write, rx, p, done2))
-            .map_err(|e| WebhookError::Outbox(format!("start the outbox writer: {e}")))?;
+            .map_err(|e| WebhookError::outbox("start the outbox writer", e))?;
         Ok(Outbox {
             path,
             read: Mutex::new(read),
@@ -318,11 +318,11 @@ impl Outbox {
         let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = tx
             .as_ref()
-            .ok_or_else(|| WebhookError::Outbox("the outbox is closed".into()))?;
+            .ok_or_else(|| WebhookError::outbox_state("the outbox is closed"))?;
         // Numbered under the lock, so numbers follow the channel's order.
         let seq = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
         tx.send(op)
-            .map_err(|_| WebhookError::Outbox("the outbox writer stopped".into()))?;
+            .map_err(|_| WebhookError::outbox_state("the outbox writer stopped"))?;
         Ok(seq)
     }
 
@@ -337,11 +337,8 @@ impl Outbox {
         self.send(make(reply))?;
         match wait.await {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(WebhookError::Outbox(format!(
-                "{}: {e}",
-                self.path.display()
-            ))),
-            Err(_) => Err(WebhookError::Outbox("the outbox writer stopped".into())),
+            Ok(Err(e)) => Err(WebhookError::outbox(self.path.display().to_string(), e)),
+            Err(_) => Err(WebhookError::outbox_state("the outbox writer stopped")),
         }
     }
 
@@ -350,7 +347,7 @@ impl Outbox {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, WebhookError> {
         let conn = self.read.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&conn).map_err(|e| WebhookError::Outbox(format!("{}: {e}", self.path.display())))
+        f(&conn).map_err(|e| WebhookError::outbox(self.path.display().to_string(), e))
     }
 
     /// Stores a new delivery; returns once it is committed.

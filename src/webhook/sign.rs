@@ -26,11 +26,9 @@
 //! assert!(verify_standard(&secrets, "msg_1", "1700000000", b"tampered", &sig, 1_700_000_010, DEFAULT_TOLERANCE).is_err());
 //! ```
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use base64::Engine as _;
-use base64::alphabet::STANDARD as STANDARD_ALPHABET;
 use base64::engine::general_purpose::STANDARD as B64;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::time::Duration;
@@ -68,20 +66,11 @@ pub enum VerifyError {
     Mismatch(usize),
 }
 
-/// Standard base64 that accepts a secret with or without its `=` padding.
-const B64_SECRET: GeneralPurpose = GeneralPurpose::new(
-    &STANDARD_ALPHABET,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
 /// The HMAC key of a secret: a `whsec_` secret's base64-decoded rest, else its UTF-8 bytes.
 pub fn standard_key(secret: &Secret) -> Result<Vec<u8>, VerifyError> {
-    match secret.expose().strip_prefix("whsec_") {
-        Some(b64) => B64_SECRET
-            .decode(b64)
-            .map_err(|_| VerifyError::Malformed("whsec_ secret (not base64)".into())),
-        None => Ok(secret.expose().as_bytes().to_vec()),
-    }
+    secret
+        .standard_key()
+        .map_err(|_| VerifyError::Malformed("whsec_ secret (not base64)".into()))
 }
 
 fn mac(key: &[u8]) -> HmacSha256 {

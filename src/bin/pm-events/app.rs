@@ -3,7 +3,7 @@
 //! webhook handler.
 
 use anyhow::Result;
-use pm_events::handlers::{BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
+use pm_events::handlers::{Access, BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
 use pm_events::transport::NatsTransport;
 use pm_events::webhook::jetstream::JetStreamQueue;
 use pm_events::webhook::{WaitOutcome, WebhookHandler};
@@ -69,7 +69,13 @@ impl App {
         } else {
             None
         };
-        let builtins = register_builtins(&bus, cfg, webhooks.clone())?;
+        // Events reach `serve` over HTTP: their paths must lie under PM_FILE_ROOTS.
+        let access = if server {
+            Access::server(cfg)?
+        } else {
+            Access::operator(cfg)
+        };
+        let builtins = register_builtins(&bus, cfg, webhooks.clone(), access)?;
         if let Some(h) = &webhooks {
             bus.subscribe_arc_filtered(
                 "*",

@@ -637,13 +637,20 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
     let app = crate::app::App::open_server(&cfg).await?;
     app.bus.start().await?;
     let state =
-        crate::serve::AppState::new(app.bus.clone(), &cfg, metrics, Duration::from_secs(30));
+        crate::serve::AppState::new(app.bus.clone(), &cfg, metrics, Duration::from_secs(30))?;
     let router = crate::serve::router(state, cfg.max_body_bytes, 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let limits = crate::serve::ConnLimits {
+        max_connections: 1024,
+        header_timeout: Duration::from_secs(10),
+    };
+    let server = tokio::spawn(crate::serve::serve_http(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
     say!(
         "pm-events bench serve: {n} signed incoming webhooks, concurrency {c}; bare route on {bare_addr}, serve on {addr}"
     );

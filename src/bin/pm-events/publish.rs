@@ -4,10 +4,7 @@
 use crate::app::{App, parse_duration, report};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
-use pm_events::handlers::file_change::FileChange;
-use pm_events::handlers::report_ready::ReportReady;
-use pm_events::handlers::risk_alert::RiskAlert;
-use pm_events::{Config, Event};
+use pm_events::{Config, Event, strict_json};
 use serde_json::Value;
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -35,17 +32,6 @@ pub struct Args {
     wait: Duration,
 }
 
-/// Checks a built-in type's payload schema (the file system is the handler's business).
-pub fn check_builtin(event_type: &str, data: &Value) -> Result<(), String> {
-    let r = match event_type {
-        "file_change" => FileChange::parse(data).map(|_| ()),
-        "report_ready" => ReportReady::parse(data).map(|_| ()),
-        "risk_alert" => RiskAlert::parse(data).map(|_| ()),
-        _ => Ok(()),
-    };
-    r.map_err(|e| e.to_string())
-}
-
 /// Builds and checks one event.
 pub fn build_event(event_type: &str, data: Value, source: Option<&str>) -> Result<Event, String> {
     pm_events::event::validate_type(event_type).map_err(|m| format!("invalid TYPE: {m}"))?;
@@ -55,7 +41,7 @@ pub fn build_event(event_type: &str, data: Value, source: Option<&str>) -> Resul
             pm_events::event::json_kind(&data)
         ));
     }
-    check_builtin(event_type, &data)?;
+    pm_events::handlers::validate_builtin(event_type, &data).map_err(|e| e.to_string())?;
     let mut event = Event::new(event_type, data);
     if let Some(s) = source {
         event = event.with_source(s);
@@ -64,9 +50,10 @@ pub fn build_event(event_type: &str, data: Value, source: Option<&str>) -> Resul
     Ok(event)
 }
 
-/// Parses one stdin line `{"type","data","source"?}`.
-fn parse_line(line: &str) -> Result<Event, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+/// Parses one stdin line `{"type","data","source"?}` (repeated keys refused).
+pub fn parse_line(line: &[u8]) -> Result<Event, String> {
+    let line = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_string())?;
+    let v: Value = strict_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(mut m) = v else {
         return Err("expected a JSON object {\"type\",\"data\",\"source\"?}".into());
     };
@@ -105,7 +92,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 "missing the JSON argument (the event data), e.g. '{\"key\":\"value\"}'".into(),
             )
         })?;
-        let data: Value = serde_json::from_str(json)
+        let data: Value = strict_json::from_str(json)
             .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
         Some(build_event(&args.event_type, data, args.source.as_deref()).map_err(UsageError)?)
     };
@@ -136,7 +123,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             while let Some(line) = lines.recv().await {
                 n += 1;
                 let line = line.context("read stdin")?;
-                if line.trim().is_empty() {
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 match parse_line(&line) {
@@ -172,12 +159,19 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     })
 }
 
-/// The lines of stdin, read by a thread of their own and handed over through a
-/// bounded channel (the reader waits while the publisher is behind).
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+/// The lines of stdin as bytes (a line that is not UTF-8 is refused on its
+/// own, not the end of the input), read by a thread of their own and handed
+/// over through a bounded channel (the reader waits while the publisher is behind).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
+        for line in std::io::stdin().lock().split(b'\n') {
+            let line = line.map(|mut l| {
+                if l.last() == Some(&b'\r') {
+                    l.pop();
+                }
+                l
+            });
             if tx.blocking_send(line).is_err() {
                 break;
             }

@@ -13,8 +13,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pm_events::config::Secret;
-use pm_events::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks, media_type};
-use pm_events::{BusError, Config, Event, EventBus};
+use pm_events::error::chain;
+use pm_events::handlers::{Access, Refusal, admit};
+use pm_events::webhook::incoming::{
+    Admission, IncomingError, IncomingOutcome, IncomingWebhooks, media_type,
+};
+use pm_events::{BusError, Config, Event, EventBus, strict_json};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use subtle_eq::constant_time_eq;
+use subtle::ConstantTimeEq;
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -36,12 +40,21 @@ pub struct Args {
     /// Requests handled at once (more wait).
     #[arg(long, default_value_t = 1024)]
     max_concurrency: usize,
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Time a client has to send a request's headers (and an idle kept-alive
+    /// connection its next request) before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
 }
 
 /// Shared by every request.
 pub struct AppState {
     bus: EventBus,
     incoming: IncomingWebhooks,
+    /// What events from outside may name (PM_FILE_ROOTS, PM_MAIL_ALLOWED_DOMAINS).
+    access: Access,
     token: Option<Secret>,
     metrics: PrometheusHandle,
     /// Set once shutdown began: new requests get 503.
@@ -93,16 +106,28 @@ impl From<BusError> for ApiError {
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
             },
             BusError::InvalidEvent(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m),
+            BusError::Log(ref l) if l.is_storage_full() => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                format!("{}; the event was not accepted", chain(&e)),
+            ),
             BusError::NotRunning(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "the server is shutting down",
             ),
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                other.to_string(),
-            ),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", chain(&other)),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", e.to_string())
+            }
+            other => ApiError::new(StatusCode::BAD_REQUEST, "not_allowed", other.to_string()),
         }
     }
 }
@@ -170,24 +195,20 @@ async fn incoming(
         Err(IncomingError::BadRequest(m)) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", m))
         }
+        Err(IncomingError::Refused(r)) => match r.downcast::<Refusal>() {
+            Ok(r) => Err((*r).into()),
+            Err(other) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_allowed",
+                other.to_string(),
+            )),
+        },
         Err(IncomingError::Bus(e)) => Err(e.into()),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             e.to_string(),
         )),
-    }
-}
-
-/// Constant-time comparison of the bearer token.
-mod subtle_eq {
-    /// Compares without an early exit on the first difference.
-    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-        }
-        diff == 0
     }
 }
 
@@ -202,7 +223,7 @@ async fn publish(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -218,7 +239,7 @@ async fn publish(
             format!("send application/json, not {media:?}"),
         ));
     }
-    let v: Value = serde_json::from_slice(&body)
+    let v: Value = strict_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m);
     let Value::Object(mut m) = v else {
@@ -247,6 +268,8 @@ async fn publish(
             "unknown field `{k}` (expected type, data, source)"
         )));
     }
+    event.validate().map_err(bad)?;
+    admit(&event, &s.access)?;
     let id = s.bus.try_publish(event, None).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
 }
@@ -360,16 +383,22 @@ impl AppState {
         cfg: &Config,
         metrics: PrometheusHandle,
         timeout: Duration,
-    ) -> Arc<Self> {
-        Arc::new(AppState {
+    ) -> Result<Arc<Self>, pm_events::ConfigError> {
+        let access = Access::server(cfg)?;
+        let door = access.clone();
+        let admission: Admission = Arc::new(move |e: &Event| {
+            admit(e, &door).map_err(|r| Box::new(r) as Box<dyn std::error::Error + Send + Sync>)
+        });
+        Ok(Arc::new(AppState {
             bus,
-            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()),
+            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_admission(admission),
+            access,
             token: cfg.api_token.clone(),
             metrics,
             stopping: AtomicBool::new(false),
             timeout,
             node: cfg.node_id.clone(),
-        })
+        }))
     }
 }
 
@@ -388,7 +417,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let app = App::open_server(&cfg).await?;
     let bus = app.bus.clone();
     bus.start().await?;
-    let state = AppState::new(bus.clone(), &cfg, metrics, args.request_timeout);
+    let state = AppState::new(bus.clone(), &cfg, metrics, args.request_timeout)?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("listen on {bind}"))?;
@@ -399,18 +428,18 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             "WEBHOOK_SIGNATURE_SECRET is not set: POST /webhooks/incoming answers 401 to everything"
         );
     }
+    let app_router = router(state.clone(), cfg.max_body_bytes, args.max_concurrency);
+    let limits = ConnLimits {
+        max_connections: args.max_connections,
+        header_timeout: args.header_timeout,
+    };
     let s2 = state.clone();
-    axum::serve(
-        listener,
-        router(state.clone(), cfg.max_body_bytes, args.max_concurrency),
-    )
-    .with_graceful_shutdown(async move {
+    serve_http(listener, app_router, limits, async move {
         shutdown_signal().await;
         s2.stopping.store(true, Ordering::Release);
         tracing::info!("shutting down: no new requests; draining the bus");
     })
-    .await
-    .context("HTTP server")?;
+    .await;
     // Every accepted event is handled and logged before this returns.
     let outcome = app.stop(Duration::from_secs(5)).await?;
     let st = bus.stats();
@@ -427,4 +456,75 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The limits on connections that keep slow or idle clients from holding the server.
+pub struct ConnLimits {
+    /// Open connections at most; the next is accepted when one closes.
+    pub max_connections: usize,
+    /// Time to send a request's headers (for each request of a connection).
+    pub header_timeout: Duration,
+}
+
+/// Serves `app` on `listener` with hyper's HTTP/1 connection handling until
+/// `shutdown` completes, then lets open requests finish (at most 10 s).
+///
+/// Each connection holds a permit of a semaphore of `max_connections`
+/// (acquired before `accept`, dropped with the connection's task), and hyper
+/// closes a connection whose request headers have not all arrived within
+/// `header_timeout` — a client trickling its headers, or one holding a
+/// kept-alive connection idle, cannot keep a file descriptor for long.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish within 10 s; closing them");
+    }
 }
