@@ -26,6 +26,7 @@
 //! - [`event`]: the [`Event`] type and its JSON form.
 //! - [`bus`]: the [`EventBus`] — subscriptions, dispatch, backpressure, start/stop.
 //! - [`handlers`]: the built-in `file_change`, `report_ready` and `risk_alert` handlers.
+//! - [`input`]: events from the CLI's arguments and `publish -` lines, checked like the server's.
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
@@ -45,6 +46,7 @@ pub mod error;
 pub mod event;
 pub mod handler;
 pub mod handlers;
+pub mod input;
 pub mod journal;
 pub mod jsonl;
 pub mod secret;

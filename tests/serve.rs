@@ -4,88 +4,10 @@
 
 mod common;
 
-use pm_events::config::Secret;
+use common::server::{SECRET, Server, client, post, signer, standard};
 use pm_events::event::now_unix;
-use pm_events::webhook::sign::Signer;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Server {
-    child: Child,
-    url: String,
-    logs: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
-        let logs = dir.join("logs");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pm-events"));
-        c.args(["serve", "--bind", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .env("PM_LOG_DIR", &logs)
-            .env("WEBHOOK_SIGNATURE_SECRET", SECRET)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-        Server { child, url, logs }
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-fn signer() -> Signer {
-    Signer::new(&Secret::new(SECRET)).unwrap()
-}
-
-async fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
-    let mut req = client().post(url).body(body.to_vec());
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
+use std::process::Command;
 
 /// name, url, headers, body, expected status, text the message must contain.
 type Case = (
@@ -96,16 +18,6 @@ type Case = (
     u16,
     &'static str,
 );
-
-fn standard(id: &str, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
-    let s = signer();
-    vec![
-        ("content-type", "application/json".into()),
-        ("webhook-id", id.into()),
-        ("webhook-timestamp", ts.to_string()),
-        ("webhook-signature", s.standard_signature(id, ts, body)),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_webhook_becomes_one_event_and_a_replay_does_not() {

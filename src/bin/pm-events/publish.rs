@@ -32,48 +32,6 @@ pub struct Args {
     wait: Duration,
 }
 
-/// Builds and checks one event.
-pub fn build_event(event_type: &str, data: Value, source: Option<&str>) -> Result<Event, String> {
-    pm_events::event::validate_type(event_type).map_err(|m| format!("invalid TYPE: {m}"))?;
-    if !data.is_object() {
-        return Err(format!(
-            "the event data must be a JSON object, got {}",
-            pm_events::event::json_kind(&data)
-        ));
-    }
-    pm_events::handlers::validate_builtin(event_type, &data).map_err(|e| e.to_string())?;
-    let mut event = Event::new(event_type, data);
-    if let Some(s) = source {
-        event = event.with_source(s);
-    }
-    event.validate()?;
-    Ok(event)
-}
-
-/// Parses one stdin line `{"type","data","source"?}` (repeated keys refused).
-pub fn parse_line(line: &[u8]) -> Result<Event, String> {
-    let line = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_string())?;
-    let v: Value = strict_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(mut m) = v else {
-        return Err("expected a JSON object {\"type\",\"data\",\"source\"?}".into());
-    };
-    let ty = match m.remove("type") {
-        Some(Value::String(t)) => t,
-        Some(_) => return Err("`type` must be a string".into()),
-        None => return Err("missing field `type`".into()),
-    };
-    let data = m.remove("data").ok_or("missing field `data`")?;
-    let source = match m.remove("source") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err("`source` must be a string".into()),
-    };
-    if let Some(k) = m.keys().next() {
-        return Err(format!("unknown field `{k}` (expected type, data, source)"));
-    }
-    build_event(&ty, data, source.as_deref())
-}
-
 /// Runs `publish`. Events from stdin are published as they are read (memory
 /// stays flat however long the input is); a line that is not a valid event is
 /// reported with its number and skipped.
@@ -94,7 +52,10 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         })?;
         let data: Value = strict_json::from_str(json)
             .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
-        Some(build_event(&args.event_type, data, args.source.as_deref()).map_err(UsageError)?)
+        Some(
+            pm_events::input::build_event(&args.event_type, data, args.source.as_deref())
+                .map_err(UsageError)?,
+        )
     };
     let mut sink = match &args.url {
         Some(url) => Sink::Remote(Remote::new(&cfg, url)?),
@@ -126,7 +87,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match parse_line(&line) {
+                match pm_events::input::parse_line(&line) {
                     Ok(e) => match sink.send(e).await {
                         Ok(ok) => {
                             all_ok &= ok;
