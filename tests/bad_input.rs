@@ -604,13 +604,13 @@ async fn two_servers_filling_one_disk_lose_no_accepted_event() {
     let (mut accepted, mut full) = (Vec::new(), 0usize);
     // Two writers at once, until both see the disk full for a while.
     let mut i = 0usize;
-    while full < 200 && i < 40_000 {
+    while full < 100 && i < 10_000 {
         let mut batch = Vec::new();
         for srv in [&a, &b] {
             for _ in 0..8 {
                 let url = format!("{}/events", srv.url);
                 let body = serde_json::to_vec(
-                    &json!({"type": "deployment", "data": {"n": i, "pad": "x".repeat(200)}}),
+                    &json!({"type": "deployment", "data": {"n": i, "pad": "x".repeat(4000)}}),
                 )
                 .unwrap();
                 let ct = ct.clone();
