@@ -543,6 +543,9 @@ fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
         Ok(merged) => {
             // The view becomes the file, plus what changed while it was written.
             let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+            if d.delta.is_empty() {
+                d.last_update = merged.last_update.clone();
+            }
             let mut open: BTreeMap<String, OpenAlert> = merged
                 .open_alerts
                 .into_iter()
