@@ -30,10 +30,11 @@
 //! closes the event log.
 
 use crate::config::{Config, FsyncPolicy};
-use crate::error::BusError;
+use crate::error::{BusError, LogError};
 use crate::event::{Event, EventId};
 use crate::handler::{Filter, Handler};
 use crate::journal::{self, EventLog};
+use crate::recovery::{self, Ledger};
 use crate::transport::{Ack, Consumer, Delivery, MemoryTransport, Permit, Priority, Transport};
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -125,10 +126,13 @@ pub struct BusStats {
     pub panicked: u64,
     /// Handler runs stopped at the handler timeout.
     pub timed_out: u64,
+    /// Events dispatched again at start because a crash left them unhandled.
+    pub redelivered: u64,
 }
 
 #[derive(Default)]
 struct Counters {
+    redelivered: AtomicU64,
     published: AtomicU64,
     dispatched: AtomicU64,
     unhandled: AtomicU64,
@@ -162,6 +166,12 @@ struct Run {
     publishers: TaskTracker,
     /// The runtime the bus was started on, for `publish_sync`.
     runtime: tokio::runtime::Handle,
+    /// This run's record of finished events (log on, in-process transport);
+    /// the dispatcher writes to it, `stop` closes it.
+    ledger: Option<Arc<Ledger>>,
+    /// The recovery plan, handed here by the feeder once every recovered event
+    /// is queued; `stop` finishes it (moves the checkpoint) when all are done.
+    recovered: std::sync::Mutex<Option<recovery::Plan>>,
 }
 
 enum State {
@@ -537,6 +547,7 @@ impl EventBus {
             failed: s.failed.load(Ordering::Relaxed),
             panicked: s.panicked.load(Ordering::Relaxed),
             timed_out: s.timed_out.load(Ordering::Relaxed),
+            redelivered: s.redelivered.load(Ordering::Relaxed),
         }
     }
 
@@ -552,6 +563,24 @@ impl EventBus {
             Some(dir) => Some(EventLog::open(dir.clone(), s.fsync)?),
             None => None,
         };
+        // The log is the queue of record: with an in-process queue, record what is
+        // done, and dispatch again what a crash left unhandled (crate::recovery).
+        let (ledger, plan) = match (&s.log_dir, self.inner.local) {
+            (Some(dir), true) => {
+                let dir = dir.clone();
+                let (ledger, plan) = tokio::task::spawn_blocking(move || recovery::start(&dir))
+                    .await
+                    .map_err(|e| {
+                        LogError::io(
+                            "plan the recovery of",
+                            "the event log",
+                            std::io::Error::other(e),
+                        )
+                    })??;
+                (Some(Arc::new(ledger)), plan)
+            }
+            _ => (None, None),
+        };
         let consumer = self.inner.transport.open().await?;
         let run = Arc::new(Run {
             log,
@@ -559,12 +588,19 @@ impl EventBus {
             overflow: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             publishers: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
+            ledger: ledger.clone(),
+            recovered: std::sync::Mutex::new(None),
         });
         let dispatcher = tokio::spawn(dispatch_loop(
             self.inner.clone(),
             consumer,
             Arc::new(Semaphore::new(s.concurrency)),
+            ledger,
         ));
+        if let Some(plan) = plan {
+            run.publishers
+                .spawn(feed_recovered(self.clone(), run.clone(), plan));
+        }
         *write(&self.inner.state) = State::Running { run, dispatcher };
         tracing::debug!(transport = self.inner.transport.name(), "event bus started");
         Ok(())
@@ -608,6 +644,24 @@ impl EventBus {
         }
         if let Some(log) = &run.log {
             log.close().await;
+        }
+        if let Some(ledger) = run.ledger.clone() {
+            let plan = run
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            // Every event is done: write the last ids, move the checkpoint.
+            let finish = tokio::task::spawn_blocking(move || {
+                ledger.close();
+                if let Some(plan) = plan {
+                    plan.finish();
+                }
+                ledger.checkpoint_at_end();
+            });
+            if finish.await.is_err() {
+                tracing::error!("moving the recovery checkpoint failed");
+            }
         }
         *write(&self.inner.state) = State::Idle;
         tracing::debug!("event bus stopped");
@@ -799,6 +853,11 @@ impl EventBus {
         if let Some(log) = &run.log {
             log.append(&event).await?;
         }
+        self.enqueue(event, permit).await
+    }
+
+    /// Hands a logged event to the transport (its line is in the event log already).
+    async fn enqueue(&self, event: Event, permit: Permit) -> Result<EventId, BusError> {
         let id = event.event_id.clone();
         let ty = self
             .inner
@@ -878,7 +937,12 @@ impl Drop for Finished {
 /// node per future (a `FuturesOrdered`), which costs more than the handlers.
 const BURST: usize = 30;
 
-async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots: Arc<Semaphore>) {
+async fn dispatch_loop(
+    inner: Arc<Inner>,
+    mut consumer: Box<dyn Consumer>,
+    slots: Arc<Semaphore>,
+    ledger: Option<Arc<Ledger>>,
+) {
     // A burst never needs more slots than exist (`concurrency` may be below BURST).
     let max_burst = BURST.min(inner.settings.concurrency).max(1);
     let mut burst: Vec<(Delivery, SubList)> = Vec::with_capacity(max_burst);
@@ -895,6 +959,9 @@ async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots
             let subs = matching(&inner, &delivery.event);
             if subs.is_empty() {
                 inner.stats.unhandled.fetch_add(1, Ordering::Relaxed);
+                if let Some(l) = &ledger {
+                    l.done(&delivery.event.event_id);
+                }
                 ack(delivery).await;
                 finish_one(&inner);
             } else {
@@ -914,18 +981,19 @@ async fn dispatch_loop(inner: Arc<Inner>, mut consumer: Box<dyn Consumer>, slots
         };
         let items = std::mem::replace(&mut burst, Vec::with_capacity(max_burst));
         let inner2 = inner.clone();
+        let ledger2 = ledger.clone();
         // Made before the spawn: they count the events finished even if the task never runs.
         let done: Vec<Finished> = items.iter().map(|_| Finished(inner.clone())).collect();
         tokio::spawn(async move {
             if items.len() == 1 {
                 for (d, subs) in items {
-                    run_handlers(&inner2, d, subs).await;
+                    run_handlers(&inner2, d, subs, ledger2.as_deref()).await;
                 }
             } else {
                 futures_util::future::join_all(
                     items
                         .into_iter()
-                        .map(|(d, subs)| run_handlers(&inner2, d, subs)),
+                        .map(|(d, subs)| run_handlers(&inner2, d, subs, ledger2.as_deref())),
                 )
                 .await;
             }
@@ -946,7 +1014,7 @@ async fn acknowledge(ack: Ack, event_id: &str) {
     }
 }
 
-async fn run_handlers(inner: &Inner, delivery: Delivery, subs: SubList) {
+async fn run_handlers(inner: &Inner, delivery: Delivery, subs: SubList, ledger: Option<&Ledger>) {
     let Delivery { event, ack, .. } = delivery;
     let meta = (event.event_id.clone(), event.event_type.clone());
     if let [only] = &*subs {
@@ -957,7 +1025,54 @@ async fn run_handlers(inner: &Inner, delivery: Delivery, subs: SubList) {
         )
         .await;
     }
+    if let Some(l) = ledger {
+        l.done(&meta.0);
+    }
     acknowledge(ack, &meta.0).await;
+}
+
+/// Queues the events a crash left unhandled (read by a blocking thread, in log
+/// order), each waiting for capacity like a publish; then hands the plan to
+/// `stop`, which moves the checkpoint once they are all done.
+async fn feed_recovered(bus: EventBus, run: Arc<Run>, plan: recovery::Plan) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
+    let reader = tokio::task::spawn_blocking(move || {
+        let n = plan.for_each_pending(|e| tx.blocking_send(e).is_ok());
+        (plan, n)
+    });
+    let mut fed = 0u64;
+    while let Some(event) = rx.recv().await {
+        let Ok(permit) = run.permits.clone().acquire_owned().await else {
+            break;
+        };
+        let id = event.event_id.clone();
+        match bus.enqueue(event, permit).await {
+            Ok(_) => {
+                fed += 1;
+                bus.inner.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                if bus.inner.settings.metrics {
+                    metrics::counter!("pm_events_redelivered_total").increment(1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(event_id = %id, error = %crate::error::chain(&e), "cannot dispatch a recovered event; it is recovered at the next start");
+                return;
+            }
+        }
+    }
+    match reader.await {
+        Ok((plan, Some(_))) => {
+            if fed > 0 {
+                tracing::info!(
+                    events = fed,
+                    "dispatched again the events a crash left unhandled"
+                );
+            }
+            *run.recovered.lock().unwrap_or_else(PoisonError::into_inner) = Some(plan);
+        }
+        Ok((_, None)) => {}
+        Err(e) => tracing::error!(error = %e, "the recovery reader failed"),
+    }
 }
 
 async fn run_one(inner: &Inner, sub: &Subscription, event: Event, meta: &(String, String)) {

@@ -44,6 +44,11 @@ pub struct Event {
     /// The system that produced the event.
     #[serde(default = "default_source")]
     pub source: String,
+    /// Set on an event dispatched again after a crash (it was accepted, but not
+    /// recorded as handled, before the process died): its handlers may have run
+    /// for it already. Not part of the JSON form.
+    #[serde(skip)]
+    pub redelivered: bool,
 }
 
 fn default_source() -> String {
@@ -68,6 +73,7 @@ impl Event {
             timestamp: now_unix(),
             event_id: uuid::Uuid::new_v4().to_string(),
             source: DEFAULT_SOURCE.to_string(),
+            redelivered: false,
         }
     }
 

@@ -30,6 +30,7 @@
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
+//! - [`recovery`]: which accepted events are done, and dispatching the others again after a crash.
 //! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
 //! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
 //!   (and, with NATS, the JetStream work queue of deliveries).
@@ -49,6 +50,7 @@ pub mod handlers;
 pub mod input;
 pub mod journal;
 pub mod jsonl;
+pub mod recovery;
 pub mod secret;
 pub mod strict_json;
 pub mod transport;

@@ -38,7 +38,11 @@ fn logged(logs: &Path) -> Vec<Value> {
     let Ok(rd) = std::fs::read_dir(logs.join("events")) else {
         return Vec::new();
     };
-    rd.flatten().flat_map(|e| jsonl(&e.path())).collect()
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .flat_map(|p| jsonl(&p))
+        .collect()
 }
 
 fn risk(severity: Value, score: Value) -> Value {
@@ -639,9 +643,9 @@ async fn two_servers_filling_one_disk_lose_no_accepted_event() {
     let file = std::fs::read_dir(disk.0.join("logs/events"))
         .unwrap()
         .flatten()
-        .next()
-        .unwrap()
-        .path();
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let mut seen = std::collections::HashMap::new();
     for line in text.lines() {

@@ -70,17 +70,38 @@ pub fn signer() -> Signer {
 }
 
 pub async fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
-    let mut req = client().post(url).body(body.to_vec());
+    try_post(url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// Like [`post`], but a connection or read error (a killed server) is an `Err`.
+pub async fn try_post(
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Value), reqwest::Error> {
+    post_with(&client(), url, headers, body).await
+}
+
+/// Like [`try_post`], on a client the caller keeps (its connections are reused).
+pub async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut req = client.post(url).body(body.to_vec());
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let r = req.send().await.unwrap();
+    let r = req.send().await?;
     let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
+    let text = r.text().await?;
+    Ok((
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    ))
 }
 
 /// Standard Webhooks headers (and JSON content type) for `body`.

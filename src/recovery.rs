@@ -1,0 +1,480 @@
+//! Recovery: the event log is the queue of record. What an accepted event
+//! needs to be handled again after a crash is in the log already; this module
+//! records which events are *done* and, at start, finds the ones that are not.
+//!
+//! # Files (under `<log dir>/recovery/`, beside the event log's `events/`)
+//!
+//! - `handled/<run>.ids` — one per run of a bus (a process's `start` to `stop`):
+//!   the `event_id` of every event whose handlers all finished, one per line,
+//!   appended in batches by a background thread (at most every
+//!   [`FLUSH_INTERVAL`], and at `stop`). While the run is alive it holds the
+//!   file's advisory lock (`flock`); a file whose lock can be taken belongs to a
+//!   run that ended, cleanly or not.
+//! - `checkpoint.json` — `{"day":"YYYYMMDD","offset":N}`: every event before
+//!   byte `N` of that day's log (and in every earlier day) is done. Written when
+//!   a bus stops while it is the only live run, and when a recovery is done.
+//! - `recovery.lock` — taken by a starting bus while it registers its run and
+//!   plans its recovery, so no other process starts in between.
+//!
+//! # At start
+//!
+//! A bus with a log, on the in-process transport, takes `recovery.lock`,
+//! registers its own run, and looks at the other runs. If one of them is still
+//! alive, it recovers nothing now (that process may be handling the events; the
+//! next start that finds itself alone recovers them). Otherwise it reads the
+//! done ids of the ended runs, notes the length of every log file from the
+//! checkpoint on, lets go of the lock, and dispatches again — in log order,
+//! with their original `event_id` and `timestamp`, marked
+//! [`redelivered`](crate::Event::redelivered) — every logged event after the
+//! checkpoint and before those lengths that no run recorded as done. Events
+//! published meanwhile are appended after those lengths, so they are never
+//! taken twice. When every recovered event is done, the ended runs' files are
+//! removed and the checkpoint moves to where the recovery stopped.
+//!
+//! # Bounds
+//!
+//! - **Nothing accepted is lost**: an event's line is in the log before
+//!   `publish` returns; it stops being a candidate for recovery only once its id
+//!   is in a done file, which is written after its handlers finished.
+//! - **Handled twice**: only an event whose handlers finished in the last
+//!   [`FLUSH_INTERVAL`] before a crash (its id not yet written) — that window,
+//!   times the rate at which events finish.
+//! - **Start-up cost**: reading the done ids of the ended runs and the log from
+//!   the checkpoint, in a background task (new events are accepted meanwhile).
+//!   The checkpoint moves at every clean stop of a lone bus and after every
+//!   recovery, so after a crash the scan covers what was logged since then: a
+//!   process that ran for a long time before it crashed costs a scan of what it
+//!   logged in that time.
+//! - **Several processes**: a bus recovers only when no other run is alive, and
+//!   only what was logged before it started; a process that dies while another
+//!   runs leaves its unhandled events for the next start that finds itself
+//!   alone.
+
+use crate::error::LogError;
+use crate::event::Event;
+use crate::journal::{day_path, days};
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Longest time a finished event's id waits in memory before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Where every event before is done: a day's log file and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// The day of the log file.
+    #[serde(with = "day_format")]
+    pub day: NaiveDate,
+    /// Bytes of that file known to be done.
+    pub offset: u64,
+}
+
+mod day_format {
+    use chrono::NaiveDate;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.format("%Y%m%d").to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+        let text = String::deserialize(d)?;
+        NaiveDate::parse_from_str(&text, "%Y%m%d").map_err(serde::de::Error::custom)
+    }
+}
+
+fn recovery_dir(log_dir: &Path) -> PathBuf {
+    log_dir.join("recovery")
+}
+
+fn handled_dir(log_dir: &Path) -> PathBuf {
+    recovery_dir(log_dir).join("handled")
+}
+
+fn checkpoint_path(log_dir: &Path) -> PathBuf {
+    recovery_dir(log_dir).join("checkpoint.json")
+}
+
+/// The checkpoint, if one was written (an unreadable one counts as none, with a warning).
+pub fn read_checkpoint(log_dir: &Path) -> Option<Position> {
+    let path = checkpoint_path(log_dir);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable checkpoint; recovering from the start of the log");
+            None
+        }
+    }
+}
+
+fn write_checkpoint(log_dir: &Path, at: Position) -> Result<(), LogError> {
+    let path = checkpoint_path(log_dir);
+    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    let bytes = serde_json::to_vec(&at).unwrap_or_default();
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| LogError::io("write", &path, e))
+}
+
+/// The end of the log now: the last day's file and its length.
+fn log_end(log_dir: &Path) -> Option<Position> {
+    let day = *days(log_dir).last()?;
+    let len = std::fs::metadata(day_path(log_dir, day)).ok()?.len();
+    Some(Position { day, offset: len })
+}
+
+/// This run's done file: ids are handed over in memory and written in batches.
+pub struct Ledger {
+    log_dir: PathBuf,
+    path: PathBuf,
+    /// Ids of finished events not yet written; the flusher takes them.
+    pending: Arc<(Mutex<LedgerState>, Condvar)>,
+    /// The flusher thread; joined by [`Ledger::close`].
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    ids: Vec<u8>,
+    closed: bool,
+}
+
+impl Ledger {
+    /// Records that every handler of `event_id` finished.
+    pub fn done(&self, event_id: &str) {
+        let (state, wake) = &*self.pending;
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.ids.is_empty() {
+            wake.notify_one();
+        }
+        s.ids.extend_from_slice(event_id.as_bytes());
+        s.ids.push(b'\n');
+    }
+
+    /// The run's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes what is pending and stops the flusher; the file stays locked
+    /// until the ledger is dropped.
+    pub fn close(&self) {
+        {
+            let (state, wake) = &*self.pending;
+            state.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+            wake.notify_one();
+        }
+        let handle = self
+            .flusher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "the done-ledger writer panicked");
+        }
+    }
+
+    /// Whether any other run on this log directory is alive.
+    pub fn others_alive(&self) -> bool {
+        other_runs(&self.log_dir, &self.path)
+            .iter()
+            .any(|p| try_lock(p).is_none())
+    }
+
+    /// Moves the checkpoint to the end of the log if this is the only live run
+    /// (the caller knows none of its own events is unfinished), and removes the
+    /// files of ended runs, whose ids the checkpoint now covers.
+    pub fn checkpoint_at_end(&self) {
+        let lock = match lock_recovery(&self.log_dir) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot move the checkpoint");
+                return;
+            }
+        };
+        let others = other_runs(&self.log_dir, &self.path);
+        let mut ended = Vec::new();
+        for p in others {
+            match try_lock(&p) {
+                Some(f) => ended.push((p, f)),
+                None => return, // another run is alive: it may have events in flight
+            }
+        }
+        let Some(end) = log_end(&self.log_dir) else {
+            return;
+        };
+        if let Err(e) = write_checkpoint(&self.log_dir, end) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot write the checkpoint");
+            return;
+        }
+        for (p, _f) in ended {
+            let _ = std::fs::remove_file(&p);
+        }
+        drop(lock);
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn try_lock(path: &Path) -> Option<File> {
+    let f = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    match f.try_lock() {
+        Ok(()) => Some(f),
+        Err(_) => None,
+    }
+}
+
+fn other_runs(log_dir: &Path, own: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(handled_dir(log_dir)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ids") && p != own)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Holds `recovery.lock` while a run registers and plans.
+fn lock_recovery(log_dir: &Path) -> Result<File, LogError> {
+    let dir = recovery_dir(log_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    let path = dir.join("recovery.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    f.lock().map_err(|e| LogError::io("lock", &path, e))?;
+    Ok(f)
+}
+
+/// What a starting bus recovers: the events to dispatch again, and then
+/// where the checkpoint may move.
+pub struct Plan {
+    log_dir: PathBuf,
+    /// Ids recorded as done by the ended runs.
+    done: HashSet<String>,
+    /// Read from here ...
+    from: Option<Position>,
+    /// ... to the length each day's file had when the plan was made.
+    until: Vec<Position>,
+    /// The ended runs' files (locked, so no other start takes them too).
+    ended: Vec<(PathBuf, File)>,
+}
+
+/// Opens this run's done ledger and, when no other run is alive, the plan of
+/// what to recover (see the module docs).
+pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
+    let _lock = lock_recovery(log_dir)?;
+    let dir = handled_dir(log_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    let path = dir.join(format!("{}.ids", uuid::Uuid::now_v7()));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| LogError::io("create", &path, e))?;
+    file.lock().map_err(|e| LogError::io("lock", &path, e))?;
+    let mut ended = Vec::new();
+    let mut alive = 0usize;
+    for p in other_runs(log_dir, &path) {
+        match try_lock(&p) {
+            Some(f) => ended.push((p, f)),
+            None => alive += 1,
+        }
+    }
+    let plan = if alive > 0 {
+        tracing::warn!(
+            alive,
+            "another process is running on this log directory: events left unhandled by a crash are recovered by the next start that finds itself alone"
+        );
+        None
+    } else {
+        let from = read_checkpoint(log_dir);
+        let first_day = from.map(|p| p.day);
+        let until = days(log_dir)
+            .into_iter()
+            .filter(|d| first_day.is_none_or(|f| *d >= f))
+            .filter_map(|day| {
+                std::fs::metadata(day_path(log_dir, day))
+                    .ok()
+                    .map(|m| Position {
+                        day,
+                        offset: m.len(),
+                    })
+            })
+            .collect();
+        let mut done = HashSet::new();
+        for (p, _) in &ended {
+            read_ids(p, &mut done);
+        }
+        Some(Plan {
+            log_dir: log_dir.to_path_buf(),
+            done,
+            from,
+            until,
+            ended,
+        })
+    };
+    let pending = Arc::new((Mutex::new(LedgerState::default()), Condvar::new()));
+    let flusher = {
+        let (pending, path) = (pending.clone(), path.clone());
+        std::thread::Builder::new()
+            .name("pm-events-ledger".into())
+            .spawn(move || flush_loop(file, &pending, &path))
+            .map_err(|e| LogError::io("start the writer of", &dir, e))?
+    };
+    Ok((
+        Ledger {
+            log_dir: log_dir.to_path_buf(),
+            path,
+            pending,
+            flusher: Mutex::new(Some(flusher)),
+        },
+        plan,
+    ))
+}
+
+fn flush_loop(mut file: File, pending: &(Mutex<LedgerState>, Condvar), path: &Path) {
+    let (state, wake) = pending;
+    loop {
+        let (buf, closed) = {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.ids.is_empty() && !s.closed {
+                s = wake
+                    .wait_timeout(s, FLUSH_INTERVAL)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            (std::mem::take(&mut s.ids), s.closed)
+        };
+        if !buf.is_empty()
+            && let Err(e) = file.write_all(&buf)
+        {
+            // The ids are lost: those events may be handled again after a crash.
+            tracing::error!(path = %path.display(), error = %e, "cannot write the done ledger");
+        }
+        if closed {
+            let _ = file.sync_data();
+            return;
+        }
+        // Gather ids for a while before the next write.
+        std::thread::sleep(FLUSH_INTERVAL);
+    }
+}
+
+fn read_ids(path: &Path, into: &mut HashSet<String>) {
+    let Ok(f) = File::open(path) else { return };
+    for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+        if let Ok(id) = String::from_utf8(line)
+            && !id.is_empty()
+        {
+            into.insert(id);
+        }
+    }
+}
+
+impl Plan {
+    /// How many ended runs' done ids it knows.
+    pub fn done_count(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Calls `each` with every logged event of the plan's range that is not
+    /// done, in log order, marked redelivered; stops early when `each` returns
+    /// `false`. Returns how many it passed on, or `None` if it stopped early.
+    pub fn for_each_pending(&self, mut each: impl FnMut(Event) -> bool) -> Option<u64> {
+        let mut n = 0u64;
+        for end in &self.until {
+            let path = day_path(&self.log_dir, end.day);
+            let Ok(mut f) = File::open(&path) else {
+                continue;
+            };
+            let start = match self.from {
+                Some(p) if p.day == end.day => p.offset,
+                _ => 0,
+            };
+            if start >= end.offset || f.seek(SeekFrom::Start(start)).is_err() {
+                continue;
+            }
+            let reader = BufReader::with_capacity(1 << 16, f.take(end.offset - start));
+            for (i, line) in reader.split(b'\n').enumerate() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    continue;
+                }
+                let mut event: Event = match serde_json::from_slice(&line) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), line = i + 1, error = %e, "undecodable event log line skipped by recovery");
+                        continue;
+                    }
+                };
+                if self.done.contains(&event.event_id) {
+                    continue;
+                }
+                event.redelivered = true;
+                n += 1;
+                if !each(event) {
+                    return None;
+                }
+            }
+        }
+        Some(n)
+    }
+
+    /// Every recovered event is done: the checkpoint moves to where the plan
+    /// ended and the ended runs' files go (their ids are covered by it).
+    pub fn finish(self) {
+        let Some(end) = self.until.last().copied() else {
+            return;
+        };
+        let _lock = match lock_recovery(&self.log_dir) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot finish the recovery");
+                return;
+            }
+        };
+        if let Err(e) = write_checkpoint(&self.log_dir, end) {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot write the checkpoint");
+            return;
+        }
+        for (p, _f) in self.ended {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_as_day_and_offset() {
+        let p = Position {
+            day: NaiveDate::from_ymd_opt(2025, 1, 15).unwrap(),
+            offset: 42,
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text, r#"{"day":"20250115","offset":42}"#);
+        assert_eq!(serde_json::from_str::<Position>(&text).unwrap(), p);
+    }
+}
