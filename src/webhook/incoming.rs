@@ -15,7 +15,7 @@
 //!   present and no `Content-Type` at all (as the CloudEvents SDKs send JSON
 //!   data), the body is read as JSON.
 //!
-//! Every body is parsed with [`strict_json`](crate::strict_json): a repeated key
+//! Every body is parsed with [`crate::strict_json`]: a repeated key
 //! is refused. An admission check given with [`IncomingWebhooks::with_admission`]
 //! (the server's: built-in payloads valid, paths and addresses allowed) runs on
 //! the parsed event before it is published.
