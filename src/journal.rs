@@ -36,13 +36,14 @@
 use crate::config::{BATCH_FSYNC_INTERVAL, FsyncPolicy};
 use crate::error::LogError;
 use crate::event::Event;
-use crate::jsonl::{JsonlReader, append_all, open_append};
+use crate::jsonl::{JsonlReader, append_holding_lock, open_append};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The path of the event log of `day` under `log_dir`.
@@ -78,6 +79,31 @@ struct FileState {
     len: u64,
     /// The fast path's line buffer, reused.
     scratch: Vec<u8>,
+    /// Since when this process holds the file's `flock` (see [`HOLD_MAX`]).
+    locked_since: Option<Instant>,
+}
+
+/// Longest time a writer keeps the log file's `flock` while it goes on writing.
+///
+/// Other processes append to the same file, so every write is made under the
+/// file's `flock` (see `jsonl::append_all`). Taking and releasing it costs two
+/// system calls, as much as the write itself; so a writer keeps it across its
+/// writes and lets go after this long, and the background thread lets go of it
+/// within [`RELEASE_TICK`] once the writer is idle. Another process waits at
+/// most about that long for its turn.
+const HOLD_MAX: Duration = Duration::from_millis(1);
+
+/// How often the background thread releases a lock held by an idle writer.
+const RELEASE_TICK: Duration = Duration::from_millis(10);
+
+impl FileState {
+    fn unlock(&mut self) {
+        if self.locked_since.take().is_some()
+            && let Err(e) = self.file.unlock()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot unlock the event log");
+        }
+    }
 }
 
 struct Shared {
@@ -120,25 +146,29 @@ impl EventLog {
                 file,
                 len,
                 scratch: Vec::new(),
+                locked_since: None,
             }),
             dirty: AtomicBool::new(false),
         });
-        let mut sync_stop = None;
-        if fsync == FsyncPolicy::Batch {
-            let (tx, rx) = std_mpsc::channel::<()>();
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name("pm-events-fsync".into())
-                .spawn(move || {
-                    while let Err(std_mpsc::RecvTimeoutError::Timeout) =
-                        rx.recv_timeout(BATCH_FSYNC_INTERVAL)
-                    {
+        // The background thread: lets go of an idle writer's lock, and under the
+        // `batch` policy syncs at most every BATCH_FSYNC_INTERVAL.
+        let (tx, rx) = std_mpsc::channel::<()>();
+        let s = shared.clone();
+        let sync_every = (BATCH_FSYNC_INTERVAL.as_millis() / RELEASE_TICK.as_millis()).max(1);
+        std::thread::Builder::new()
+            .name("pm-events-log".into())
+            .spawn(move || {
+                let mut tick = 0u128;
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(RELEASE_TICK) {
+                    s.release_idle_lock();
+                    tick += 1;
+                    if s.fsync == FsyncPolicy::Batch && tick.is_multiple_of(sync_every) {
                         s.sync();
                     }
-                })
-                .map_err(|e| LogError::io("start the sync thread for", &shared.dir, e))?;
-            sync_stop = Some(tx);
-        }
+                }
+            })
+            .map_err(|e| LogError::io("start the background thread for", &shared.dir, e))?;
+        let sync_stop = Some(tx);
         Ok(EventLog {
             shared,
             sync_stop: Mutex::new(sync_stop),
@@ -224,6 +254,7 @@ impl EventLog {
         if let Some(tx) = lock(&self.sync_stop).take() {
             let _ = tx.send(());
         }
+        lock(&self.shared.file).unlock();
         self.shared.sync();
     }
 }
@@ -231,6 +262,10 @@ impl EventLog {
 impl Drop for EventLog {
     fn drop(&mut self) {
         self.shared.flush_all();
+        if let Some(tx) = lock(&self.sync_stop).take() {
+            let _ = tx.send(());
+        }
+        lock(&self.shared.file).unlock();
         self.shared.sync();
     }
 }
@@ -277,9 +312,20 @@ impl Shared {
         }
     }
 
+    /// Lets go of the file's lock if a writer kept it and is not writing now;
+    /// then writes what publishers queued meanwhile (they count on the flush
+    /// lock's holder to write their lines).
+    fn release_idle_lock(&self) {
+        if let Ok(mut f) = self.file.try_lock() {
+            f.unlock();
+        }
+        self.flush_all();
+    }
+
     fn write(&self, f: &mut FileState, buf: &[u8]) -> Result<(), LogError> {
         let day = today();
         if day != f.day {
+            f.unlock();
             let _ = f.file.sync_data();
             let path = day_path(&self.dir, day);
             let (file, len) = open_append(&path)?;
@@ -290,10 +336,18 @@ impl Shared {
             f.file = file;
             f.len = len;
         }
-        let FileState {
-            file, len, path, ..
-        } = f;
-        append_all(file, len, buf, path)?;
+        if f.locked_since.is_none() {
+            f.file
+                .lock()
+                .map_err(|e| LogError::io("lock", &f.path, e))?;
+            f.locked_since = Some(Instant::now());
+        }
+        let written = append_holding_lock(&f.file, &mut f.len, buf, &f.path);
+        if written.is_err() || f.locked_since.is_some_and(|t| t.elapsed() >= HOLD_MAX) {
+            f.unlock();
+        }
+        written?;
+        let FileState { file, path, .. } = f;
         if self.fsync == FsyncPolicy::Always {
             file.sync_data()
                 .map_err(|e| LogError::io("sync", &*path, e))?;

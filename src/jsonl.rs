@@ -91,6 +91,18 @@ pub(crate) fn append_all(
     }
 }
 
+/// Like [`append_all`] for a caller that holds the file's lock already.
+pub(crate) fn append_holding_lock(
+    file: &File,
+    len: &mut u64,
+    buf: &[u8],
+    path: &Path,
+) -> Result<(), LogError> {
+    write_locked(file, buf).map_err(|e| LogError::io("append to", path, e))?;
+    *len += buf.len() as u64;
+    Ok(())
+}
+
 /// Writes all of `buf` while the caller holds the file's lock; on failure
 /// removes what of `buf` was written (the file's last bytes, under the lock).
 fn write_locked(file: &File, buf: &[u8]) -> std::io::Result<()> {
