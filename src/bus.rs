@@ -33,6 +33,7 @@ use crate::config::{Config, FsyncPolicy};
 use crate::error::{BusError, LogError};
 use crate::event::{Event, EventId};
 use crate::handler::{Filter, Handler};
+use crate::idempotency::{Accepted, RecentIds};
 use crate::journal::{self, EventLog};
 use crate::recovery::{self, Ledger};
 use crate::transport::{Ack, Consumer, Delivery, MemoryTransport, Permit, Priority, Transport};
@@ -172,6 +173,8 @@ struct Run {
     /// The recovery plan, handed here by the feeder once every recovered event
     /// is queued; `stop` finishes it (moves the checkpoint) when all are done.
     recovered: std::sync::Mutex<Option<recovery::Plan>>,
+    /// The ids accepted recently, for idempotent publishes (`publish_once`).
+    recent: Arc<RecentIds>,
 }
 
 enum State {
@@ -590,6 +593,7 @@ impl EventBus {
             runtime: tokio::runtime::Handle::current(),
             ledger: ledger.clone(),
             recovered: std::sync::Mutex::new(None),
+            recent: RecentIds::start(s.log_dir.as_deref()),
         });
         let dispatcher = tokio::spawn(dispatch_loop(
             self.inner.clone(),
@@ -723,11 +727,47 @@ impl EventBus {
         event: impl Into<EventOrType>,
         data: impl Into<Option<Value>>,
     ) -> Result<EventId, BusError> {
-        self.publish_event(make_event(event.into(), data.into()))
+        match event.into() {
+            // A built event may carry an id accepted before: publish it once.
+            EventOrType::Event(e) => {
+                let e = make_event(EventOrType::Event(e), data.into());
+                self.publish_once(e).await.map(|a| a.event_id)
+            }
+            t @ EventOrType::Type(_) => self.publish_event(make_event(t, data.into())).await,
+        }
+    }
+
+    /// Publishes `event` unless an event with its `event_id` was accepted in the
+    /// last 24 hours (see [`crate::idempotency`]): then it returns that id with
+    /// `duplicate: true` and does nothing. Waits while the queue is full.
+    pub async fn publish_once(&self, event: Event) -> Result<Accepted, BusError> {
+        self.publish_once_inner(event, true).await
+    }
+
+    /// Like [`publish_once`](Self::publish_once), with
+    /// [`BusError::QueueFull`] instead of waiting when the queue is full.
+    pub async fn try_publish_once(&self, event: Event) -> Result<Accepted, BusError> {
+        self.publish_once_inner(event, false).await
+    }
+
+    async fn publish_once_inner(&self, event: Event, wait: bool) -> Result<Accepted, BusError> {
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let run = self.enter()?.0;
+        let id = event.event_id.clone();
+        run.recent
+            .once(&id, async || {
+                if wait {
+                    self.publish_event(event).await.map(|_| ())
+                } else {
+                    self.try_publish(event, None).await.map(|_| ())
+                }
+            })
             .await
     }
 
-    /// Publishes a built event (see [`publish`](Self::publish)).
+    /// Publishes a built event without looking for an earlier one with its id
+    /// (the fast path for events whose id was just made; see
+    /// [`publish_once`](Self::publish_once) for ids that come from outside).
     pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
         event.validate().map_err(BusError::InvalidEvent)?;
         let (run, _token) = self.enter()?;

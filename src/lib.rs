@@ -30,6 +30,7 @@
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
+//! - [`idempotency`]: an event published twice with one `event_id` is accepted once.
 //! - [`recovery`]: which accepted events are done, and dispatching the others again after a crash.
 //! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
 //! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
@@ -47,6 +48,7 @@ pub mod error;
 pub mod event;
 pub mod handler;
 pub mod handlers;
+pub mod idempotency;
 pub mod input;
 pub mod journal;
 pub mod jsonl;

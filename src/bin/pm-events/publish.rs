@@ -30,6 +30,11 @@ pub struct Args {
     /// How long to wait for the webhook deliveries the events cause (in-process).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
+    /// The event's id, used as an idempotency key: if an event with this id was
+    /// accepted in the last 24 hours, nothing is published and its id is printed
+    /// again (not with `-`).
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
 }
 
 /// Runs `publish`. Events from stdin are published as they are read (memory
@@ -52,11 +57,19 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         })?;
         let data: Value = strict_json::from_str(json)
             .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
-        Some(
-            pm_events::input::build_event(&args.event_type, data, args.source.as_deref())
-                .map_err(UsageError)?,
-        )
+        let mut e = pm_events::input::build_event(&args.event_type, data, args.source.as_deref())
+            .map_err(UsageError)?;
+        if let Some(id) = &args.id {
+            e.event_id = id.clone();
+            e.validate()
+                .map_err(|m| UsageError(format!("invalid --id: {m}")))?;
+        }
+        Some(e)
     };
+    if args.id.is_some() && single.is_none() {
+        return Err(UsageError("--id takes a single event (TYPE JSON), not `-`".into()).into());
+    }
+    let once = args.id.is_some();
     let mut sink = match &args.url {
         Some(url) => Sink::Remote(Remote::new(&cfg, url)?),
         None => {
@@ -71,7 +84,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     // ends the input; what was published is still drained and reported.
     let mut fatal = None;
     match single {
-        Some(e) => match sink.send(e).await {
+        Some(e) => match sink.send(e, once).await {
             Ok(ok) => {
                 all_ok &= ok;
                 published += 1;
@@ -88,7 +101,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
                     continue;
                 }
                 match pm_events::input::parse_line(&line) {
-                    Ok(e) => match sink.send(e).await {
+                    Ok(e) => match sink.send(e, false).await {
                         Ok(ok) => {
                             all_ok &= ok;
                             published += 1;
@@ -148,16 +161,27 @@ enum Sink {
 }
 
 impl Sink {
-    /// Publishes one event: `Ok(false)` when a server refused it (reported),
-    /// `Err` when publishing cannot go on.
-    async fn send(&mut self, e: Event) -> Result<bool> {
+    /// Publishes one event (`once`: unless its id was accepted before):
+    /// `Ok(false)` when a server refused it (reported), `Err` when publishing
+    /// cannot go on.
+    async fn send(&mut self, e: Event, once: bool) -> Result<bool> {
         match self {
+            Sink::Local(app) if once => {
+                let a = app.bus.publish_once(e).await?;
+                say!("{}", a.event_id);
+                if a.duplicate {
+                    eprintln!(
+                        "pm-events: an event with this id was accepted already; nothing was published"
+                    );
+                }
+                Ok(true)
+            }
             Sink::Local(app) => {
                 let id = app.bus.publish_event(e).await?;
                 say!("{id}");
                 Ok(true)
             }
-            Sink::Remote(r) => r.send(&e).await,
+            Sink::Remote(r) => r.send(&e, once).await,
         }
     }
 
@@ -197,9 +221,13 @@ impl Remote {
         })
     }
 
-    async fn send(&self, e: &Event) -> Result<bool> {
+    async fn send(&self, e: &Event, once: bool) -> Result<bool> {
         let endpoint = &self.endpoint;
-        let body = serde_json::json!({"type": e.event_type, "data": e.data, "source": e.source});
+        let mut body =
+            serde_json::json!({"type": e.event_type, "data": e.data, "source": e.source});
+        if once {
+            body["event_id"] = e.event_id.clone().into();
+        }
         let mut req = self
             .client
             .post(endpoint)
@@ -221,6 +249,11 @@ impl Remote {
             .unwrap_or(Value::Null);
         if status.is_success() {
             say!("{}", v["event_id"].as_str().unwrap_or(""));
+            if v["duplicate"] == true {
+                eprintln!(
+                    "pm-events: an event with this id was accepted already; nothing was published"
+                );
+            }
             Ok(true)
         } else {
             eprintln!(

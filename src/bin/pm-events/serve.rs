@@ -263,15 +263,46 @@ async fn publish(
         Some(Value::String(src)) => event.source = src,
         Some(_) => return Err(bad("`source` must be a string".into())),
     }
+    // An idempotency key: the header, or the body's `event_id` (the same if both).
+    let header_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => Some(k.to_string()),
+        Some(Err(_)) => return Err(bad("the Idempotency-Key header is not visible ASCII".into())),
+    };
+    let body_key = match m.remove("event_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id),
+        Some(_) => return Err(bad("`event_id` must be a string".into())),
+    };
+    let key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(bad(
+                "the Idempotency-Key header and the body's `event_id` differ; send one, or the same".into(),
+            ));
+        }
+        (h, b) => h.or(b),
+    };
     if let Some(k) = m.keys().next() {
         return Err(bad(format!(
-            "unknown field `{k}` (expected type, data, source)"
+            "unknown field `{k}` (expected type, data, source, event_id)"
         )));
+    }
+    if let Some(k) = &key {
+        event.event_id = k.clone();
     }
     event.validate().map_err(bad)?;
     admit(&event, &s.access)?;
-    let id = s.bus.try_publish(event, None).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
+    if key.is_none() {
+        let id = s.bus.try_publish(event, None).await?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response());
+    }
+    let a = s.bus.try_publish_once(event).await?;
+    let body = if a.duplicate {
+        json!({"event_id": a.event_id, "duplicate": true})
+    } else {
+        json!({"event_id": a.event_id})
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
