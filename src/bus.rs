@@ -229,6 +229,42 @@ pub struct EventBus {
     inner: Arc<Inner>,
 }
 
+/// A publishing handle that does not keep the bus alive: what a handler that
+/// publishes follow-up events holds (a handler holding the [`EventBus`] that
+/// holds it would be an `Arc` cycle, and neither would ever be dropped).
+///
+/// ```
+/// # use pm_events::EventBus; use serde_json::json;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = EventBus::builder().without_log().build();
+/// let handle = bus.downgrade();
+/// bus.start().await?;
+/// handle.publish("follow_up", json!({})).await?;
+/// bus.stop().await?;
+/// drop(bus);
+/// assert!(handle.publish("follow_up", json!({})).await.is_err()); // the bus is gone
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WeakEventBus {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakEventBus {
+    /// Publishes on the bus if it still exists (see [`EventBus::publish`]);
+    /// [`BusError::NotRunning`] once it was dropped.
+    pub async fn publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        match self.inner.upgrade() {
+            Some(inner) => EventBus { inner }.publish(event, data).await,
+            None => Err(BusError::NotRunning("dropped")),
+        }
+    }
+}
+
 /// What `publish` takes as its first argument: an event type or a whole [`Event`].
 pub enum EventOrType {
     /// A type name; the bus builds the event.
@@ -532,6 +568,14 @@ impl EventBus {
     /// The configured queue capacity.
     pub fn capacity(&self) -> usize {
         self.inner.settings.capacity
+    }
+
+    /// A handle that publishes on this bus without keeping it alive (for
+    /// handlers that publish follow-up events).
+    pub fn downgrade(&self) -> WeakEventBus {
+        WeakEventBus {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// Whether the bus is running (started and not stopping).

@@ -58,7 +58,9 @@ pub mod strict_json;
 pub mod transport;
 pub mod webhook;
 
-pub use bus::{BusStats, EventBus, EventBusBuilder, SubscriptionId, get_event_bus, set_event_bus};
+pub use bus::{
+    BusStats, EventBus, EventBusBuilder, SubscriptionId, WeakEventBus, get_event_bus, set_event_bus,
+};
 pub use config::{Config, FsyncPolicy};
 pub use error::{BusError, ConfigError, LogError};
 pub use event::{Event, EventId};

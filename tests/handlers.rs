@@ -510,7 +510,7 @@ async fn risk_alerts_route_by_severity_escalate_and_run_mitigations() {
         e2.lock().unwrap().push(e.data);
         async { Ok::<(), std::io::Error>(()) }
     });
-    let h = Arc::new(RiskAlertHandler::with_context(true, ctx, Some(bus.clone())).unwrap());
+    let h = Arc::new(RiskAlertHandler::with_context(true, ctx, Some(&bus)).unwrap());
     h.register_mitigation("block_ip", |a| Ok(format!("blocked for {}", a.alert_id)));
     h.register_mitigation("rotate_keys", |_| Err("vault unreachable".into()));
     bus.subscribe_arc("risk_alert", h.clone());
@@ -717,4 +717,32 @@ async fn register_builtins_subscribes_the_three_handlers_in_one_call() {
     assert!(b.report_ready.auto_distribute);
     assert!(b.risk_alert.escalation_enabled);
     assert!(b.file_change.log_changes);
+}
+
+#[tokio::test]
+async fn the_risk_handler_does_not_keep_its_bus_alive_and_saves_its_dashboard_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), &[]);
+    let bus = EventBus::builder().config(&c).build();
+    let b = register_builtins(&bus, &c, None, pm_events::handlers::Access::operator(&c)).unwrap();
+    bus.start().await.unwrap();
+    bus.publish("risk_alert", json!({"alert_id": "d1", "risk_type": "security", "severity": "high", "title": "t", "risk_score": 0.9}))
+        .await
+        .unwrap();
+    bus.stop().await.unwrap();
+    let handler = Arc::downgrade(&b.risk_alert);
+    drop(b);
+    drop(bus);
+    assert!(
+        handler.upgrade().is_none(),
+        "the handler was freed with its bus (no Arc cycle)"
+    );
+    let d: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("logs/risk_alerts/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        d["open_alerts"][0]["alert_id"], "d1",
+        "the dashboard is saved"
+    );
 }

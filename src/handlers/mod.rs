@@ -402,11 +402,7 @@ pub fn register_builtins(
         ctx.clone(),
         mail::Mailer::from_config(config)?,
     )?);
-    let risk_alert = Arc::new(RiskAlertHandler::with_context(
-        true,
-        ctx,
-        Some(bus.clone()),
-    )?);
+    let risk_alert = Arc::new(RiskAlertHandler::with_context(true, ctx, Some(bus))?);
     bus.subscribe_arc("file_change", file_change.clone());
     bus.subscribe_arc("report_ready", report_ready.clone());
     bus.subscribe_arc("risk_alert", risk_alert.clone());

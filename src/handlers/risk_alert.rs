@@ -34,7 +34,7 @@ use super::{
     Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line,
     now_rfc3339, one_of, write_atomic,
 };
-use crate::bus::EventBus;
+use crate::bus::{EventBus, WeakEventBus};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
 use crate::jsonl::JsonlWriter;
@@ -290,7 +290,9 @@ pub struct RiskAlertHandler {
     /// Escalate high and critical alerts and those scoring 0.8 or more.
     pub escalation_enabled: bool,
     ctx: Context,
-    bus: Option<EventBus>,
+    /// Where escalations are published; weak, so the bus that holds this
+    /// handler is not kept alive by it.
+    bus: Option<WeakEventBus>,
     log: JsonlWriter,
     mitigation: RwLock<MitigationExecutor>,
     dashboard_path: PathBuf,
@@ -312,7 +314,7 @@ impl RiskAlertHandler {
     pub fn with_context(
         escalation_enabled: bool,
         ctx: Context,
-        bus: Option<EventBus>,
+        bus: Option<&EventBus>,
     ) -> Result<Self, SetupError> {
         let log = ctx.writer("risk_alerts/risk_alerts.jsonl")?;
         let dashboard_path = ctx.log_dir.join("risk_alerts/dashboard.json");
@@ -342,7 +344,7 @@ impl RiskAlertHandler {
         Ok(RiskAlertHandler {
             escalation_enabled,
             ctx,
-            bus,
+            bus: bus.map(EventBus::downgrade),
             log,
             mitigation: RwLock::new(MitigationExecutor::default()),
             dashboard_path,

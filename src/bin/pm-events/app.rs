@@ -95,7 +95,6 @@ impl App {
     /// pending stays in the outbox). Returns the delivery outcome, if any were queued.
     pub async fn stop(self, wait: Duration) -> Result<Option<WaitOutcome>> {
         self.bus.stop().await?;
-        self.builtins.risk_alert.flush_dashboard();
         let Some(h) = self.webhooks else {
             return Ok(None);
         };
