@@ -884,7 +884,7 @@ impl EventBus {
         let mut rest = events.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
-            let mut permit = run
+            let permit = run
                 .permits
                 .clone()
                 .acquire_many_owned(chunk.len() as u32)
@@ -893,37 +893,47 @@ impl EventBus {
             if let Some(log) = &run.log {
                 log.append_batch(&chunk).await?;
             }
-            let mut parts = Vec::with_capacity(chunk.len());
-            for _ in 1..chunk.len() {
-                parts.extend(permit.split(1));
-            }
-            parts.push(permit);
-            if parts.len() != chunk.len() {
-                return Err(crate::transport::TransportError::Other(
-                    "capacity accounting error".into(),
-                )
-                .into());
-            }
-            let mut items = Vec::with_capacity(chunk.len());
-            for (e, p) in chunk.into_iter().zip(parts) {
-                ids.push(e.event_id.clone());
-                let prio = self.priority_of(&e);
-                items.push((e, prio, p));
-            }
-            let n = items.len();
-            let counted = if self.inner.local { n } else { 0 };
-            self.inner.inflight.fetch_add(counted, Ordering::SeqCst);
-            if let Err(e) = self.inner.transport.publish_batch(items).await {
-                self.inner.inflight.fetch_sub(counted, Ordering::SeqCst);
-                self.inner.idle.notify_waiters();
-                return Err(BusError::Transport(e));
-            }
-            self.inner
-                .stats
-                .published
-                .fetch_add(n as u64, Ordering::Relaxed);
+            ids.extend(chunk.iter().map(|e| e.event_id.clone()));
+            self.enqueue_batch(chunk, permit).await?;
         }
         Ok(ids)
+    }
+
+    /// Hands logged events to the transport in order, `permit` holding one
+    /// unit of capacity per event.
+    async fn enqueue_batch(&self, chunk: Vec<Event>, mut permit: Permit) -> Result<(), BusError> {
+        let mut parts = Vec::with_capacity(chunk.len());
+        for _ in 1..chunk.len() {
+            parts.extend(permit.split(1));
+        }
+        parts.push(permit);
+        if parts.len() != chunk.len() {
+            return Err(crate::transport::TransportError::Other(
+                "capacity accounting error".into(),
+            )
+            .into());
+        }
+        let items: Vec<_> = chunk
+            .into_iter()
+            .zip(parts)
+            .map(|(e, p)| {
+                let prio = self.priority_of(&e);
+                (e, prio, p)
+            })
+            .collect();
+        let n = items.len();
+        let counted = if self.inner.local { n } else { 0 };
+        self.inner.inflight.fetch_add(counted, Ordering::SeqCst);
+        if let Err(e) = self.inner.transport.publish_batch(items).await {
+            self.inner.inflight.fetch_sub(counted, Ordering::SeqCst);
+            self.inner.idle.notify_waiters();
+            return Err(BusError::Transport(e));
+        }
+        self.inner
+            .stats
+            .published
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     fn priority_of(&self, e: &Event) -> Priority {
@@ -1119,29 +1129,42 @@ async fn run_handlers(inner: &Inner, delivery: Delivery, subs: SubList, ledger: 
 /// order), each waiting for capacity like a publish; then hands the plan to
 /// `stop`, which moves the checkpoint once they are all done.
 async fn feed_recovered(bus: EventBus, run: Arc<Run>, plan: recovery::Plan) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
+    const CHUNK: usize = 256;
+    let chunk_len = CHUNK.min(bus.inner.settings.capacity).max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(8);
     let reader = tokio::task::spawn_blocking(move || {
-        let n = plan.for_each_pending(|e| tx.blocking_send(e).is_ok());
+        let mut chunk = Vec::with_capacity(chunk_len);
+        let n = plan.for_each_pending(|e| {
+            chunk.push(e);
+            chunk.len() < chunk_len
+                || tx
+                    .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(chunk_len)))
+                    .is_ok()
+        });
+        if n.is_some() && !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
+            return (plan, None);
+        }
         (plan, n)
     });
     let mut fed = 0u64;
-    while let Some(event) = rx.recv().await {
-        let Ok(permit) = run.permits.clone().acquire_owned().await else {
+    while let Some(chunk) = rx.recv().await {
+        let Ok(permit) = run
+            .permits
+            .clone()
+            .acquire_many_owned(chunk.len() as u32)
+            .await
+        else {
             break;
         };
-        let id = event.event_id.clone();
-        match bus.enqueue(event, permit).await {
-            Ok(_) => {
-                fed += 1;
-                bus.inner.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-                if bus.inner.settings.metrics {
-                    metrics::counter!("pm_events_redelivered_total").increment(1);
-                }
-            }
-            Err(e) => {
-                tracing::error!(event_id = %id, error = %crate::error::chain(&e), "cannot dispatch a recovered event; it is recovered at the next start");
-                return;
-            }
+        let n = chunk.len() as u64;
+        if let Err(e) = bus.enqueue_batch(chunk, permit).await {
+            tracing::error!(error = %crate::error::chain(&e), "cannot dispatch recovered events; they are recovered at the next start");
+            return;
+        }
+        fed += n;
+        bus.inner.stats.redelivered.fetch_add(n, Ordering::Relaxed);
+        if bus.inner.settings.metrics {
+            metrics::counter!("pm_events_redelivered_total").increment(n);
         }
     }
     match reader.await {

@@ -191,8 +191,9 @@ impl Ledger {
     }
 
     /// Moves the checkpoint to the end of the log if this is the only live run
-    /// (the caller knows none of its own events is unfinished), and removes the
-    /// files of ended runs, whose ids the checkpoint now covers.
+    /// (the caller knows none of its own events is unfinished and has closed the
+    /// ledger), and removes the files of ended runs and of this one, whose ids
+    /// the checkpoint now covers.
     pub fn checkpoint_at_end(&self) {
         let lock = match lock_recovery(&self.log_dir) {
             Ok(l) => l,
@@ -219,6 +220,9 @@ impl Ledger {
         for (p, _f) in ended {
             let _ = std::fs::remove_file(&p);
         }
+        // This run's ids are covered by the checkpoint too (the caller closed the
+        // ledger): a start need not read them.
+        let _ = std::fs::remove_file(&self.path);
         drop(lock);
     }
 }

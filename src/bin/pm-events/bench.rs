@@ -54,6 +54,9 @@ pub struct Args {
     /// turn, medians reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// `bench recovery`: sizes of the handled logs to start on.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    handled: Vec<u64>,
     /// Run only the bus with the log on (for profiling).
     #[arg(long, hide = true)]
     only_log_on: bool,
@@ -73,6 +76,8 @@ enum What {
     Webhooks,
     /// Signed incoming webhooks through `serve` against a bare axum route.
     Serve,
+    /// Crash recovery: re-dispatch of unhandled events, start-up on a large handled log.
+    Recovery,
 }
 
 fn make(i: u64) -> Event {
@@ -93,6 +98,10 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         What::Bus => bus(cfg, args).await,
         What::Webhooks => webhooks(cfg, args).await,
         What::Serve => serve(cfg, args).await,
+        What::Recovery => {
+            crate::bench_recovery::run(args.events, &args.handled).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod app;
 mod bench;
+mod bench_recovery;
 mod demo;
 mod logs;
 mod publish;
