@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::logged;
+
 use common::server::{SECRET, Server, client, post, signer, standard};
 use common::{jsonl, wait_until};
 use pm_events::event::now_unix;
@@ -31,18 +33,6 @@ fn pm(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
     let mut child = c.spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// Every line of every event log file under `logs`.
-fn logged(logs: &Path) -> Vec<Value> {
-    let Ok(rd) = std::fs::read_dir(logs.join("events")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .flat_map(|p| jsonl(&p))
-        .collect()
 }
 
 fn risk(severity: Value, score: Value) -> Value {

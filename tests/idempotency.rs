@@ -6,23 +6,12 @@
 
 mod common;
 
-use common::jsonl;
+use common::logged;
+
 use common::server::{Server, post};
 use pm_events::{Event, EventBus};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Command;
-
-fn logged(logs: &Path) -> Vec<Value> {
-    let Ok(rd) = std::fs::read_dir(logs.join("events")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .flat_map(|p| jsonl(&p))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_library_accepts_an_id_once_across_a_restart() {

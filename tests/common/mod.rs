@@ -244,3 +244,15 @@ pub fn python() -> String {
     );
     py
 }
+
+/// Every event of the event log files (`events/events_*.log`) under `logs`.
+pub fn logged(logs: &std::path::Path) -> Vec<serde_json::Value> {
+    let Ok(rd) = std::fs::read_dir(logs.join("events")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .flat_map(|p| jsonl(&p))
+        .collect()
+}
