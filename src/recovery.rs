@@ -8,11 +8,15 @@
 //!   the `event_id` of every event whose handlers all finished, one per line,
 //!   appended in batches by a background thread (at most every
 //!   [`FLUSH_INTERVAL`], and at `stop`). While the run is alive it holds the
-//!   file's advisory lock (`flock`); a file whose lock can be taken belongs to a
-//!   run that ended, cleanly or not.
+//!   file's advisory lock (`flock`); an `.ids` file whose lock can be taken
+//!   belongs to a run that died. A run that stops cleanly removes its file when
+//!   it can move the checkpoint, or else renames it `<run>.done` (every event of
+//!   it is done).
 //! - `checkpoint.json` — `{"day":"YYYYMMDD","offset":N}`: every event before
 //!   byte `N` of that day's log (and in every earlier day) is done. Written when
-//!   a bus stops while it is the only live run, and when a recovery is done.
+//!   a bus stops cleanly and every other run's file is a `.done` one (no other
+//!   run is alive, and none died without being recovered), and when a recovery
+//!   is done.
 //! - `recovery.lock` — taken by a starting bus while it registers its run and
 //!   plans its recovery, so no other process starts in between.
 //!
@@ -190,41 +194,62 @@ impl Ledger {
             .any(|p| try_lock(p).is_none())
     }
 
-    /// Moves the checkpoint to the end of the log if this is the only live run
-    /// (the caller knows none of its own events is unfinished and has closed the
-    /// ledger), and removes the files of ended runs and of this one, whose ids
-    /// the checkpoint now covers.
+    /// At a clean stop (the caller knows every event of this run is done and has
+    /// closed the ledger): moves the checkpoint to the end of the log and removes
+    /// the done files it covers — unless another run's file is not known to be
+    /// finished (a live run, or one that died and was not recovered yet: its
+    /// events may be unhandled, and the checkpoint must stay before them). Then
+    /// this run's file is kept, renamed `<run>.done`: every event of it is done.
     pub fn checkpoint_at_end(&self) {
         let lock = match lock_recovery(&self.log_dir) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %crate::error::chain(&e), "cannot move the checkpoint");
+                self.mark_finished();
                 return;
             }
         };
-        let others = other_runs(&self.log_dir, &self.path);
-        let mut ended = Vec::new();
-        for p in others {
-            match try_lock(&p) {
-                Some(f) => ended.push((p, f)),
-                None => return, // another run is alive: it may have events in flight
+        let mut finished = Vec::new();
+        for p in other_runs(&self.log_dir, &self.path) {
+            if is_finished(&p) {
+                finished.push(p);
+            } else {
+                self.mark_finished();
+                return;
             }
         }
-        let Some(end) = log_end(&self.log_dir) else {
-            return;
-        };
-        if let Err(e) = write_checkpoint(&self.log_dir, end) {
-            tracing::warn!(error = %crate::error::chain(&e), "cannot write the checkpoint");
-            return;
+        let moved = log_end(&self.log_dir).map(|end| write_checkpoint(&self.log_dir, end));
+        match moved {
+            Some(Ok(())) => {
+                for p in finished {
+                    let _ = std::fs::remove_file(&p);
+                }
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot write the checkpoint");
+                self.mark_finished();
+            }
+            None => self.mark_finished(),
         }
-        for (p, _f) in ended {
-            let _ = std::fs::remove_file(&p);
-        }
-        // This run's ids are covered by the checkpoint too (the caller closed the
-        // ledger): a start need not read them.
-        let _ = std::fs::remove_file(&self.path);
         drop(lock);
     }
+
+    /// Renames this run's file `<run>.done`: a run that stopped with every event done.
+    fn mark_finished(&self) {
+        if let Err(e) = std::fs::rename(&self.path, self.path.with_extension(FINISHED)) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot mark the done ledger finished");
+        }
+    }
+}
+
+/// The extension of a run's done file while it runs, or if it died.
+const RUNNING: &str = "ids";
+/// The extension of the done file of a run that stopped with every event done.
+const FINISHED: &str = "done";
+
+fn is_finished(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == FINISHED)
 }
 
 #[cfg(test)]
@@ -264,7 +289,7 @@ fn other_runs(log_dir: &Path, own: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ids") && p != own)
+        .filter(|p| p.extension().is_some_and(|x| x == RUNNING || x == FINISHED) && p != own)
         .collect();
     out.sort();
     out
@@ -305,7 +330,7 @@ pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
     let _lock = lock_recovery(log_dir)?;
     let dir = handled_dir(log_dir);
     std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
-    let path = dir.join(format!("{}.ids", uuid::Uuid::now_v7()));
+    let path = dir.join(format!("{}.{RUNNING}", uuid::Uuid::now_v7()));
     let file = OpenOptions::new()
         .create_new(true)
         .append(true)

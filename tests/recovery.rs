@@ -228,3 +228,71 @@ fn publish_from_stdin_killed_mid_stream_loses_no_accepted_event() {
     // of this machine's debug build (well under 10,000 events/s).
     assert!(twice <= 20 * 1_000, "{twice} handled twice");
 }
+
+/// `publish -` beside a running `serve` on one log directory, killed mid-stream;
+/// then `serve` stops cleanly. The killed process's unhandled events must not be
+/// skipped by the checkpoint `serve` writes: the next lone start handles them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_killed_beside_a_running_server_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let logs = srv.logs.clone();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env_remove("RUST_LOG")
+        .env("PM_LOG_DIR", &logs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0.. {
+            let line = json!({"type": "risk_alert", "data": alert(i)});
+            if writeln!(stdin, "{line}").is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut accepted = HashSet::new();
+    let mut line = String::new();
+    while accepted.len() < 2000 {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        accepted.insert(line.trim().to_string());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    accepted.extend(rest.lines().map(str::to_string));
+    let _ = writer.join();
+    // The server stops cleanly while the killed run's events may be unhandled.
+    assert!(srv.terminate().success());
+    // The next start on its own handles what the killed process left.
+    let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env("PM_LOG_DIR", &logs)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = handled(&logs);
+    let lost = accepted.iter().filter(|id| !h.contains_key(*id)).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} accepted events never handled",
+        accepted.len()
+    );
+    let twice = accepted.iter().filter(|id| h[*id] > 1).count();
+    assert!(twice <= 1_000, "{twice} handled twice");
+}
