@@ -264,8 +264,12 @@ struct DashState {
     last_update: Option<String>,
     /// Changes not yet in the file.
     delta: DashDelta,
+    /// When the last write of the file ended.
     last_write: Option<Instant>,
+    /// A delayed write is scheduled.
     flush_scheduled: bool,
+    /// A write is under way (on some thread); no other starts meanwhile.
+    writing: bool,
 }
 
 /// This process's changes to the dashboard since its last write.
@@ -340,6 +344,7 @@ impl RiskAlertHandler {
             delta: DashDelta::default(),
             last_write: None,
             flush_scheduled: false,
+            writing: false,
         };
         Ok(RiskAlertHandler {
             escalation_enabled,
@@ -476,18 +481,28 @@ impl RiskAlertHandler {
             d.open.insert(a.alert_id.clone(), open.clone());
             d.delta.alerts.insert(a.alert_id.clone(), open);
             d.last_update = Some(now_rfc3339());
-            let due = d
-                .last_write
-                .is_none_or(|t| t.elapsed() >= DASHBOARD_INTERVAL);
+            // The interval counts from the end of the last write, and a write
+            // never starts while another runs: a large dashboard takes a while to
+            // merge, and a write per alert would make handling quadratic.
+            let due = !d.writing
+                && d.last_write
+                    .is_none_or(|t| t.elapsed() >= DASHBOARD_INTERVAL);
             if !due && !d.flush_scheduled {
                 // Write the last changes once the interval has passed.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     d.flush_scheduled = true;
                     let (dash, path) = (self.dash.clone(), self.dashboard_path.clone());
                     rt.spawn(async move {
-                        tokio::time::sleep(DASHBOARD_INTERVAL).await;
-                        let _ = tokio::task::spawn_blocking(move || write_dashboard(&dash, &path))
-                            .await;
+                        loop {
+                            tokio::time::sleep(DASHBOARD_INTERVAL).await;
+                            let (dash, path) = (dash.clone(), path.clone());
+                            let wrote =
+                                tokio::task::spawn_blocking(move || write_dashboard(&dash, &path))
+                                    .await;
+                            if !matches!(wrote, Ok(false)) {
+                                break;
+                            }
+                        }
                     });
                 }
             }
@@ -530,21 +545,28 @@ fn render(d: &DashState) -> Dashboard {
     }
 }
 
-/// Merges this process's changes into the dashboard file (see [`DashState`]).
-fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
+/// Merges this process's changes into the dashboard file (see [`DashState`]);
+/// `false` when another write is under way (nothing done: try again later).
+fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) -> bool {
     let delta = {
         let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+        if d.writing {
+            return false;
+        }
         d.flush_scheduled = false;
         if d.delta.is_empty() {
-            return;
+            return true;
         }
-        d.last_write = Some(Instant::now());
+        d.writing = true;
         std::mem::take(&mut d.delta)
     };
-    match merge_into_file(path, &delta) {
+    let result = merge_into_file(path, &delta);
+    let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
+    d.writing = false;
+    d.last_write = Some(Instant::now());
+    match result {
         Ok(merged) => {
             // The view becomes the file, plus what changed while it was written.
-            let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
             if d.delta.is_empty() {
                 d.last_update = merged.last_update.clone();
             }
@@ -561,7 +583,6 @@ fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot write the risk dashboard");
             // Keep the changes for the next write.
-            let mut d = dash.lock().unwrap_or_else(PoisonError::into_inner);
             for (k, v) in delta.alerts {
                 d.delta.alerts.entry(k).or_insert(v);
             }
@@ -569,6 +590,7 @@ fn write_dashboard(dash: &Mutex<DashState>, path: &std::path::Path) {
             d.delta.escalations += delta.escalations;
         }
     }
+    true
 }
 
 /// Under the file's lock: reads the dashboard, adds `delta`, writes it; the result.
@@ -603,6 +625,7 @@ fn merge_into_file(path: &std::path::Path, delta: &DashDelta) -> std::io::Result
         delta: DashDelta::default(),
         last_write: None,
         flush_scheduled: false,
+        writing: false,
     };
     state
         .open
