@@ -162,11 +162,6 @@ impl Ledger {
         s.ids.push(b'\n');
     }
 
-    /// The run's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes what is pending and stops the flusher; the file stays locked
     /// until the ledger is dropped.
     pub fn close(&self) {
@@ -185,13 +180,6 @@ impl Ledger {
         {
             tracing::error!(path = %self.path.display(), "the done-ledger writer panicked");
         }
-    }
-
-    /// Whether any other run on this log directory is alive.
-    pub fn others_alive(&self) -> bool {
-        other_runs(&self.log_dir, &self.path)
-            .iter()
-            .any(|p| try_lock(p).is_none())
     }
 
     /// At a clean stop (the caller knows every event of this run is done and has
@@ -437,11 +425,6 @@ fn read_ids(path: &Path, into: &mut HashSet<String>) {
 }
 
 impl Plan {
-    /// How many ended runs' done ids it knows.
-    pub fn done_count(&self) -> usize {
-        self.done.len()
-    }
-
     /// Calls `each` with every logged event of the plan's range that is not
     /// done, in log order, marked redelivered; stops early when `each` returns
     /// `false`. Returns how many it passed on, or `None` if it stopped early.

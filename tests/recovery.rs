@@ -45,6 +45,63 @@ fn delivered(rx: &TestReceiver) -> HashMap<String, usize> {
     out
 }
 
+/// Runs `pm-events publish -` on `logs` with risk alerts numbered from `first`,
+/// kills it (SIGKILL) once it printed `stop_after` accepted ids, and returns
+/// every id it printed as accepted before it died.
+fn publish_until_killed(logs: &Path, first: usize, stop_after: usize) -> HashSet<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env_remove("RUST_LOG")
+        .env("PM_LOG_DIR", logs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0.. {
+            let line = json!({"type": "risk_alert", "data": alert(first + i)});
+            if writeln!(stdin, "{line}").is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut accepted = HashSet::new();
+    let mut line = String::new();
+    while accepted.len() < stop_after {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        accepted.insert(line.trim().to_string());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What it printed before dying was accepted too.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    accepted.extend(rest.lines().map(str::to_string));
+    let _ = writer.join();
+    accepted
+}
+
+/// A run with nothing to publish: it starts alone, recovers and handles what was left.
+fn recover_alone(logs: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env("PM_LOG_DIR", logs)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_killed_at_random_points_loses_no_accepted_event() {
     let rx = TestReceiver::start().await;
@@ -162,55 +219,14 @@ fn publish_from_stdin_killed_mid_stream_loses_no_accepted_event() {
     let logs = dir.path().join("logs");
     let mut accepted = HashSet::new();
     for round in 0..20 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-            .args(["publish", "-"])
-            .env_remove("RUST_LOG")
-            .env("PM_LOG_DIR", &logs)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            for i in 0.. {
-                let line = json!({"type": "risk_alert", "data": alert(round * 1_000_000 + i)});
-                if writeln!(stdin, "{line}").is_err() {
-                    break;
-                }
-            }
-        });
         // Kill after a random number of accepted events.
-        let stop_after = fastrand::usize(50..2000);
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while accepted.len() < stop_after * (round + 1) {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            accepted.insert(line.trim().to_string());
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // What it printed before dying was accepted too.
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-        accepted.extend(rest.lines().map(str::to_string));
-        let _ = writer.join();
+        accepted.extend(publish_until_killed(
+            &logs,
+            round * 1_000_000,
+            fastrand::usize(50..2000),
+        ));
     }
-    // The next run (with nothing to publish) recovers and handles what was left.
-    let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-        .args(["publish", "-"])
-        .env("PM_LOG_DIR", &logs)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    recover_alone(&logs);
     let h = handled(&logs);
     let lost = accepted.iter().filter(|id| !h.contains_key(*id)).count();
     assert_eq!(
@@ -237,54 +253,11 @@ async fn a_process_killed_beside_a_running_server_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[]);
     let logs = srv.logs.clone();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-        .args(["publish", "-"])
-        .env_remove("RUST_LOG")
-        .env("PM_LOG_DIR", &logs)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        for i in 0.. {
-            let line = json!({"type": "risk_alert", "data": alert(i)});
-            if writeln!(stdin, "{line}").is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut accepted = HashSet::new();
-    let mut line = String::new();
-    while accepted.len() < 2000 {
-        line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        accepted.insert(line.trim().to_string());
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-    accepted.extend(rest.lines().map(str::to_string));
-    let _ = writer.join();
+    let accepted = publish_until_killed(&logs, 0, 2000);
     // The server stops cleanly while the killed run's events may be unhandled.
     assert!(srv.terminate().success());
     // The next start on its own handles what the killed process left.
-    let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-        .args(["publish", "-"])
-        .env("PM_LOG_DIR", &logs)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    recover_alone(&logs);
     let h = handled(&logs);
     let lost = accepted.iter().filter(|id| !h.contains_key(*id)).count();
     assert_eq!(
