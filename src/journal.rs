@@ -76,6 +76,8 @@ struct FileState {
     day: NaiveDate,
     path: PathBuf,
     file: Arc<File>,
+    /// The file's length as this process knows it: read when the `flock` is
+    /// taken (other processes may have appended), then counted while held.
     len: u64,
     /// The fast path's line buffer, reused.
     scratch: Vec<u8>,
@@ -118,6 +120,19 @@ struct Shared {
     /// The current file, for the sync thread: it must never take the flush
     /// lock (a publisher finding that lock taken counts on its holder to write).
     sync_file: Mutex<Arc<File>>,
+    /// The byte ranges this process wrote, for recovery (see [`EventLog::own_ranges`]).
+    own: Mutex<Vec<OwnRange>>,
+}
+
+/// Bytes `start..end` of the log file of `day`, written by this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRange {
+    /// The day of the file.
+    pub day: NaiveDate,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
 }
 
 /// Handle to the main event log. Cheap to share behind an `Arc`.
@@ -149,6 +164,7 @@ impl EventLog {
                 locked_since: None,
             }),
             dirty: AtomicBool::new(false),
+            own: Mutex::new(Vec::new()),
         });
         // The background thread: lets go of an idle writer's lock, and under the
         // `batch` policy syncs at most every BATCH_FSYNC_INTERVAL.
@@ -183,6 +199,14 @@ impl EventLog {
     /// Today's log file path.
     pub fn current_path(&self) -> PathBuf {
         day_path(&self.shared.dir, today())
+    }
+
+    /// The byte ranges of the log files this process wrote since it opened
+    /// the log. A range is noted before its bytes are written, so a caller that
+    /// reads a file's length and then calls this sees every line of this
+    /// process below that length (and maybe one being written).
+    pub fn own_ranges(&self) -> Vec<OwnRange> {
+        lock(&self.shared.own).clone()
     }
 
     /// Appends one event; returns once its line is written (and synced under `always`).
@@ -341,8 +365,25 @@ impl Shared {
                 .lock()
                 .map_err(|e| LogError::io("lock", &f.path, e))?;
             f.locked_since = Some(Instant::now());
+            // Other processes may have appended since this one last held the lock.
+            match f.file.metadata() {
+                Ok(m) => f.len = m.len(),
+                Err(e) => {
+                    f.unlock();
+                    return Err(LogError::io("read the length of", &f.path, e));
+                }
+            }
         }
+        let claim = OwnRange {
+            day: f.day,
+            start: f.len,
+            end: f.len + buf.len() as u64,
+        };
+        let undo = self.claim(claim);
         let written = append_holding_lock(&f.file, &mut f.len, buf, &f.path);
+        if written.is_err() {
+            self.retract(undo);
+        }
         if written.is_err() || f.locked_since.is_some_and(|t| t.elapsed() >= HOLD_MAX) {
             f.unlock();
         }
@@ -357,6 +398,38 @@ impl Shared {
         Ok(())
     }
 
+    /// Notes `r` as written by this process (before it is), merging it with
+    /// the last range when they touch; returns what undoes it.
+    fn claim(&self, r: OwnRange) -> Claimed {
+        let mut own = lock(&self.own);
+        match own.last_mut() {
+            Some(last) if last.day == r.day && last.end == r.start => {
+                let before = last.end;
+                last.end = r.end;
+                Claimed::Extended(before)
+            }
+            _ => {
+                own.push(r);
+                Claimed::Pushed
+            }
+        }
+    }
+
+    /// Takes back a claim whose write failed (its bytes were cut off again).
+    fn retract(&self, c: Claimed) {
+        let mut own = lock(&self.own);
+        match c {
+            Claimed::Extended(end) => {
+                if let Some(last) = own.last_mut() {
+                    last.end = end;
+                }
+            }
+            Claimed::Pushed => {
+                own.pop();
+            }
+        }
+    }
+
     /// `fdatasync` of the current file if lines were written since the last one.
     fn sync(&self) {
         if !self.dirty.swap(false, Ordering::AcqRel) {
@@ -367,6 +440,15 @@ impl Shared {
             tracing::error!(dir = %self.dir.display(), error = %crate::error::chain(&e), "event log fdatasync failed");
         }
     }
+}
+
+/// How to take back one [`Shared::claim`] (claims are made and taken back
+/// under the flush lock, so the last range is the claim's).
+enum Claimed {
+    /// The last range was extended; its end was this.
+    Extended(u64),
+    /// A range was added.
+    Pushed,
 }
 
 fn encode_line(event: &Event, buf: &mut Vec<u8>) {

@@ -59,7 +59,8 @@ pub mod transport;
 pub mod webhook;
 
 pub use bus::{
-    BusStats, EventBus, EventBusBuilder, SubscriptionId, WeakEventBus, get_event_bus, set_event_bus,
+    BusStats, EventBus, EventBusBuilder, PublishAck, SubscriptionId, WeakEventBus, get_event_bus,
+    set_event_bus,
 };
 pub use config::{Config, FsyncPolicy};
 pub use error::{BusError, ConfigError, LogError};

@@ -56,7 +56,7 @@
 
 use crate::error::LogError;
 use crate::event::Event;
-use crate::journal::{day_path, days};
+use crate::journal::{OwnRange, day_path, days};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -142,6 +142,8 @@ pub struct Ledger {
     pending: Arc<(Mutex<LedgerState>, Condvar)>,
     /// The flusher thread; joined by [`Ledger::close`].
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The open file, written by the flusher and by [`Ledger::flush_now`].
+    file: Arc<Mutex<File>>,
 }
 
 #[derive(Default)]
@@ -160,6 +162,15 @@ impl Ledger {
         }
         s.ids.extend_from_slice(event_id.as_bytes());
         s.ids.push(b'\n');
+    }
+
+    /// Writes the ids handed over so far now (not waiting for the flusher).
+    pub fn flush_now(&self) {
+        let buf = {
+            let (state, _) = &*self.pending;
+            std::mem::take(&mut state.lock().unwrap_or_else(PoisonError::into_inner).ids)
+        };
+        write_ids(&self.file, &buf, &self.path);
     }
 
     /// Writes what is pending and stops the flusher; the file stays locked
@@ -310,6 +321,10 @@ pub struct Plan {
     until: Vec<Position>,
     /// The ended runs' files (locked, so no other start takes them too).
     ended: Vec<(PathBuf, File)>,
+    /// Lines of the running process itself, not to be taken (a takeover).
+    exclude: Vec<OwnRange>,
+    /// A takeover by a running process (see [`take_over`]) rather than a start's recovery.
+    takeover: bool,
 }
 
 /// Opens this run's done ledger and, when no other run is alive, the plan of
@@ -341,19 +356,6 @@ pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
         None
     } else {
         let from = read_checkpoint(log_dir);
-        let first_day = from.map(|p| p.day);
-        let until = days(log_dir)
-            .into_iter()
-            .filter(|d| first_day.is_none_or(|f| *d >= f))
-            .filter_map(|day| {
-                std::fs::metadata(day_path(log_dir, day))
-                    .ok()
-                    .map(|m| Position {
-                        day,
-                        offset: m.len(),
-                    })
-            })
-            .collect();
         let mut done = HashSet::new();
         for (p, _) in &ended {
             read_ids(p, &mut done);
@@ -362,16 +364,19 @@ pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
             log_dir: log_dir.to_path_buf(),
             done,
             from,
-            until,
+            until: lengths_from(log_dir, from),
             ended,
+            exclude: Vec::new(),
+            takeover: false,
         })
     };
     let pending = Arc::new((Mutex::new(LedgerState::default()), Condvar::new()));
+    let file = Arc::new(Mutex::new(file));
     let flusher = {
-        let (pending, path) = (pending.clone(), path.clone());
+        let (pending, path, file) = (pending.clone(), path.clone(), file.clone());
         std::thread::Builder::new()
             .name("pm-events-ledger".into())
-            .spawn(move || flush_loop(file, &pending, &path))
+            .spawn(move || flush_loop(&file, &pending, &path))
             .map_err(|e| LogError::io("start the writer of", &dir, e))?
     };
     Ok((
@@ -380,12 +385,84 @@ pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
             path,
             pending,
             flusher: Mutex::new(Some(flusher)),
+            file,
         },
         plan,
     ))
 }
 
-fn flush_loop(mut file: File, pending: &(Mutex<LedgerState>, Condvar), path: &Path) {
+/// The length of every day's log file from the checkpoint's day on.
+fn lengths_from(log_dir: &Path, from: Option<Position>) -> Vec<Position> {
+    let first_day = from.map(|p| p.day);
+    days(log_dir)
+        .into_iter()
+        .filter(|d| first_day.is_none_or(|f| *d >= f))
+        .filter_map(|day| {
+            std::fs::metadata(day_path(log_dir, day))
+                .ok()
+                .map(|m| Position {
+                    day,
+                    offset: m.len(),
+                })
+        })
+        .collect()
+}
+
+/// Whether another run's file is an `.ids` whose lock can be taken: a run
+/// that died (cheap enough to ask every few seconds).
+pub fn has_dead_run(log_dir: &Path, own: &Ledger) -> bool {
+    other_runs(log_dir, &own.path)
+        .iter()
+        .any(|p| !is_finished(p) && try_lock(p).is_some())
+}
+
+/// The takeover of a dead run's events by a running bus (invariant 5): when
+/// every other run is either dead or finished, the events logged after the
+/// checkpoint that no run recorded as done and that this process did not
+/// write (`own_ranges`, read after the log's lengths) are the dead runs' — to
+/// dispatch again. `None` when there is nothing to take over or another run
+/// is alive (that one may be handling them; the takeover waits until this
+/// process is the only one left).
+pub fn take_over(
+    log_dir: &Path,
+    own: &Ledger,
+    own_ranges: impl FnOnce() -> Vec<OwnRange>,
+) -> Result<Option<Plan>, LogError> {
+    let _lock = lock_recovery(log_dir)?;
+    let mut ended = Vec::new();
+    let mut finished = Vec::new();
+    for p in other_runs(log_dir, &own.path) {
+        if is_finished(&p) {
+            finished.push(p);
+            continue;
+        }
+        match try_lock(&p) {
+            Some(f) => ended.push((p, f)),
+            None => return Ok(None),
+        }
+    }
+    if ended.is_empty() {
+        return Ok(None);
+    }
+    let from = read_checkpoint(log_dir);
+    let until = lengths_from(log_dir, from);
+    let exclude = own_ranges();
+    let mut done = HashSet::new();
+    for p in ended.iter().map(|(p, _)| p).chain(&finished) {
+        read_ids(p, &mut done);
+    }
+    Ok(Some(Plan {
+        log_dir: log_dir.to_path_buf(),
+        done,
+        from,
+        until,
+        ended,
+        exclude,
+        takeover: true,
+    }))
+}
+
+fn flush_loop(file: &Mutex<File>, pending: &(Mutex<LedgerState>, Condvar), path: &Path) {
     let (state, wake) = pending;
     loop {
         let (buf, closed) = {
@@ -398,18 +475,28 @@ fn flush_loop(mut file: File, pending: &(Mutex<LedgerState>, Condvar), path: &Pa
             }
             (std::mem::take(&mut s.ids), s.closed)
         };
-        if !buf.is_empty()
-            && let Err(e) = file.write_all(&buf)
-        {
-            // The ids are lost: those events may be handled again after a crash.
-            tracing::error!(path = %path.display(), error = %e, "cannot write the done ledger");
-        }
+        write_ids(file, &buf, path);
         if closed {
-            let _ = file.sync_data();
+            let _ = file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sync_data();
             return;
         }
         // Gather ids for a while before the next write.
         std::thread::sleep(FLUSH_INTERVAL);
+    }
+}
+
+/// Appends done ids (whole lines) to a run's file.
+fn write_ids(file: &Mutex<File>, buf: &[u8], path: &Path) {
+    if buf.is_empty() {
+        return;
+    }
+    let mut f = file.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = f.write_all(buf) {
+        // The ids are lost: those events may be handled again after a crash.
+        tracing::error!(path = %path.display(), error = %e, "cannot write the done ledger");
     }
 }
 
@@ -443,9 +530,17 @@ impl Plan {
                 continue;
             }
             let reader = BufReader::with_capacity(1 << 16, f.take(end.offset - start));
+            let own: Vec<&OwnRange> = self.exclude.iter().filter(|r| r.day == end.day).collect();
+            let mut at = start;
             for (i, line) in reader.split(b'\n').enumerate() {
                 let Ok(line) = line else { break };
-                if line.is_empty() {
+                let line_start = at;
+                at += line.len() as u64 + 1;
+                if line.is_empty()
+                    || own
+                        .iter()
+                        .any(|r| r.start <= line_start && line_start < r.end)
+                {
                     continue;
                 }
                 let mut event: Event = match serde_json::from_slice(&line) {
@@ -468,9 +563,39 @@ impl Plan {
         Some(n)
     }
 
+    /// Bytes of the event log the plan reads: what was logged after the
+    /// checkpoint (invariant 4: start-up follows the unhandled events, not the
+    /// size of the log).
+    pub fn bytes_to_read(&self) -> u64 {
+        self.until
+            .iter()
+            .map(|end| match self.from {
+                Some(p) if p.day == end.day => end.offset.saturating_sub(p.offset),
+                _ => end.offset,
+            })
+            .sum()
+    }
+
+    /// Whether this plan takes over a dead run's events while this process runs.
+    pub fn is_takeover(&self) -> bool {
+        self.takeover
+    }
+
     /// Every recovered event is done: the checkpoint moves to where the plan
-    /// ended and the ended runs' files go (their ids are covered by it).
+    /// ended and the ended runs' files go (their ids are covered by it). After
+    /// a takeover the checkpoint cannot move (this process's own events are
+    /// among those lines): the dead runs' files become `.done` ones instead —
+    /// their events are done, the taken-over ones recorded in this run's file.
     pub fn finish(self) {
+        if self.takeover {
+            let _lock = lock_recovery(&self.log_dir);
+            for (p, _f) in self.ended {
+                if let Err(e) = std::fs::rename(&p, p.with_extension(FINISHED)) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot mark a taken-over run finished");
+                }
+            }
+            return;
+        }
         let Some(end) = self.until.last().copied() else {
             return;
         };

@@ -245,27 +245,198 @@ fn publish_from_stdin_killed_mid_stream_loses_no_accepted_event() {
     assert!(twice <= 20 * 1_000, "{twice} handled twice");
 }
 
-/// `publish -` beside a running `serve` on one log directory, killed mid-stream;
-/// then `serve` stops cleanly. The killed process's unhandled events must not be
-/// skipped by the checkpoint `serve` writes: the next lone start handles them.
+/// Invariant 5: `publish -` beside a running `serve` on one log directory,
+/// killed mid-stream. The server, now the only live process, takes over the
+/// dead run's unhandled events while it runs; then it stops cleanly, and a
+/// later start has nothing left to do. Every event is in the log once.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_process_killed_beside_a_running_server_loses_nothing() {
+async fn a_running_server_takes_over_what_a_process_killed_beside_it_left() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[]);
     let logs = srv.logs.clone();
     let accepted = publish_until_killed(&logs, 0, 2000);
-    // The server stops cleanly while the killed run's events may be unhandled.
+    // No restart: the server takes the killed run's events over, and then
+    // marks the dead run's file finished (only its own `.ids` file is left).
+    let running_files = || {
+        std::fs::read_dir(logs.join("recovery/handled"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "ids"))
+            .count()
+    };
+    wait_until(Duration::from_secs(60), || {
+        let h = handled(&logs);
+        accepted.iter().all(|id| h.contains_key(id)) && running_files() == 1
+    })
+    .await;
     assert!(srv.terminate().success());
-    // The next start on its own handles what the killed process left.
-    recover_alone(&logs);
     let h = handled(&logs);
-    let lost = accepted.iter().filter(|id| !h.contains_key(*id)).count();
-    assert_eq!(
-        lost,
-        0,
-        "{lost} of {} accepted events never handled",
-        accepted.len()
-    );
     let twice = accepted.iter().filter(|id| h[*id] > 1).count();
     assert!(twice <= 1_000, "{twice} handled twice");
+    // The dead run's file was taken over and the clean stop moved the
+    // checkpoint: nothing is left for the next start.
+    let left: Vec<_> = std::fs::read_dir(logs.join("recovery/handled"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let plan = start_plan(&logs);
+    assert_eq!(plan.map(|p| p.bytes_to_read()), Some(0));
+    let mut lines = HashMap::new();
+    for e in pm_events::journal::read_day(&logs, pm_events::journal::today()).unwrap() {
+        *lines.entry(e.event_id).or_insert(0) += 1;
+    }
+    assert!(accepted.iter().all(|id| lines.get(id) == Some(&1)));
+}
+
+/// The recovery a start would make now (its run registered, then dropped).
+fn start_plan(logs: &Path) -> Option<pm_events::recovery::Plan> {
+    let (ledger, plan) = pm_events::recovery::start(logs).unwrap();
+    drop(ledger);
+    plan
+}
+
+/// Waits until every id is in one of the run files of `logs` (recorded as done).
+async fn wait_recorded(logs: &Path, ids: &HashSet<String>) {
+    wait_until(Duration::from_secs(30), || {
+        let mut done = HashSet::new();
+        for f in std::fs::read_dir(logs.join("recovery/handled"))
+            .unwrap()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            done.extend(text.lines().map(str::to_string));
+        }
+        ids.iter().all(|id| done.contains(id))
+    })
+    .await;
+}
+
+/// Invariant 2: an event recorded as handled is not handled again — neither
+/// after a clean stop nor after a SIGKILL that came once the done file held it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_recorded_as_handled_is_not_handled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env_remove("RUST_LOG")
+        .env("PM_LOG_DIR", &logs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..500 {
+        writeln!(stdin, "{}", json!({"type": "risk_alert", "data": alert(i)})).unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut accepted = HashSet::new();
+    let mut line = String::new();
+    while accepted.len() < 500 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0);
+        accepted.insert(line.trim().to_string());
+    }
+    wait_recorded(&logs, &accepted).await;
+    child.kill().unwrap(); // SIGKILL, stdin still open: not a clean stop
+    child.wait().unwrap();
+    recover_alone(&logs);
+    recover_alone(&logs);
+    let h = handled(&logs);
+    assert!(
+        accepted.iter().all(|id| h.get(id) == Some(&1)),
+        "an event recorded as done ran again"
+    );
+}
+
+/// Invariant 3: an event dispatched again after a crash does not make a second
+/// delivery to a route that has one for it; a `replay` does, on purpose.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redispatched_event_does_not_deliver_its_webhook_twice() {
+    let rx = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let url = rx.url("/deploy");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+            .args(args)
+            .env("RUST_LOG", "pm_events=info")
+            .env("PM_LOG_DIR", &logs)
+            .env("PM_WEBHOOK_URL_DEPLOYMENT", &url)
+            .env("WEBHOOK_SIGNATURE_SECRET", common::server::SECRET)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    run(&[
+        "publish",
+        "deployment",
+        r#"{"service":"api","status":"success"}"#,
+    ]);
+    let first = rx.wait_for("/deploy", 1, Duration::from_secs(30)).await;
+    let event_id = first[0].json()["event_id"].as_str().unwrap().to_string();
+    // A crash after the delivery and before the done id reached the disk: the
+    // recovery files are as if nothing was recorded.
+    std::fs::remove_dir_all(logs.join("recovery")).unwrap();
+    let stderr = run(&["publish", "-"]);
+    assert!(stderr.contains("dispatched again"), "{stderr}");
+    assert_eq!(delivered(&rx).get(&event_id), Some(&1));
+    // A replay is asked for: it delivers again.
+    run(&["replay", "--since", "1h"]);
+    rx.wait_for("/deploy", 2, Duration::from_secs(30)).await;
+    assert_eq!(delivered(&rx).get(&event_id), Some(&2));
+}
+
+/// Invariant 4: what a start reads follows what is unhandled, not the log's
+/// size — nothing after a clean stop, and only the lines logged since the
+/// checkpoint after a crash, whether the handled log is small or ten times
+/// larger.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_reads_only_what_was_logged_since_the_checkpoint() {
+    let mut read = Vec::new();
+    let left: Vec<_> = (0..100)
+        .map(|i| pm_events::Event::new("tick", json!({ "left": i })))
+        .collect();
+    for handled_events in [2_000usize, 20_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().to_path_buf();
+        let bus = pm_events::EventBus::builder().log_dir(&logs).build();
+        bus.subscribe("tick", |_e: pm_events::Event| async {
+            Ok::<(), std::io::Error>(())
+        });
+        bus.start().await.unwrap();
+        bus.publish_batch(
+            (0..handled_events).map(|i| pm_events::Event::new("tick", json!({ "i": i }))),
+        )
+        .await
+        .unwrap();
+        bus.stop().await.unwrap();
+        assert_eq!(start_plan(&logs).unwrap().bytes_to_read(), 0);
+        // What a crashed process left: 100 lines after the checkpoint.
+        let path = pm_events::journal::day_path(&logs, pm_events::journal::today());
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for e in &left {
+            writeln!(f, "{}", e.to_json()).unwrap();
+        }
+        let tail = std::fs::metadata(&path).unwrap().len() - before;
+        let plan = start_plan(&logs).unwrap();
+        assert_eq!(plan.bytes_to_read(), tail);
+        assert_eq!(plan.for_each_pending(|_| true), Some(100));
+        read.push(plan.bytes_to_read());
+    }
+    assert_eq!(read[0], read[1], "independent of the handled log's size");
 }

@@ -632,7 +632,15 @@ impl WebhookEngine {
             q.publish(&record).await?;
             return Ok(record.id);
         }
-        i.outbox.insert(&record).await?;
+        if event.redelivered {
+            // Dispatched again after a crash: the delivery made before stands.
+            if let Some(earlier) = i.outbox.insert_once(&record).await? {
+                tracing::debug!(event_id = %event.event_id, route = %route.name, delivery = %earlier, "redelivered event: its webhook delivery exists already");
+                return Ok(earlier);
+            }
+        } else {
+            i.outbox.insert(&record).await?;
+        }
         let id = record.id.clone();
         if watched && self.is_owner() {
             lock(&i.watched).insert(id.clone(), None);

@@ -6,6 +6,12 @@
 //! delivered, and moved to state `dead` when it fails for good. Another process, or
 //! the next start of this one, finds pending rows and resumes them.
 //!
+//! Every delivery made also leaves its key — the event's id and the route —
+//! in the table `delivery_keys` (kept [`KEY_RETENTION`]). An event dispatched
+//! again after a crash ([`Event::redelivered`](crate::Event::redelivered))
+//! makes no second delivery for a key that has one, pending, dead or delivered
+//! (DESIGN.md section 3, invariant 3); a `replay` does, on purpose.
+//!
 //! With `PM_FSYNC=always` SQLite runs with `synchronous=FULL` (a delivery survives a
 //! power loss); otherwise `NORMAL` (it survives a crash of the process).
 
@@ -92,8 +98,17 @@ pub struct Outbox {
 
 type Reply = oneshot::Sender<Result<usize, String>>;
 
+/// How long the key of a delivery is kept: an event dispatched again after a
+/// crash later than this after its first delivery is delivered again.
+pub const KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 enum Op {
-    Insert(Box<DeliveryRecord>, Reply),
+    /// A new delivery; with `once`, none if its key has one already.
+    Insert {
+        record: Box<DeliveryRecord>,
+        once: bool,
+        reply: Reply,
+    },
     Reschedule {
         id: String,
         attempt: u32,
@@ -169,16 +184,46 @@ fn connect(path: &Path, fsync: FsyncPolicy) -> rusqlite::Result<Connection> {
 
 fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
     match op {
-        Op::Insert(r, _) => c.prepare_cached(
+        Op::Insert {
+            record: r, once, ..
+        } => {
+            let key = if *once {
+                "INSERT OR IGNORE INTO delivery_keys (event_id, route, delivery_id, created_at) VALUES (?1, ?2, ?3, ?4)"
+            } else {
+                "INSERT OR REPLACE INTO delivery_keys (event_id, route, delivery_id, created_at) VALUES (?1, ?2, ?3, ?4)"
+            };
+            if c.prepare_cached(key)?
+                .execute(params![r.event_id, r.route, r.id, r.created_at])?
+                == 0
+            {
+                return Ok(0);
+            }
+            c.prepare_cached(
             &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
         )?.execute(params![
                 r.id, r.event_id, r.event_type, r.route, r.url, &r.body[..], r.attempt, r.next_at,
                 r.created_at, r.state.as_str(), r.last_error
             ],
-        ),
-        Op::Reschedule { id, attempt, next_at, error } => c.prepare_cached("UPDATE deliveries SET attempt = ?2, next_at = ?3, last_error = ?4 WHERE id = ?1")?.execute(params![id, attempt, next_at, error]),
-        Op::Dead { id, attempt, error } => c.prepare_cached("UPDATE deliveries SET state = 'dead', attempt = ?2, last_error = ?3 WHERE id = ?1")?.execute(params![id, attempt, error]),
-        Op::Remove(id) => c.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?.execute(params![id]),
+        )
+        }
+        Op::Reschedule {
+            id,
+            attempt,
+            next_at,
+            error,
+        } => c
+            .prepare_cached(
+                "UPDATE deliveries SET attempt = ?2, next_at = ?3, last_error = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, attempt, next_at, error]),
+        Op::Dead { id, attempt, error } => c
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'dead', attempt = ?2, last_error = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, attempt, error]),
+        Op::Remove(id) => c
+            .prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
+            .execute(params![id]),
         Op::Revive { ids, now, .. } => {
             let mut n = 0;
             for id in ids {
@@ -186,14 +231,18 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
             }
             Ok(n)
         }
-        Op::MakeDue { now, .. } => c.prepare_cached("UPDATE deliveries SET next_at = ?1 WHERE state = 'pending' AND next_at > ?1")?.execute(params![now]),
+        Op::MakeDue { now, .. } => c
+            .prepare_cached(
+                "UPDATE deliveries SET next_at = ?1 WHERE state = 'pending' AND next_at > ?1",
+            )?
+            .execute(params![now]),
         Op::Flush(_) => Ok(0),
     }
 }
 
 fn reply_of(op: Op) -> Option<Reply> {
     match op {
-        Op::Insert(_, r)
+        Op::Insert { reply: r, .. }
         | Op::Revive { reply: r, .. }
         | Op::MakeDue { reply: r, .. }
         | Op::Flush(r) => Some(r),
@@ -213,7 +262,7 @@ const LAZY_BATCH: usize = 256;
 fn awaited(op: &Op) -> bool {
     matches!(
         op,
-        Op::Insert(..) | Op::Revive { .. } | Op::MakeDue { .. } | Op::Flush(_)
+        Op::Insert { .. } | Op::Revive { .. } | Op::MakeDue { .. } | Op::Flush(_)
     )
 }
 
@@ -286,7 +335,18 @@ impl Outbox {
                     route TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL,
                     attempt INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
                     state TEXT NOT NULL, last_error TEXT) WITHOUT ROWID;
-                 DROP INDEX IF EXISTS deliveries_state;",
+                 DROP INDEX IF EXISTS deliveries_state;
+                 CREATE TABLE IF NOT EXISTS delivery_keys (
+                    event_id TEXT NOT NULL, route TEXT NOT NULL, delivery_id TEXT NOT NULL,
+                    created_at REAL NOT NULL, PRIMARY KEY (event_id, route)) WITHOUT ROWID;",
+            )
+            .map_err(err)?;
+        // Keys older than the retention go (a scan; once per open).
+        let horizon = crate::event::now_unix() - KEY_RETENTION.as_secs_f64();
+        write
+            .execute(
+                "DELETE FROM delivery_keys WHERE created_at < ?1",
+                params![horizon],
             )
             .map_err(err)?;
         let read = connect(&path, fsync).map_err(err)?;
@@ -350,10 +410,41 @@ impl Outbox {
         f(&conn).map_err(|e| WebhookError::outbox(self.path.display().to_string(), e))
     }
 
-    /// Stores a new delivery; returns once it is committed.
+    /// Stores a new delivery and its key; returns once it is committed.
     pub async fn insert(&self, r: &DeliveryRecord) -> Result<(), WebhookError> {
-        let r = Box::new(r.clone());
-        self.call(|reply| Op::Insert(r, reply)).await.map(|_| ())
+        let record = Box::new(r.clone());
+        self.call(|reply| Op::Insert {
+            record,
+            once: false,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Stores a new delivery unless its key (event id and route) has one
+    /// already; returns the id of the delivery made before, if so.
+    pub async fn insert_once(&self, r: &DeliveryRecord) -> Result<Option<String>, WebhookError> {
+        let record = Box::new(r.clone());
+        let inserted = self
+            .call(|reply| Op::Insert {
+                record,
+                once: true,
+                reply,
+            })
+            .await?;
+        if inserted > 0 {
+            return Ok(None);
+        }
+        self.with(|c| {
+            c.query_row(
+                "SELECT delivery_id FROM delivery_keys WHERE event_id = ?1 AND route = ?2",
+                params![r.event_id, r.route],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+        .map(|id| Some(id.unwrap_or_default()))
     }
 
     /// Records a failed attempt and when the next one is due (committed shortly;

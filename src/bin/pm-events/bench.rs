@@ -132,9 +132,9 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     // Rounds of every throughput run in turn; each row reports the median of its
     // rounds, each ratio the median of the rounds' ratios (this VM's speed drifts).
     let rounds = a.rounds.max(1);
-    let mut runs: [Vec<f64>; 6] = Default::default();
-    let (mut off_a, mut on_b, mut on1_b, mut batch_b) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut runs: [Vec<f64>; 7] = Default::default();
+    let (mut off_a, mut on_b, mut on1_b, mut batch_b, mut pipe_b) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -144,20 +144,25 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         let on = bus_run(n, p, &cfg, Some(dir.join("bus-logs"))).await?;
         let on1 = bus_run(n / 4, 1, &cfg, Some(dir.join("bus-logs-1"))).await?;
         let batched = bus_batched(n, p, &cfg, &dir.join("bus-logs-batch")).await?;
+        let pipelined = bus_pipelined(n, p, &cfg, &dir.join("bus-logs-pipelined")).await?;
         say!(
             "  round {round}: A {chan:.0}, log off {off:.0} ({:.2} of A), B {file:.0}, log on {on:.0} ({:.2} of B)",
             off / chan,
             on / file
         );
-        for (v, x) in runs.iter_mut().zip([chan, off, file, on, on1, batched]) {
+        for (v, x) in runs
+            .iter_mut()
+            .zip([chan, off, file, on, on1, batched, pipelined])
+        {
             v.push(x);
         }
         off_a.push(off / chan);
         on_b.push(on / file);
         on1_b.push(on1 / file);
         batch_b.push(batched / file);
+        pipe_b.push(pipelined / file);
     }
-    let [chan, off, file, on, on1, batched] = runs.map(|mut v| median(&mut v));
+    let [chan, off, file, on, on1, batched, pipelined] = runs.map(|mut v| median(&mut v));
 
     say!("  {:<46} {:>12}", "run (median of the rounds)", "events/s");
     say!(
@@ -194,6 +199,12 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
         batched,
         median(&mut batch_b)
     );
+    say!(
+        "  {:<46} {:>12.0}   ratio {:.2} of B (target >= 0.50; {IN_FLIGHT} in flight per publisher)",
+        "pipelined",
+        pipelined,
+        median(&mut pipe_b)
+    );
 
     let (p50, p99, p999, count) = latency(&cfg, a.rate, a.seconds, &dir.join("lat-logs")).await?;
     say!(
@@ -216,6 +227,53 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Events each pipelined publisher keeps in flight at most.
+const IN_FLIGHT: usize = 1024;
+
+/// The bus with its log, fed by `p` tasks with `publish_pipelined`, each
+/// keeping up to [`IN_FLIGHT`] events in flight (awaiting the oldest ack when
+/// the window is full).
+async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
+    let bus = EventBus::builder()
+        .queue_capacity(cfg.queue_capacity)
+        .fsync(FsyncPolicy::Batch)
+        .log_dir(dir)
+        .build();
+    bus.subscribe("bench", noop);
+    bus.start().await?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..p {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+            for i in split(n, p, k) {
+                if window.len() == IN_FLIGHT
+                    && let Some(oldest) = window.pop_front()
+                {
+                    oldest.await?;
+                }
+                window.push_back(bus.publish_pipelined(make(i)).await?);
+            }
+            for ack in window {
+                ack.await?;
+            }
+            Ok::<(), pm_events::BusError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        bus.stats().handled == n,
+        "handled {} of {n} events",
+        bus.stats().handled
+    );
+    Ok(rate)
 }
 
 /// The bus with its log, fed by `p` tasks with `publish_batch` of 256 events.

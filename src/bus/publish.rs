@@ -1,0 +1,329 @@
+//! Accepting events: the publish calls, the write-ahead, the hand-off to the transport.
+
+use super::dispatch::finish_one;
+use super::{EventBus, IN_HANDLER, Inner, Run};
+use crate::error::BusError;
+use crate::event::{Event, EventId};
+use crate::idempotency::Accepted;
+use crate::transport::{Permit, Priority};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+
+/// A publishing handle that does not keep the bus alive: what a handler that
+/// publishes follow-up events holds (a handler holding the [`EventBus`] that
+/// holds it would be an `Arc` cycle, and neither would ever be dropped).
+///
+/// ```
+/// # use pm_events::EventBus; use serde_json::json;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = EventBus::builder().without_log().build();
+/// let handle = bus.downgrade();
+/// bus.start().await?;
+/// handle.publish("follow_up", json!({})).await?;
+/// bus.stop().await?;
+/// drop(bus);
+/// assert!(handle.publish("follow_up", json!({})).await.is_err()); // the bus is gone
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct WeakEventBus {
+    pub(super) inner: std::sync::Weak<Inner>,
+}
+
+impl WeakEventBus {
+    /// Publishes on the bus if it still exists (see [`EventBus::publish`]);
+    /// [`BusError::NotRunning`] once it was dropped.
+    pub async fn publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        match self.inner.upgrade() {
+            Some(inner) => EventBus { inner }.publish(event, data).await,
+            None => Err(BusError::NotRunning("dropped")),
+        }
+    }
+}
+
+/// What `publish` takes as its first argument: an event type or a whole [`Event`].
+pub enum EventOrType {
+    /// A type name; the bus builds the event.
+    Type(String),
+    /// A built event.
+    Event(Event),
+}
+
+impl From<&str> for EventOrType {
+    fn from(s: &str) -> Self {
+        EventOrType::Type(s.to_string())
+    }
+}
+impl From<String> for EventOrType {
+    fn from(s: String) -> Self {
+        EventOrType::Type(s)
+    }
+}
+impl From<&String> for EventOrType {
+    fn from(s: &String) -> Self {
+        EventOrType::Type(s.clone())
+    }
+}
+impl From<Event> for EventOrType {
+    fn from(e: Event) -> Self {
+        EventOrType::Event(e)
+    }
+}
+
+impl EventBus {
+    /// Publishes an event: either a type and its data, or a built [`Event`]
+    /// (whose data `data`, when `Some`, replaces). Waits while the queue is full;
+    /// returns the event id once the event is in the event log and queued.
+    ///
+    /// ```
+    /// # use pm_events::EventBus; use serde_json::json;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = EventBus::builder().without_log().build();
+    /// assert!(bus.publish("deployment", json!({"service": "api"})).await.is_err()); // not started
+    /// bus.start().await?;
+    /// let id = bus.publish("deployment", json!({"service": "api", "status": "success"})).await?;
+    /// bus.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        match event.into() {
+            // A built event may carry an id accepted before: publish it once.
+            EventOrType::Event(e) => {
+                let e = make_event(EventOrType::Event(e), data.into());
+                self.publish_once(e).await.map(|a| a.event_id)
+            }
+            t @ EventOrType::Type(_) => self.publish_event(make_event(t, data.into())).await,
+        }
+    }
+
+    /// Publishes `event` unless an event with its `event_id` was accepted in the
+    /// last 24 hours (see [`crate::idempotency`]): then it returns that id with
+    /// `duplicate: true` and does nothing. Waits while the queue is full.
+    pub async fn publish_once(&self, event: Event) -> Result<Accepted, BusError> {
+        self.publish_once_inner(event, true).await
+    }
+
+    /// Like [`publish_once`](Self::publish_once), with
+    /// [`BusError::QueueFull`] instead of waiting when the queue is full.
+    pub async fn try_publish_once(&self, event: Event) -> Result<Accepted, BusError> {
+        self.publish_once_inner(event, false).await
+    }
+
+    pub(super) async fn publish_once_inner(
+        &self,
+        event: Event,
+        wait: bool,
+    ) -> Result<Accepted, BusError> {
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let run = self.enter()?.0;
+        let id = event.event_id.clone();
+        run.recent
+            .once(&id, async || {
+                if wait {
+                    self.publish_event(event).await.map(|_| ())
+                } else {
+                    self.try_publish(event, None).await.map(|_| ())
+                }
+            })
+            .await
+    }
+
+    /// Publishes a built event without looking for an earlier one with its id
+    /// (the fast path for events whose id was just made; see
+    /// [`publish_once`](Self::publish_once) for ids that come from outside).
+    pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let (run, _token) = self.enter()?;
+        let permit = if IN_HANDLER.try_with(|_| ()).is_ok() {
+            run.overflow.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let permit = match permit {
+            Some(p) => p,
+            None => run
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| BusError::NotRunning("stopping"))?,
+        };
+        self.accept(&run, event, permit).await
+    }
+
+    /// Publishes without waiting for capacity: [`BusError::QueueFull`] when the queue is full.
+    pub async fn try_publish(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        let event = make_event(event.into(), data.into());
+        event.validate().map_err(BusError::InvalidEvent)?;
+        let (run, _token) = self.enter()?;
+        let permit = run
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BusError::QueueFull {
+                capacity: self.inner.settings.capacity,
+            })?;
+        self.accept(&run, event, permit).await
+    }
+
+    /// Publishes from code that is not async (a plain thread): blocks until the
+    /// event is accepted. Inside an async runtime it refuses with
+    /// [`BusError::SyncInAsync`] instead of blocking the runtime.
+    pub fn publish_sync(
+        &self,
+        event: impl Into<EventOrType>,
+        data: impl Into<Option<Value>>,
+    ) -> Result<EventId, BusError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(BusError::SyncInAsync);
+        }
+        let runtime = self.enter()?.0.runtime.clone();
+        runtime.block_on(self.publish(event, data))
+    }
+
+    /// Publishes several events in order, logging them together (one hand-off
+    /// to the log writer per chunk). All are validated first: one invalid event
+    /// rejects the batch before anything is accepted.
+    pub async fn publish_batch(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<Vec<EventId>, BusError> {
+        let events: Vec<Event> = events.into_iter().collect();
+        for (i, e) in events.iter().enumerate() {
+            e.validate()
+                .map_err(|m| BusError::InvalidEvent(format!("event #{}: {m}", i + 1)))?;
+        }
+        let (run, _token) = self.enter()?;
+        let chunk_len = self.inner.settings.capacity.clamp(1, 1024);
+        let mut ids = Vec::with_capacity(events.len());
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            let permit = run
+                .permits
+                .clone()
+                .acquire_many_owned(chunk.len() as u32)
+                .await
+                .map_err(|_| BusError::NotRunning("stopping"))?;
+            if let Some(log) = &run.log {
+                log.append_batch(&chunk).await?;
+            }
+            ids.extend(chunk.iter().map(|e| e.event_id.clone()));
+            self.enqueue_batch(chunk, permit).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Hands logged events to the transport in order, `permit` holding one
+    /// unit of capacity per event.
+    pub(super) async fn enqueue_batch(
+        &self,
+        chunk: Vec<Event>,
+        mut permit: Permit,
+    ) -> Result<(), BusError> {
+        let mut parts = Vec::with_capacity(chunk.len());
+        for _ in 1..chunk.len() {
+            parts.extend(permit.split(1));
+        }
+        parts.push(permit);
+        if parts.len() != chunk.len() {
+            return Err(crate::transport::TransportError::Other(
+                "capacity accounting error".into(),
+            )
+            .into());
+        }
+        let items: Vec<_> = chunk
+            .into_iter()
+            .zip(parts)
+            .map(|(e, p)| {
+                let prio = self.priority_of(&e);
+                (e, prio, p)
+            })
+            .collect();
+        let n = items.len();
+        let counted = if self.inner.local { n } else { 0 };
+        self.inner.inflight.fetch_add(counted, Ordering::SeqCst);
+        if let Err(e) = self.inner.transport.publish_batch(items).await {
+            self.inner.inflight.fetch_sub(counted, Ordering::SeqCst);
+            self.inner.idle.notify_waiters();
+            return Err(BusError::Transport(e));
+        }
+        self.inner
+            .stats
+            .published
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(super) fn priority_of(&self, e: &Event) -> Priority {
+        self.inner
+            .priority
+            .as_ref()
+            .map_or(Priority::Normal, |r| r(e))
+    }
+
+    pub(super) async fn accept(
+        &self,
+        run: &Run,
+        event: Event,
+        permit: Permit,
+    ) -> Result<EventId, BusError> {
+        if let Some(log) = &run.log {
+            log.append(&event).await?;
+        }
+        self.enqueue(event, permit).await
+    }
+
+    /// Hands a logged event to the transport (its line is in the event log already).
+    pub(super) async fn enqueue(&self, event: Event, permit: Permit) -> Result<EventId, BusError> {
+        let id = event.event_id.clone();
+        let ty = self
+            .inner
+            .settings
+            .metrics
+            .then(|| event.event_type.clone());
+        let prio = self.priority_of(&event);
+        if self.inner.local {
+            self.inner.inflight.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Err(e) = self.inner.transport.publish(event, prio, permit).await {
+            if self.inner.local {
+                finish_one(&self.inner);
+            }
+            tracing::error!(event_id = %id, error = %crate::error::chain(&e), "event logged but the transport refused it");
+            return Err(BusError::Transport(e));
+        }
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        if self.inner.settings.metrics {
+            metrics::counter!("pm_events_published_total", "type" => ty.unwrap_or_default())
+                .increment(1);
+        }
+        Ok(id)
+    }
+}
+
+pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Event {
+    match first {
+        EventOrType::Type(t) => {
+            Event::new(t, data.unwrap_or_else(|| Value::Object(Default::default())))
+        }
+        EventOrType::Event(mut e) => {
+            if let Some(d) = data {
+                e.data = d;
+            }
+            e
+        }
+    }
+}
