@@ -11,7 +11,8 @@
 //!   file's advisory lock (`flock`); an `.ids` file whose lock can be taken
 //!   belongs to a run that died. A run that stops cleanly removes its file when
 //!   it can move the checkpoint, or else renames it `<run>.done` (every event of
-//!   it is done).
+//!   it is done); a takeover renames a dead run's file `<run>.done` once its
+//!   events are handled.
 //! - `checkpoint.json` — `{"day":"YYYYMMDD","offset":N}`: every event before
 //!   byte `N` of that day's log (and in every earlier day) is done. Written when
 //!   a bus stops cleanly and every other run's file is a `.done` one (no other
@@ -49,10 +50,14 @@
 //!   recovery, so after a crash the scan covers what was logged since then: a
 //!   process that ran for a long time before it crashed costs a scan of what it
 //!   logged in that time.
-//! - **Several processes**: a bus recovers only when no other run is alive, and
-//!   only what was logged before it started; a process that dies while another
-//!   runs leaves its unhandled events for the next start that finds itself
-//!   alone.
+//! - **Several processes**: a bus recovers at start only when no other run is
+//!   alive, and only what was logged before it started. A process that dies
+//!   while others run is taken over by a running bus once that bus is the only
+//!   live process ([`take_over`]): the lines it did not write itself (the
+//!   journal's [`own_ranges`](crate::journal::EventLog::own_ranges)) and that no
+//!   run recorded as done are the dead runs'. It cannot move the checkpoint
+//!   (its own events are among those lines), so it marks the dead runs' files
+//!   finished instead; its next clean stop moves the checkpoint.
 
 use crate::error::LogError;
 use crate::event::Event;

@@ -267,13 +267,23 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     };
     // Events are replayed as they are read; those logged after the count (with a
     // timestamp before `until`) are replayed too, and counted in the summary.
+    // Up to 1,024 events in flight (pipelined publishes, accepted in batches).
     let mut replayed = 0usize;
+    let mut in_flight = std::collections::VecDeque::with_capacity(1024);
     for e in selected() {
         let e = e?;
         *by_type.entry(e.event_type.clone()).or_default() += 1;
-        app.bus.publish_event(e).await?;
+        in_flight.push_back(app.bus.publish_pipelined(e).await?);
+        if in_flight.len() >= 1024
+            && let Some(oldest) = in_flight.pop_front()
+        {
+            oldest.await?;
+        }
         replayed += 1;
         bar.inc(1);
+    }
+    for ack in in_flight {
+        ack.await?;
     }
     bar.finish_and_clear();
     let bus = app.bus.clone();

@@ -3,7 +3,7 @@
 
 use crate::app::{App, parse_duration, report};
 use crate::{UsageError, say};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use pm_events::{Config, Event, strict_json};
 use serde_json::Value;
 use std::io::BufRead;
@@ -92,31 +92,15 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             Err(e) => fatal = Some(e),
         },
         None => {
-            let mut lines = stdin_lines();
-            let mut n = 0usize;
-            while let Some(line) = lines.recv().await {
-                n += 1;
-                let line = line.context("read stdin")?;
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match pm_events::input::parse_line(&line) {
-                    Ok(e) => match sink.send(e, false).await {
-                        Ok(ok) => {
-                            all_ok &= ok;
-                            published += 1;
-                        }
-                        Err(e) => {
-                            fatal = Some(e);
-                            break;
-                        }
-                    },
-                    Err(m) => {
-                        bad_lines += 1;
-                        eprintln!("pm-events: line {n}: {m}");
-                    }
-                }
-            }
+            let lines = stdin_lines();
+            let outcome = match &mut sink {
+                Sink::Local(app) => publish_pipelined(app, lines).await,
+                Sink::Remote(_) => publish_lines(&mut sink, lines).await,
+            };
+            published = outcome.published;
+            bad_lines = outcome.bad_lines;
+            all_ok &= outcome.all_ok;
+            fatal = outcome.fatal;
         }
     }
     let finished = sink.finish(args.wait).await?;
@@ -131,6 +115,134 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What became of the lines of stdin.
+#[derive(Default)]
+struct Outcome {
+    published: usize,
+    bad_lines: usize,
+    all_ok: bool,
+    /// The error that ended the input, if one did.
+    fatal: Option<anyhow::Error>,
+}
+
+/// Events of `publish -` in flight at once (in-process).
+const IN_FLIGHT: usize = 1024;
+
+/// `publish -` in-process: each event is handed over without waiting for its
+/// write ([`pm_events::EventBus::publish_pipelined`]), up to [`IN_FLIGHT`] at
+/// once, and its id printed, in input order, once it is accepted (its line in
+/// the event log).
+async fn publish_pipelined(
+    app: &App,
+    mut lines: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> Outcome {
+    let mut out = Outcome {
+        all_ok: true,
+        ..Outcome::default()
+    };
+    let mut window: std::collections::VecDeque<pm_events::PublishAck> =
+        std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    let mut n = 0usize;
+    let mut input_open = true;
+    while input_open || !window.is_empty() {
+        tokio::select! {
+            biased;
+            accepted = async {
+                match window.front_mut() {
+                    Some(ack) => ack.await,
+                    None => std::future::pending().await,
+                }
+            }, if !window.is_empty() => {
+                window.pop_front();
+                match accepted {
+                    Ok(id) => {
+                        say!("{id}");
+                        out.published += 1;
+                    }
+                    Err(e) => {
+                        out.fatal.get_or_insert(e.into());
+                        input_open = false;
+                    }
+                }
+            }
+            line = lines.recv(), if input_open && out.fatal.is_none() && window.len() < IN_FLIGHT => {
+                let Some(line) = line else {
+                    input_open = false;
+                    continue;
+                };
+                n += 1;
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        out.fatal = Some(anyhow::Error::new(e).context("read stdin"));
+                        input_open = false;
+                        continue;
+                    }
+                };
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match pm_events::input::parse_line(&line) {
+                    Ok(e) => match app.bus.publish_pipelined(e).await {
+                        Ok(ack) => window.push_back(ack),
+                        Err(e) => {
+                            out.fatal = Some(e.into());
+                            input_open = false;
+                        }
+                    },
+                    Err(m) => {
+                        out.bad_lines += 1;
+                        eprintln!("pm-events: line {n}: {m}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `publish -` to a server: one request per line, in order.
+async fn publish_lines(
+    sink: &mut Sink,
+    mut lines: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> Outcome {
+    let mut out = Outcome {
+        all_ok: true,
+        ..Outcome::default()
+    };
+    let mut n = 0usize;
+    while let Some(line) = lines.recv().await {
+        n += 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                out.fatal = Some(anyhow::Error::new(e).context("read stdin"));
+                break;
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match pm_events::input::parse_line(&line) {
+            Ok(e) => match sink.send(e, false).await {
+                Ok(ok) => {
+                    out.all_ok &= ok;
+                    out.published += 1;
+                }
+                Err(e) => {
+                    out.fatal = Some(e);
+                    break;
+                }
+            },
+            Err(m) => {
+                out.bad_lines += 1;
+                eprintln!("pm-events: line {n}: {m}");
+            }
+        }
+    }
+    out
 }
 
 /// The lines of stdin as bytes (a line that is not UTF-8 is refused on its
