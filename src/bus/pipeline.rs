@@ -4,16 +4,20 @@
 //! `send` future).
 //!
 //! [`EventBus::publish_pipelined`] waits only for a unit of capacity, then
-//! stages the event for the bus's pipeline writer, one task per running bus.
-//! The writer takes every staged event at once (up to [`MAX_BATCH`]), writes
-//! them to the event log in one call, and only then hands them to the
-//! transport and resolves their acknowledgements: the write-ahead contract is
-//! the same as [`EventBus::publish`]'s — an event is accepted once its line is
-//! written. Batches grow by themselves with the load (no linger timer): while
-//! the writer writes, the next batch gathers.
+//! stages the event — a push onto one vector under a short lock, numbered in
+//! staging order — for the bus's pipeline writer, one task per running bus.
+//! The writer takes everything staged at once (up to [`MAX_BATCH`]), writes it
+//! to the event log in one call, and only then hands it to the transport and
+//! answers it: the write-ahead contract is the same as
+//! [`EventBus::publish`]'s — an event is accepted once its line is written.
+//! Batches grow by themselves with the load (no linger timer): while the
+//! writer writes, the next batch gathers.
 //!
-//! Events of one publisher keep their order in the log and on the queue
-//! (staging is first in, first out).
+//! Acknowledgements are numbers, not channels: an ack holds its event's
+//! sequence number and the pipeline's [`Board`], where the writer moves the
+//! mark below which every event is answered and notes the (rare) refused
+//! ranges. Events of one publisher keep their order in the log and on the
+//! queue (staging is first in, first out).
 
 use super::{EventBus, IN_HANDLER, Inner, Run};
 use crate::error::{BusError, LogError};
@@ -21,15 +25,19 @@ use crate::event::{Event, EventId};
 use crate::transport::{Permit, TransportError};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Most staged events the writer takes into one log write.
 pub const MAX_BATCH: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The acceptance of one pipelined event: resolves to its id once its line is
 /// in the event log and it is queued, or to the error that refused it.
@@ -37,7 +45,8 @@ pub const MAX_BATCH: usize = 1024;
 #[must_use = "an event's acceptance is known only by awaiting its PublishAck"]
 pub struct PublishAck {
     event_id: EventId,
-    rx: oneshot::Receiver<Result<(), BusError>>,
+    seq: u64,
+    board: Arc<Board>,
 }
 
 impl PublishAck {
@@ -45,20 +54,115 @@ impl PublishAck {
     pub fn event_id(&self) -> &str {
         &self.event_id
     }
+
+    fn outcome(&mut self) -> Result<EventId, BusError> {
+        match self.board.refusal(self.seq) {
+            None => Ok(std::mem::take(&mut self.event_id)),
+            Some(e) => Err(e),
+        }
+    }
 }
 
 impl Future for PublishAck {
     type Output = Result<EventId, BusError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Ok(()))) => Poll::Ready(Ok(std::mem::take(&mut self.event_id))),
-            Poll::Ready(Ok(Err(e))) => Poll::Ready(Err(e)),
-            // The writer ended without an answer: only when the bus's runtime shut down.
-            Poll::Ready(Err(_)) => Poll::Ready(Err(BusError::NotRunning("stopped"))),
+        if self.board.answered(self.seq) {
+            return Poll::Ready(self.outcome());
+        }
+        lock(&self.board.wakers).push(cx.waker().clone());
+        // Answered between the look and the registration: not lost.
+        if self.board.answered(self.seq) {
+            return Poll::Ready(self.outcome());
+        }
+        Poll::Pending
+    }
+}
+
+/// Where the writer answers pipelined events; shared by the pipeline and its acks.
+pub(super) struct Board {
+    /// Every event numbered below this is answered (accepted or refused).
+    /// Written by the writer only, after each batch.
+    answered_below: AtomicU64,
+    /// Whether `refused` holds anything (read without its lock).
+    any_refused: AtomicBool,
+    /// Refused ranges of sequence numbers with their error, in order
+    /// (adjacent ones merged: a full disk refusing batch after batch is one
+    /// range). Written by the writer, read by acks.
+    refused: Mutex<Vec<(u64, u64, Refusal)>>,
+    /// Acks waiting for an answer; the writer wakes and empties them after
+    /// each batch (each pending ack registers again when polled).
+    wakers: Mutex<Vec<Waker>>,
+}
+
+/// Why a range was refused (errors are not `Clone`; each ack gets its own copy).
+#[derive(Clone)]
+enum Refusal {
+    Log(
+        std::io::ErrorKind,
+        Arc<str>,
+        &'static str,
+        std::path::PathBuf,
+    ),
+    Closed,
+    Transport(Arc<str>),
+    Stopped,
+}
+
+impl Board {
+    fn new() -> Board {
+        Board {
+            answered_below: AtomicU64::new(0),
+            any_refused: AtomicBool::new(false),
+            refused: Mutex::new(Vec::new()),
+            wakers: Mutex::new(Vec::new()),
         }
     }
+
+    fn answered(&self, seq: u64) -> bool {
+        seq < self.answered_below.load(Ordering::Acquire)
+    }
+
+    /// The error of `seq`, if its range was refused.
+    fn refusal(&self, seq: u64) -> Option<BusError> {
+        if !self.any_refused.load(Ordering::Acquire) {
+            return None;
+        }
+        let refused = lock(&self.refused);
+        let i = refused.partition_point(|(_, end, _)| *end <= seq);
+        let (_, _, why) = refused.get(i).filter(|(start, _, _)| *start <= seq)?;
+        Some(match why.clone() {
+            Refusal::Log(kind, msg, action, path) => BusError::Log(LogError::Io {
+                action,
+                path,
+                source: std::io::Error::new(kind, msg.to_string()),
+            }),
+            Refusal::Closed => BusError::Log(LogError::Closed),
+            Refusal::Transport(msg) => BusError::Transport(TransportError::Other(msg.to_string())),
+            Refusal::Stopped => BusError::NotRunning("stopped"),
+        })
+    }
+
+    /// Answers `start..end` (refused with `why`, if given) and wakes the waiting acks.
+    fn answer(&self, start: u64, end: u64, why: Option<Refusal>) {
+        if let Some(why) = why {
+            let mut refused = lock(&self.refused);
+            match refused.last_mut() {
+                Some(last) if last.1 == start && same_kind(&last.2, &why) => last.1 = end,
+                _ => refused.push((start, end, why)),
+            }
+            self.any_refused.store(true, Ordering::Release);
+        }
+        self.answered_below.store(end, Ordering::Release);
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+fn same_kind(a: &Refusal, b: &Refusal) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
 /// One event waiting for the writer.
@@ -66,68 +170,58 @@ struct Staged {
     event: Event,
     /// Its unit of capacity, until its handlers are done.
     permit: Permit,
-    ack: oneshot::Sender<Result<(), BusError>>,
     /// Keeps `stop` waiting until the event is written (publishes from
     /// outside handlers; `None` for a handler's follow-up).
     _token: Option<TaskTrackerToken>,
 }
 
+/// What publishers stage; behind [`Pipeline::staging`].
+struct Staging {
+    events: Vec<Staged>,
+    /// The sequence number of the next event staged.
+    next_seq: u64,
+    /// `false` once `stop` closed the pipeline.
+    open: bool,
+}
+
 /// The pipeline of a running bus; part of [`Run`].
 pub(super) struct Pipeline {
-    /// Where publishers stage events. Unbounded because capacity is bounded
-    /// before staging (each staged event holds a permit).
-    tx: mpsc::UnboundedSender<Staged>,
-    /// `stop` notifies it once every accepted event is handled; the writer
-    /// then writes what is left and ends.
-    close: Arc<Notify>,
+    /// Staged events, pushed by publishers, taken whole by the writer.
+    staging: Mutex<Staging>,
+    /// Wakes the writer when the first event of a batch is staged, and at close.
+    wake: Notify,
+    /// Answers; shared with every ack.
+    board: Arc<Board>,
     /// The writer task; owned here, taken and awaited by `stop`.
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// The writer's end of the channel until the writer starts.
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Staged>>>,
 }
 
 impl Pipeline {
     pub(super) fn new() -> Pipeline {
-        let (tx, rx) = mpsc::unbounded_channel();
         Pipeline {
-            tx,
-            close: Arc::new(Notify::new()),
+            staging: Mutex::new(Staging {
+                events: Vec::new(),
+                next_seq: 0,
+                open: true,
+            }),
+            wake: Notify::new(),
+            board: Arc::new(Board::new()),
             writer: Mutex::new(None),
-            rx: Mutex::new(Some(rx)),
         }
     }
 
     /// Spawns the writer; called once by `start` when `run` exists.
     pub(super) fn spawn_writer(bus: &EventBus, run: &Arc<Run>) {
-        let rx = run
-            .pipeline
-            .rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(rx) = rx {
-            let task = tokio::spawn(write_staged(
-                bus.clone(),
-                run.clone(),
-                rx,
-                run.pipeline.close.clone(),
-            ));
-            *run.pipeline
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task);
-        }
+        let task = tokio::spawn(write_staged(bus.clone(), run.clone()));
+        *lock(&run.pipeline.writer) = Some(task);
     }
 
     /// Ends the writer once what is staged is written; called by `stop` after
     /// every accepted event is handled.
     pub(super) async fn close(&self) {
-        self.close.notify_one();
-        let task = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        lock(&self.staging).open = false;
+        self.wake.notify_one();
+        let task = lock(&self.writer).take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -174,24 +268,34 @@ impl EventBus {
                 .await
                 .map_err(|_| BusError::NotRunning("stopping"))?,
         };
-        let (ack, rx) = oneshot::channel();
         let event_id = event.event_id.clone();
-        if self.inner.local {
-            // Counted from staging, so `stop` waits for it like a handled event.
-            self.inner.inflight.fetch_add(1, Ordering::SeqCst);
-        }
-        let staged = Staged {
-            event,
-            permit,
-            ack,
-            _token: token,
+        let pipeline = &run.pipeline;
+        let (seq, first) = {
+            let mut st = lock(&pipeline.staging);
+            if !st.open {
+                return Err(BusError::NotRunning("stopping"));
+            }
+            if self.inner.local {
+                // Counted from staging, so `stop` waits for it like a handled event.
+                self.inner.inflight.fetch_add(1, Ordering::SeqCst);
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.events.push(Staged {
+                event,
+                permit,
+                _token: token,
+            });
+            (seq, st.events.len() == 1)
         };
-        if let Err(mpsc::error::SendError(staged)) = run.pipeline.tx.send(staged) {
-            self.forget(1);
-            drop(staged);
-            return Err(BusError::NotRunning("stopping"));
+        if first {
+            pipeline.wake.notify_one();
         }
-        Ok(PublishAck { event_id, rx })
+        Ok(PublishAck {
+            event_id,
+            seq,
+            board: pipeline.board.clone(),
+        })
     }
 
     /// Takes back the `inflight` count of `n` staged events that were refused.
@@ -201,23 +305,31 @@ impl EventBus {
         }
     }
 
-    /// Writes one batch of staged events, hands them to the transport, and
-    /// answers their acknowledgements.
-    async fn write_batch(&self, run: &Run, batch: Vec<Staged>) {
+    /// Writes one batch of staged events (numbered `start..`), hands them to
+    /// the transport, and answers them on the board.
+    async fn write_batch(&self, run: &Run, start: u64, batch: Vec<Staged>) {
         let n = batch.len();
+        let end = start + n as u64;
+        let board = &run.pipeline.board;
         let mut events = Vec::with_capacity(n);
         let mut rest = Vec::with_capacity(n);
         for s in batch {
             events.push(s.event);
-            rest.push((s.permit, s.ack, s._token));
+            rest.push((s.permit, s._token));
         }
         if let Some(log) = &run.log
             && let Err(e) = log.append_batch(&events).await
         {
             self.forget(n);
-            for (_, ack, _) in rest {
-                let _ = ack.send(Err(BusError::Log(copy_log_error(&e))));
-            }
+            let why = match e {
+                LogError::Io {
+                    action,
+                    path,
+                    source,
+                } => Refusal::Log(source.kind(), source.to_string().into(), action, path),
+                _ => Refusal::Closed,
+            };
+            board.answer(start, end, Some(why));
             return;
         }
         let types: Option<Vec<String>> = self
@@ -225,12 +337,12 @@ impl EventBus {
             .settings
             .metrics
             .then(|| events.iter().map(|e| e.event_type.clone()).collect());
-        let mut acks = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
         let items = events
             .into_iter()
             .zip(rest)
-            .map(|(e, (permit, ack, token))| {
-                acks.push((ack, token));
+            .map(|(e, (permit, token))| {
+                tokens.push(token);
                 let prio = self.priority_of(&e);
                 (e, prio, permit)
             })
@@ -244,21 +356,16 @@ impl EventBus {
                 for ty in types.into_iter().flatten() {
                     metrics::counter!("pm_events_published_total", "type" => ty).increment(1);
                 }
-                for (ack, _) in acks {
-                    let _ = ack.send(Ok(()));
-                }
+                board.answer(start, end, None);
             }
             Err(e) => {
                 self.forget(n);
-                tracing::error!(events = n, error = %crate::error::chain(&e), "events logged but the transport refused them");
                 let text = crate::error::chain(&e);
-                for (ack, _) in acks {
-                    let _ = ack.send(Err(BusError::Transport(TransportError::Other(
-                        text.clone(),
-                    ))));
-                }
+                tracing::error!(events = n, error = %text, "events logged but the transport refused them");
+                board.answer(start, end, Some(Refusal::Transport(text.into())));
             }
         }
+        drop(tokens);
     }
 }
 
@@ -268,44 +375,42 @@ fn forget(inner: &Inner, n: usize) {
     }
 }
 
-/// The writer task: takes what is staged, writes it, until `close` is
-/// notified and nothing is left.
-async fn write_staged(
-    bus: EventBus,
-    run: Arc<Run>,
-    mut rx: mpsc::UnboundedReceiver<Staged>,
-    close: Arc<Notify>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+/// The writer task: takes what is staged, writes it, until the pipeline is
+/// closed and nothing is left.
+async fn write_staged(bus: EventBus, run: Arc<Run>) {
+    let pipeline = &run.pipeline;
     loop {
-        let n = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-            () = close.notified() => {
-                rx.close();
-                rx.recv_many(&mut batch, MAX_BATCH).await
+        let taken = {
+            let mut st = lock(&pipeline.staging);
+            if st.events.is_empty() {
+                if !st.open {
+                    break;
+                }
+                None
+            } else {
+                let len = st.events.len().min(MAX_BATCH);
+                let start = st.next_seq - st.events.len() as u64;
+                let batch = if len == st.events.len() {
+                    std::mem::take(&mut st.events)
+                } else {
+                    st.events.drain(..len).collect()
+                };
+                Some((start, batch))
             }
         };
-        if n == 0 {
-            break;
+        match taken {
+            Some((start, batch)) => {
+                bus.write_batch(&run, start, batch).await;
+            }
+            None => pipeline.wake.notified().await,
         }
-        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        bus.write_batch(&run, taken).await;
     }
-}
-
-/// The same log error for each event of a refused batch (I/O errors are not `Clone`).
-fn copy_log_error(e: &LogError) -> LogError {
-    match e {
-        LogError::Io {
-            action,
-            path,
-            source,
-        } => LogError::Io {
-            action,
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        _ => LogError::Closed,
+    // Closed: anything still unanswered (nothing, after a clean stop) is refused.
+    let st = lock(&pipeline.staging);
+    if pipeline.board.answered_below.load(Ordering::Acquire) < st.next_seq {
+        let from = pipeline.board.answered_below.load(Ordering::Acquire);
+        pipeline
+            .board
+            .answer(from, st.next_seq, Some(Refusal::Stopped));
     }
 }

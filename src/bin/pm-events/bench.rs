@@ -63,6 +63,9 @@ pub struct Args {
     /// Run only the bus with the log off (for profiling).
     #[arg(long, hide = true)]
     only_log_off: bool,
+    /// Run only the pipelined publish (for profiling).
+    #[arg(long, hide = true)]
+    only_pipelined: bool,
     /// Run only the engine of `bench webhooks` (for profiling).
     #[arg(long, hide = true)]
     only_engine: bool,
@@ -119,6 +122,12 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
             .unwrap_or(1)
     );
 
+    if a.only_pipelined {
+        let rate = bus_pipelined(n, p, &cfg, &dir.join("bus-logs-pipelined")).await?;
+        say!("  pipelined: {rate:.0} events/s");
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.only_log_on || a.only_log_off {
         let log = a.only_log_on.then(|| dir.join("bus-logs"));
         let rate = bus_run(n, p, &cfg, log).await?;
