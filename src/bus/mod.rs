@@ -1,16 +1,16 @@
 //! The [`EventBus`]: subscribe handlers, start, publish, stop.
 //!
-//! One concept per file: [`builder`] (settings), [`subscriptions`] (who
-//! receives what), [`publish`] (acceptance: write-ahead, then the transport),
-//! [`pipeline`] (many publishes in flight), [`dispatch`] (running handlers),
-//! [`recovery_feed`] (what a crash left unhandled), [`stats`], [`global`]
-//! (the process-wide bus) and [`lifecycle`] (start, and the shutdown order).
+//! One concept per file: `builder` (settings), `subscriptions` (who
+//! receives what), `publish` (acceptance: write-ahead, then the transport),
+//! `pipeline` (many publishes in flight), `dispatch` (running handlers),
+//! `recovery_feed` (what a crash left unhandled), `stats`, `global`
+//! (the process-wide bus) and `lifecycle` (start, and the shutdown order).
 //!
 //! # How an event travels
 //!
 //! 1. `publish` validates the event and takes one unit of capacity (a permit
 //!    of a semaphore of `queue_capacity` units): when none is free it waits
-//!    (backpressure), `try_publish` fails with [`BusError::QueueFull`].
+//!    (backpressure), `try_publish` fails with [`BusError::QueueFull`](crate::BusError::QueueFull).
 //! 2. The event is written to the main event log (write-ahead); only then is
 //!    it handed to the transport, and `publish` returns its id. A pipelined
 //!    publish stages the event and returns at once; the pipeline writer writes
@@ -32,15 +32,15 @@
 //!
 //! # Who owns what
 //!
-//! [`Inner`] is shared by every clone of the bus and by the dispatcher; a
-//! [`WeakEventBus`] does not keep it alive. [`Run`] exists from `start` to the
+//! `Inner` is shared by every clone of the bus and by the dispatcher; a
+//! [`WeakEventBus`] does not keep it alive. `Run` exists from `start` to the
 //! end of `stop`: publishers clone its `Arc` for the length of one publish, the
 //! dispatcher, the recovery feeder and the pipeline writer hold it until they
 //! end, and `stop` drops the last reference when it returns to `Idle`.
 //!
 //! # The shutdown order
 //!
-//! `stop` (in [`lifecycle`]) does, in this order:
+//! `stop` (in `lifecycle`) does, in this order:
 //! 1. refuse publishes from outside (state `Stopping`; handlers may still publish);
 //! 2. wait for the publishes under way, pipelined ones until they are written,
 //!    and for the recovery feeder;
@@ -125,7 +125,7 @@ struct Run {
     recent: Arc<RecentIds>,
     /// Ends the recovery task; cancelled by `stop` first.
     cancel_recovery: tokio_util::sync::CancellationToken,
-    /// Pipelined publishes staged for the writer task (see [`pipeline`]).
+    /// Pipelined publishes staged for the writer task (see the `pipeline` module).
     pipeline: pipeline::Pipeline,
 }
 
