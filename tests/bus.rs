@@ -2,28 +2,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::counter;
 use pm_events::bus::WILDCARD;
 use pm_events::{BusError, Event, EventBus, FsyncPolicy, Priority, journal};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
 type Ok = Result<(), std::convert::Infallible>;
-
-fn counter() -> (
-    Arc<AtomicUsize>,
-    impl Fn(Event) -> std::future::Ready<Ok> + Send + Sync + 'static,
-) {
-    let c = Arc::new(AtomicUsize::new(0));
-    let c2 = c.clone();
-    (c, move |_e: Event| {
-        c2.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok(()))
-    })
-}
 
 fn recorder() -> (
     Arc<Mutex<Vec<Event>>>,

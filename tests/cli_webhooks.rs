@@ -214,7 +214,10 @@ async fn a_killed_process_leaves_its_delivery_for_the_next_one() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 1, "{}", text(&list.stdout));
-    assert_eq!(rows[0]["attempt"], 1);
+    // The attempt's bookkeeping is committed shortly after its log line; a kill
+    // in between loses only the count (the attempt is made again).
+    let attempt = rows[0]["attempt"].as_u64().unwrap();
+    assert!(attempt <= 1, "{attempt}");
     assert_eq!(rows[0]["state"], "pending");
 
     // The next process resumes it; `webhooks deliver` sends it now rather than in a minute.

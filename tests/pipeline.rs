@@ -1,24 +1,15 @@
 //! The pipelined publish: many events in flight from one publisher, each with
 //! its own acceptance, on a real event log in a temp directory.
 
+mod common;
+
+use common::counter;
 use pm_events::bus::WILDCARD;
 use pm_events::{Event, EventBus, FsyncPolicy, journal};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn counter() -> (
-    Arc<AtomicUsize>,
-    impl Fn(Event) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static,
-) {
-    let n = Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    (n, move |_e: Event| {
-        n2.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok(()))
-    })
-}
+use std::sync::atomic::Ordering;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_events_in_flight_are_logged_in_order_each_once_and_handled() {

@@ -87,19 +87,24 @@ fn publish_until_killed(logs: &Path, first: usize, stop_after: usize) -> HashSet
     accepted
 }
 
-/// A run with nothing to publish: it starts alone, recovers and handles what was left.
-fn recover_alone(logs: &Path) {
+/// Runs the binary on `logs` with `args` and `env` (stdin empty) and checks it
+/// succeeded; returns its stderr.
+fn run_ok(logs: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-        .args(["publish", "-"])
+        .args(args)
+        .envs(env.iter().copied())
         .env("PM_LOG_DIR", logs)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// A run with nothing to publish: it starts alone, recovers and handles what was left.
+fn recover_alone(logs: &Path) {
+    run_ok(logs, &["publish", "-"], &[]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -361,23 +366,12 @@ async fn a_redispatched_event_does_not_deliver_its_webhook_twice() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     let url = rx.url("/deploy");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-            .args(args)
-            .env("RUST_LOG", "pm_events=info")
-            .env("PM_LOG_DIR", &logs)
-            .env("PM_WEBHOOK_URL_DEPLOYMENT", &url)
-            .env("WEBHOOK_SIGNATURE_SECRET", common::server::SECRET)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let env = [
+        ("RUST_LOG", "pm_events=info"),
+        ("PM_WEBHOOK_URL_DEPLOYMENT", url.as_str()),
+        ("WEBHOOK_SIGNATURE_SECRET", common::server::SECRET),
+    ];
+    let run = |args: &[&str]| run_ok(&logs, args, &env);
     run(&[
         "publish",
         "deployment",

@@ -19,7 +19,7 @@
 //! ranges. Events of one publisher keep their order in the log and on the
 //! queue (staging is first in, first out).
 
-use super::{EventBus, IN_HANDLER, Inner, Run};
+use super::{EventBus, Inner, Run};
 use crate::error::{BusError, LogError};
 use crate::event::{Event, EventId};
 use crate::transport::{Permit, TransportError};
@@ -258,16 +258,7 @@ impl EventBus {
     pub async fn publish_pipelined(&self, event: Event) -> Result<PublishAck, BusError> {
         event.validate().map_err(BusError::InvalidEvent)?;
         let (run, token) = self.enter()?;
-        let in_handler = IN_HANDLER.try_with(|_| ()).is_ok();
-        let permit = match in_handler.then(|| run.overflow.clone().try_acquire_owned().ok()) {
-            Some(Some(p)) => p,
-            _ => run
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| BusError::NotRunning("stopping"))?,
-        };
+        let permit = super::publish::capacity_unit(&run).await?;
         let event_id = event.event_id.clone();
         let pipeline = &run.pipeline;
         let (seq, first) = {

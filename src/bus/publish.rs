@@ -142,20 +142,7 @@ impl EventBus {
     pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
         event.validate().map_err(BusError::InvalidEvent)?;
         let (run, _token) = self.enter()?;
-        let permit = if IN_HANDLER.try_with(|_| ()).is_ok() {
-            run.overflow.clone().try_acquire_owned().ok()
-        } else {
-            None
-        };
-        let permit = match permit {
-            Some(p) => p,
-            None => run
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| BusError::NotRunning("stopping"))?,
-        };
+        let permit = capacity_unit(&run).await?;
         self.accept(&run, event, permit).await
     }
 
@@ -326,4 +313,20 @@ pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Event {
             e
         }
     }
+}
+
+/// One unit of capacity for a publish, waiting while the queue is full; a
+/// publish from inside a handler takes the overflow capacity and never waits
+/// (see the module docs of [`crate::bus`]).
+pub(super) async fn capacity_unit(run: &Run) -> Result<Permit, BusError> {
+    if IN_HANDLER.try_with(|_| ()).is_ok()
+        && let Ok(p) = run.overflow.clone().try_acquire_owned()
+    {
+        return Ok(p);
+    }
+    run.permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| BusError::NotRunning("stopping"))
 }

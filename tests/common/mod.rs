@@ -256,3 +256,19 @@ pub fn logged(logs: &std::path::Path) -> Vec<serde_json::Value> {
         .flat_map(|p| jsonl(&p))
         .collect()
 }
+
+/// A handler that counts the events it sees, and the count.
+pub fn counter() -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    impl Fn(pm_events::Event) -> std::future::Ready<Result<(), std::convert::Infallible>>
+    + Send
+    + Sync
+    + 'static,
+) {
+    let c = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = c.clone();
+    (c, move |_e: pm_events::Event| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    })
+}

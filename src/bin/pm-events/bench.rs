@@ -238,13 +238,8 @@ async fn bus(cfg: Config, a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Events each pipelined publisher keeps in flight at most.
-const IN_FLIGHT: usize = 1024;
-
-/// The bus with its log, fed by `p` tasks with `publish_pipelined`, each
-/// keeping up to [`IN_FLIGHT`] events in flight (awaiting the oldest ack when
-/// the window is full).
-async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
+/// A started bus with its log under `dir` and one no-op handler.
+async fn logged_bus(cfg: &Config, dir: &Path) -> Result<EventBus> {
     let bus = EventBus::builder()
         .queue_capacity(cfg.queue_capacity)
         .fsync(FsyncPolicy::Batch)
@@ -252,6 +247,38 @@ async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> 
         .build();
     bus.subscribe("bench", noop);
     bus.start().await?;
+    Ok(bus)
+}
+
+/// Waits for the publisher tasks, stops the bus, checks every event was
+/// handled; returns the rate since `t0`.
+async fn finish(
+    bus: EventBus,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), pm_events::BusError>>>,
+    n: u64,
+    t0: Instant,
+) -> Result<f64> {
+    for t in tasks {
+        t.await??;
+    }
+    bus.stop().await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        bus.stats().handled == n,
+        "handled {} of {n} events",
+        bus.stats().handled
+    );
+    Ok(rate)
+}
+
+/// Events each pipelined publisher keeps in flight at most.
+const IN_FLIGHT: usize = 1024;
+
+/// The bus with its log, fed by `p` tasks with `publish_pipelined`, each
+/// keeping up to [`IN_FLIGHT`] events in flight (awaiting the oldest ack when
+/// the window is full).
+async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
+    let bus = logged_bus(cfg, dir).await?;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..p {
@@ -272,28 +299,12 @@ async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> 
             Ok::<(), pm_events::BusError>(())
         }));
     }
-    for t in tasks {
-        t.await??;
-    }
-    bus.stop().await?;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        bus.stats().handled == n,
-        "handled {} of {n} events",
-        bus.stats().handled
-    );
-    Ok(rate)
+    finish(bus, tasks, n, t0).await
 }
 
 /// The bus with its log, fed by `p` tasks with `publish_batch` of 256 events.
 async fn bus_batched(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
-    let bus = EventBus::builder()
-        .queue_capacity(cfg.queue_capacity)
-        .fsync(FsyncPolicy::Batch)
-        .log_dir(dir)
-        .build();
-    bus.subscribe("bench", noop);
-    bus.start().await?;
+    let bus = logged_bus(cfg, dir).await?;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..p {
@@ -309,17 +320,7 @@ async fn bus_batched(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
             Ok::<(), pm_events::BusError>(())
         }));
     }
-    for t in tasks {
-        t.await??;
-    }
-    bus.stop().await?;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        bus.stats().handled == n,
-        "handled {} of {n} events",
-        bus.stats().handled
-    );
-    Ok(rate)
+    finish(bus, tasks, n, t0).await
 }
 
 /// Publishes events `0..n` from `p` tasks, each its share in order.
