@@ -45,11 +45,9 @@ fn delivered(rx: &TestReceiver) -> HashMap<String, usize> {
     out
 }
 
-/// Runs `pm-events publish -` on `logs` with risk alerts numbered from `first`,
-/// kills it (SIGKILL) once it printed `stop_after` accepted ids, and returns
-/// every id it printed as accepted before it died.
-fn publish_until_killed(logs: &Path, first: usize, stop_after: usize) -> HashSet<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+/// `pm-events publish -` on `logs`, its stdin and stdout piped.
+fn publish_stdin(logs: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pm-events"))
         .args(["publish", "-"])
         .env_remove("RUST_LOG")
         .env("PM_LOG_DIR", logs)
@@ -57,7 +55,14 @@ fn publish_until_killed(logs: &Path, first: usize, stop_after: usize) -> HashSet
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `pm-events publish -` on `logs` with risk alerts numbered from `first`,
+/// kills it (SIGKILL) once it printed `stop_after` accepted ids, and returns
+/// every id it printed as accepted before it died.
+fn publish_until_killed(logs: &Path, first: usize, stop_after: usize) -> HashSet<String> {
+    let mut child = publish_stdin(logs);
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         for i in 0.. {
@@ -324,15 +329,7 @@ async fn wait_recorded(logs: &Path, ids: &HashSet<String>) {
 async fn an_event_recorded_as_handled_is_not_handled_again() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
-        .args(["publish", "-"])
-        .env_remove("RUST_LOG")
-        .env("PM_LOG_DIR", &logs)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = publish_stdin(&logs);
     let mut stdin = child.stdin.take().unwrap();
     for i in 0..500 {
         writeln!(stdin, "{}", json!({"type": "risk_alert", "data": alert(i)})).unwrap();
