@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the pm-events demo (DESIGN.md section 1), building the binary first if needed.
+# Runs the pm-events demo (the README), building the binary first if needed.
 # Extra arguments go to `pm-events demo` (e.g. --log-dir /tmp/pm-logs).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

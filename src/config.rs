@@ -1,4 +1,4 @@
-//! Configuration from the environment (DESIGN.md section 8), validated once at
+//! Configuration from the environment (docs/configuration.md), validated once at
 //! start-up. An invalid value is a [`ConfigError`] naming the variable, the value
 //! and what was expected; secrets are never echoed back.
 //!
@@ -43,7 +43,7 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
-/// Every setting of pm-events, with the defaults of DESIGN.md section 8.
+/// Every setting of pm-events, with the defaults of docs/configuration.md.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `PM_LOG_DIR`: root of every log file and of durable state.
@@ -71,7 +71,7 @@ pub struct Config {
     pub webhook_backoff_base: Duration,
     /// `PM_WEBHOOK_CONCURRENCY`: concurrent requests per webhook endpoint.
     pub webhook_concurrency: usize,
-    /// Webhook routes: the seed's `*_WEBHOOK_URL` variables, keyed by the
+    /// Webhook routes: the specification's `*_WEBHOOK_URL` variables, keyed by the
     /// variable's name, and `PM_WEBHOOK_URL_<TYPE>` keyed by that variable's name too.
     pub webhook_urls: BTreeMap<String, String>,
     /// `PM_BIND`: the address `serve` listens on.
@@ -100,8 +100,8 @@ pub struct Config {
     pub node_id: String,
 }
 
-/// The seed's webhook URL variables.
-pub const SEED_WEBHOOK_VARS: [&str; 7] = [
+/// The specification's webhook URL variables.
+pub const ROUTE_VARIABLES: [&str; 7] = [
     "FILE_CHANGE_WEBHOOK_URL",
     "REPORT_READY_WEBHOOK_URL",
     "CRITICAL_ALERT_WEBHOOK_URL",
@@ -351,7 +351,7 @@ impl Config {
         let mut names: Vec<&String> =
             v.0.keys()
                 .filter(|k| {
-                    SEED_WEBHOOK_VARS.contains(&k.as_str()) || k.starts_with(CUSTOM_WEBHOOK_PREFIX)
+                    ROUTE_VARIABLES.contains(&k.as_str()) || k.starts_with(CUSTOM_WEBHOOK_PREFIX)
                 })
                 .collect();
         names.sort();
@@ -444,7 +444,7 @@ impl Config {
 }
 
 fn is_ours(name: &str) -> bool {
-    name.starts_with("PM_") || name.starts_with("WEBHOOK_") || SEED_WEBHOOK_VARS.contains(&name)
+    name.starts_with("PM_") || name.starts_with("WEBHOOK_") || ROUTE_VARIABLES.contains(&name)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The [`Event`]: the unit everything in pm-events moves around.
 //!
 //! An event is a type name, a JSON object payload and three pieces of envelope
-//! (timestamp, id, source). Its JSON form is the seed's:
+//! (timestamp, id, source). Its JSON form is as specified:
 //! `{"type","data","timestamp","event_id","source"}`; the main event log stores
 //! exactly that object, one per line.
 
@@ -83,7 +83,7 @@ impl Event {
         self
     }
 
-    /// The event as a JSON object (the seed's `to_dict`).
+    /// The event as a JSON object (the specification's `to_dict`).
     pub fn to_value(&self) -> Value {
         serde_json::json!({
             "type": self.event_type,
@@ -94,7 +94,7 @@ impl Event {
         })
     }
 
-    /// The event as a compact JSON string (the seed's `to_json`).
+    /// The event as a compact JSON string (the specification's `to_json`).
     pub fn to_json(&self) -> String {
         // Serializing a struct of strings, a float and a `Value` cannot fail,
         // except for a non-finite timestamp, which `validate` rejects; fall back
@@ -174,7 +174,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn json_round_trip_uses_seed_field_names() {
+    fn json_round_trip_uses_the_specified_field_names() {
         let e = Event::new("deployment", json!({"service": "api"}));
         let text = e.to_json();
         let v: Value = serde_json::from_str(&text).unwrap();

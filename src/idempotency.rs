@@ -1,6 +1,6 @@
 //! Idempotent publish: an event published again with an `event_id` accepted in
 //! the last [`WINDOW`] is accepted once; the repeat returns the same id and
-//! does nothing (DESIGN.md section 3, invariant 6).
+//! does nothing (docs/architecture.md, invariant 6).
 //!
 //! The ids remembered are those of the events this bus accepted, plus — loaded
 //! in the background when the bus starts, so start-up does not wait — those of

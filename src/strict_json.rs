@@ -136,16 +136,16 @@ impl<'de> Visitor<'de> for StrictVisitor {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
-            let StrictValue(v) = map.next_value_seed(Seed)?;
+            let StrictValue(v) = map.next_value_seed(ValueSeed)?;
             out.insert(key, v);
         }
         Ok(Value::Object(out))
     }
 }
 
-struct Seed;
+struct ValueSeed;
 
-impl<'de> DeserializeSeed<'de> for Seed {
+impl<'de> DeserializeSeed<'de> for ValueSeed {
     type Value = StrictValue;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<StrictValue, D::Error> {
         de::Deserialize::deserialize(d)

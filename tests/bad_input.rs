@@ -246,7 +246,7 @@ async fn a_corpus_of_bad_inputs_is_refused_at_every_door_naming_the_problem() {
         // CloudEvents structured mode.
         let body = serde_json::to_vec(&json!({"specversion": "1.0", "id": format!("ce-{rows}"), "source": "/t", "type": ty, "data": data})).unwrap();
         let mut h = vec![("content-type", "application/cloudevents+json".to_string())];
-        h.push(("x-webhook-signature", signer().seed_signature(&body)));
+        h.push(("x-webhook-signature", signer().hex_signature(&body)));
         let (s, v) = post(&incoming, &h, &body).await;
         check("CloudEvents structured", s, &v, 400, needle);
         // CloudEvents binary mode, as the SDKs send it (no content type).
@@ -256,7 +256,7 @@ async fn a_corpus_of_bad_inputs_is_refused_at_every_door_naming_the_problem() {
             ("ce-id", format!("bin-{rows}")),
             ("ce-source", "/t".to_string()),
             ("ce-type", ty.to_string()),
-            ("x-webhook-signature", signer().seed_signature(&body)),
+            ("x-webhook-signature", signer().hex_signature(&body)),
         ];
         let (s, v) = post(&incoming, &h, &body).await;
         check("CloudEvents binary", s, &v, 400, needle);
@@ -272,7 +272,7 @@ async fn a_corpus_of_bad_inputs_is_refused_at_every_door_naming_the_problem() {
         let (s, v) = post(&events, &json_ct, &body).await;
         check(what, s, &v, 400, needle);
         let mut h = json_ct.clone();
-        h.push(("x-webhook-signature", signer().seed_signature(&body)));
+        h.push(("x-webhook-signature", signer().hex_signature(&body)));
         let (s, v) = post(&incoming, &h, &body).await;
         check(what, s, &v, 400, needle);
         if let Ok(text) = std::str::from_utf8(&body) {
@@ -415,7 +415,7 @@ async fn cloudevents_binary_mode_without_a_content_type_is_json() {
         ("ce-id", "sdk-1".to_string()),
         ("ce-source", "/ci".to_string()),
         ("ce-type", "deployment".to_string()),
-        ("x-webhook-signature", signer().seed_signature(body)),
+        ("x-webhook-signature", signer().hex_signature(body)),
     ];
     let (s, v) = post(&format!("{}/webhooks/incoming", srv.url), &h, body).await;
     assert_eq!(s, 202, "{v}");

@@ -84,7 +84,7 @@ async fn subscribe_publish_stop_and_the_log_holds_each_event_once() {
             .join("events")
             .join(format!("events_{}.log", journal::today().format("%Y%m%d")))
     );
-    // Every line is a JSON object with the seed's fields.
+    // Every line is a JSON object with the specification's fields.
     let text = std::fs::read_to_string(bus.get_log_file()).unwrap();
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap();

@@ -28,7 +28,7 @@ fn log_lines(dir: &std::path::Path) -> Vec<Value> {
 }
 
 #[test]
-fn demo_runs_the_seed_examples_and_logs_them() {
+fn demo_runs_the_examples_and_logs_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = pm(dir.path(), &["demo"], &[]);
     assert!(

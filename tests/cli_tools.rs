@@ -385,7 +385,7 @@ async fn publish_to_a_running_server_with_url() {
 }
 
 /// Writes an event log for today with events at the given ages (seconds ago).
-fn seed_log(dir: &Path, items: &[(&str, f64, Value)]) -> Vec<String> {
+fn write_event_log(dir: &Path, items: &[(&str, f64, Value)]) -> Vec<String> {
     let now = pm_events::event::now_unix();
     let path = pm_events::journal::day_path(&dir.join("logs"), pm_events::journal::today());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -416,7 +416,7 @@ fn replay_re_dispatches_exactly_the_selected_range() {
     // Spread the events over what has passed of today (at least a few seconds apart).
     let span = since_midnight.clamp(8.0, 4.0 * 3600.0);
     let ages = [span * 0.95, span * 0.6, span * 0.4, span * 0.05];
-    seed_log(
+    write_event_log(
         dir.path(),
         &[
             ("risk_alert", ages[0], alert("too_old")),
@@ -493,7 +493,7 @@ fn replay_re_dispatches_exactly_the_selected_range() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tail_prints_filters_and_follows() {
     let dir = tempfile::tempdir().unwrap();
-    let ids = seed_log(
+    let ids = write_event_log(
         dir.path(),
         &[
             ("risk_alert", 5.0, alert("a1")),
@@ -536,7 +536,7 @@ async fn tail_prints_filters_and_follows() {
 #[test]
 fn stats_counts_from_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    seed_log(
+    write_event_log(
         dir.path(),
         &[
             ("risk_alert", 3.0, alert("a")),

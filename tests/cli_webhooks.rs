@@ -76,12 +76,12 @@ async fn sign_then_verify_by_hand() {
     };
     assert_eq!(header("webhook-id"), "msg_1");
     assert_eq!(header("webhook-timestamp"), "1700000000");
-    let seed = header("X-Webhook-Signature");
+    let hex = header("X-Webhook-Signature");
     let standard = header("webhook-signature");
 
     let ok = run(
         dir.path(),
-        &["webhooks", "verify", "--signature", &seed],
+        &["webhooks", "verify", "--signature", &hex],
         &[],
         body,
     )
@@ -89,7 +89,7 @@ async fn sign_then_verify_by_hand() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
     let bad = run(
         dir.path(),
-        &["webhooks", "verify", "--signature", &seed],
+        &["webhooks", "verify", "--signature", &hex],
         &[],
         b"{}",
     )
@@ -127,7 +127,7 @@ async fn sign_then_verify_by_hand() {
     // Usage errors: exit 2.
     let no_ts = run(
         dir.path(),
-        &["webhooks", "verify", "--signature", &seed, "--id", "x"],
+        &["webhooks", "verify", "--signature", &hex, "--id", "x"],
         &[],
         body,
     )

@@ -201,7 +201,7 @@ async fn an_event_taken_by_a_process_that_dies_goes_to_another() {
     assert_eq!(seen.lock().unwrap().iter().filter(|s| **s == id).count(), 1);
 }
 
-// ---- Webhook deliveries as a JetStream work queue (DESIGN.md section 7) ----
+// ---- Webhook deliveries as a JetStream work queue (docs/scale-out.md) ----
 
 use common::{Reply, TestReceiver, jsonl};
 use pm_events::Config;

@@ -251,7 +251,7 @@ fn publish_from_stdin_killed_mid_stream_loses_no_accepted_event() {
         accepted.len()
     );
     // At most what finishes in two flush windows (100 ms) per kill, at the rate
-    // of this machine's debug build (well under 10,000 events/s).
+    // of a debug build (well under 10,000 events/s).
     assert!(twice <= 20 * 1_000, "{twice} handled twice");
 }
 

@@ -34,15 +34,15 @@ async fn a_signed_webhook_becomes_one_event_and_a_replay_does_not() {
     assert_eq!(v["duplicate"], true);
     assert_eq!(v["event_id"], id.as_str());
 
-    // The seed's header style too.
-    let seed_body = br#"{"event_type":"deployment","data":{"n":2},"event_id":"ext-42"}"#;
-    let seed = vec![
+    // The specification's header style too.
+    let plain_body = br#"{"event_type":"deployment","data":{"n":2},"event_id":"ext-42"}"#;
+    let hex = vec![
         ("content-type", "application/json".to_string()),
-        ("x-webhook-signature", signer().seed_signature(seed_body)),
+        ("x-webhook-signature", signer().hex_signature(plain_body)),
     ];
-    assert_eq!(post(&url, &seed, seed_body).await.0, 202);
+    assert_eq!(post(&url, &hex, plain_body).await.0, 202);
     assert_eq!(
-        post(&url, &seed, seed_body).await.1["duplicate"],
+        post(&url, &hex, plain_body).await.1["duplicate"],
         true,
         "same event_id: a replay"
     );
@@ -85,7 +85,7 @@ async fn forged_expired_and_missing_signatures_are_401_and_leave_nothing() {
     let mut forged = standard("m1", now, body);
     forged[3].1 = signer().standard_signature("m1", now, b"{\"other\":1}");
     let expired = standard("m2", now - 3600, body);
-    let wrong_seed = vec![
+    let wrong_hex = vec![
         ("content-type", "application/json".to_string()),
         ("x-webhook-signature", format!("sha256={}", "0".repeat(64))),
     ];
@@ -93,7 +93,7 @@ async fn forged_expired_and_missing_signatures_are_401_and_leave_nothing() {
     for (name, h, needle) in [
         ("forged", forged, "does not match"),
         ("expired", expired, "tolerance"),
-        ("wrong seed", wrong_seed, "does not match"),
+        ("wrong hex", wrong_hex, "does not match"),
         ("missing", missing, "missing signature"),
     ] {
         let (status, v) = post(&url, &h, body).await;

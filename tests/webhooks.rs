@@ -9,7 +9,7 @@ use pm_events::config::Secret;
 use pm_events::event::now_unix;
 use pm_events::webhook::outbox::DeliveryState;
 use pm_events::webhook::payload::verify_body_signature;
-use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_seed, verify_standard};
+use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_hex_signature, verify_standard};
 use pm_events::webhook::{DeliveryConfig, Route, WebhookEngine, WebhookError, WebhookHandler};
 use pm_events::{Config, Event, EventBus};
 use serde_json::json;
@@ -92,7 +92,7 @@ async fn a_bus_event_arrives_signed_three_ways() {
     assert_eq!(body["data"]["service"], "api-gateway");
     assert!(body["timestamp"].is_i64());
     let secrets = [Secret::new(SECRET)];
-    verify_seed(&secrets, &r.body, r.header("x-webhook-signature")).unwrap();
+    verify_hex_signature(&secrets, &r.body, r.header("x-webhook-signature")).unwrap();
     assert_eq!(r.header("webhook-id"), id);
     verify_standard(
         &secrets,
@@ -652,7 +652,7 @@ async fn handle_incoming_webhook_is_the_servers_logic_as_a_library_call() {
     bus.start().await.unwrap();
     let signer = pm_events::webhook::Signer::new(&Secret::new(SECRET)).unwrap();
     let body = br#"{"event_type":"deployment","data":{"n":1},"event_id":"e-1"}"#;
-    let sig = signer.seed_signature(body);
+    let sig = signer.hex_signature(body);
     let none = BTreeMap::new();
     let first = handler
         .handle_incoming_webhook(&bus, body, Some(&sig), &none)
@@ -672,7 +672,7 @@ async fn handle_incoming_webhook_is_the_servers_logic_as_a_library_call() {
     // The queue (capacity 1) is full while the first event's handler waits: refused, not queued.
     let body2 = br#"{"event_type":"deployment","data":{"n":2}}"#;
     let full = handler
-        .handle_incoming_webhook(&bus, body2, Some(&signer.seed_signature(body2)), &none)
+        .handle_incoming_webhook(&bus, body2, Some(&signer.hex_signature(body2)), &none)
         .await
         .unwrap_err();
     assert!(

@@ -216,7 +216,7 @@ impl EventBus {
         EventBusBuilder::default()
     }
 
-    /// A bus configured from the environment (DESIGN.md section 8).
+    /// A bus configured from the environment (docs/configuration.md).
     pub fn from_env() -> Result<Self, crate::error::ConfigError> {
         Ok(Self::builder().config(&Config::from_env()?).build())
     }

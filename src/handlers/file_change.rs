@@ -1,6 +1,6 @@
 //! `file_change`: a file was created, modified or deleted.
 //!
-//! Payload (the seed's): `file_path` (string, required), `change_type`
+//! Payload (as specified): `file_path` (string, required), `change_type`
 //! (`created` | `modified` | `deleted`, required), `size` (bytes), `modified_time`
 //! (RFC 3339), `checksum` (MD5 hex); other fields are kept.
 //!
@@ -67,7 +67,7 @@ pub struct FileChange {
     /// MD5 hex digest of the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    /// Fields the seed does not name, kept as they are.
+    /// Fields the specification does not name, kept as they are.
     #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
@@ -107,9 +107,9 @@ impl FileChange {
     }
 }
 
-/// The seed's `FileChangeHandler`.
+/// The specification's `FileChangeHandler`.
 pub struct FileChangeHandler {
-    /// Write `file_changes.jsonl` (the seed's `log_changes`).
+    /// Write `file_changes.jsonl` (the specification's `log_changes`).
     pub log_changes: bool,
     ctx: Context,
     log: JsonlWriter,
@@ -157,7 +157,7 @@ fn complete(fc: &mut FileChange) -> std::io::Result<()> {
 }
 
 impl FileChangeHandler {
-    /// The seed's `FileChangeHandler(log_changes=...)`, configured from the environment, without webhooks.
+    /// The specification's `FileChangeHandler(log_changes=...)`, configured from the environment, without webhooks.
     pub fn new(log_changes: bool) -> Result<Self, SetupError> {
         Self::with_context(
             log_changes,
@@ -182,7 +182,7 @@ impl FileChangeHandler {
         }
     }
 
-    /// The seed's `handle_file_change(event)`.
+    /// The specification's `handle_file_change(event)`.
     pub async fn handle_file_change(&self, event: &Event) -> Result<Value, HandleError> {
         let mut fc = match FileChange::parse(&event.data) {
             Ok(fc) => fc,

@@ -1,4 +1,4 @@
-//! The built-in handlers of the seed's three event types (DESIGN.md section 4).
+//! The built-in handlers of the specification's three event types (docs/events.md).
 //!
 //! - [`FileChangeHandler`] (`file_change`) → `file_changes/file_changes.jsonl`
 //! - [`ReportReadyHandler`] (`report_ready`) → `reports/report_generations.jsonl`, e-mail

@@ -1,6 +1,6 @@
 //! `report_ready`: a report was generated and is ready to be distributed.
 //!
-//! Payload (the seed's): `report_id`, `report_type` (`daily` | `weekly` | `monthly` |
+//! Payload (as specified): `report_id`, `report_type` (`daily` | `weekly` | `monthly` |
 //! `custom`), `report_path`, `report_format` (`pdf` | `html` | `json`) — required;
 //! `generated_at` (RFC 3339), `size_bytes`, `recipients` (e-mail addresses),
 //! `metadata` (`author`, `tags`, anything else) — optional; other fields are kept.
@@ -118,7 +118,7 @@ pub struct ReportReady {
     /// Metadata.
     #[serde(default)]
     pub metadata: ReportMetadata,
-    /// Fields the seed does not name, kept.
+    /// Fields the specification does not name, kept.
     #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
@@ -197,9 +197,9 @@ pub fn content_matches(format: ReportFormat, bytes: &[u8]) -> Result<(), String>
     }
 }
 
-/// The seed's `ReportReadyHandler`.
+/// The specification's `ReportReadyHandler`.
 pub struct ReportReadyHandler {
-    /// E-mail the report to its recipients (the seed's `auto_distribute`).
+    /// E-mail the report to its recipients (the specification's `auto_distribute`).
     pub auto_distribute: bool,
     ctx: Context,
     mailer: Mailer,
@@ -208,7 +208,7 @@ pub struct ReportReadyHandler {
 }
 
 impl ReportReadyHandler {
-    /// The seed's `ReportReadyHandler(auto_distribute=...)`, configured from the environment, without webhooks.
+    /// The specification's `ReportReadyHandler(auto_distribute=...)`, configured from the environment, without webhooks.
     pub fn new(auto_distribute: bool) -> Result<Self, SetupError> {
         let c = crate::Config::from_env()?;
         Self::with_context(
@@ -238,7 +238,7 @@ impl ReportReadyHandler {
         })
     }
 
-    /// The seed's `handle_report_ready(event)`.
+    /// The specification's `handle_report_ready(event)`.
     pub async fn handle_report_ready(&self, event: &Event) -> Result<Value, HandleError> {
         let r = match ReportReady::parse(&event.data) {
             Ok(r) => r,

@@ -1,6 +1,6 @@
 //! `risk_alert`: a security, performance, compliance or financial risk was detected.
 //!
-//! Payload (the seed's): `alert_id`, `risk_type` (`security` | `performance` |
+//! Payload (as specified): `alert_id`, `risk_type` (`security` | `performance` |
 //! `compliance` | `financial`), `severity` (`low` | `medium` | `high` | `critical`),
 //! `title`, `risk_score` (0 to 1) — required; `description`, `affected_resources`,
 //! `detected_at` (RFC 3339), `source_system`, `mitigation_steps`, `metadata` —
@@ -129,7 +129,7 @@ pub struct RiskAlert {
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
-    /// Fields the seed does not name, kept.
+    /// Fields the specification does not name, kept.
     #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
 }
@@ -289,7 +289,7 @@ impl DashDelta {
 /// How often the dashboard file is rewritten at most.
 pub const DASHBOARD_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The seed's `RiskAlertHandler`.
+/// The specification's `RiskAlertHandler`.
 pub struct RiskAlertHandler {
     /// Escalate high and critical alerts and those scoring 0.8 or more.
     pub escalation_enabled: bool,
@@ -304,7 +304,7 @@ pub struct RiskAlertHandler {
 }
 
 impl RiskAlertHandler {
-    /// The seed's `RiskAlertHandler(escalation_enabled=...)`, configured from the
+    /// The specification's `RiskAlertHandler(escalation_enabled=...)`, configured from the
     /// environment, without webhooks and without a bus to publish escalations on.
     pub fn new(escalation_enabled: bool) -> Result<Self, SetupError> {
         Self::with_context(
@@ -379,7 +379,7 @@ impl RiskAlertHandler {
         write_dashboard(&self.dash, &self.dashboard_path);
     }
 
-    /// The seed's `handle_risk_alert(event)`.
+    /// The specification's `handle_risk_alert(event)`.
     pub async fn handle_risk_alert(&self, event: &Event) -> Result<Value, HandleError> {
         let alert = match RiskAlert::parse(&event.data) {
             Ok(a) => a,

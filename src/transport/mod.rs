@@ -5,7 +5,7 @@
 //! to the one dispatcher of this process ([`Consumer::next`]) and learns when
 //! the handlers of an event have finished ([`Delivery::ack`]). It knows nothing
 //! of handlers. `memory` is the embedded default; a NATS JetStream transport
-//! (DESIGN.md section 7) implements the same trait.
+//! (docs/scale-out.md) implements the same trait.
 //!
 //! Bounding is the bus's job: every published event carries a [`Permit`] from
 //! the bus's capacity semaphore, and the transport decides when to release it

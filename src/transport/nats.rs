@@ -1,4 +1,4 @@
-//! The NATS JetStream transport (DESIGN.md section 7): the same bus over a real
+//! The NATS JetStream transport (docs/scale-out.md): the same bus over a real
 //! distributed log.
 //!
 //! - Every event is published to the subject `pm.events.<type>` of the stream

@@ -1,13 +1,13 @@
 //! Incoming webhooks: verify, parse and publish what external services send
-//! (the seed's `handle_incoming_webhook`, and `POST /webhooks/incoming`).
+//! (the specification's `handle_incoming_webhook`, and `POST /webhooks/incoming`).
 //!
 //! **Signature** (required; checked over the raw body before anything is parsed):
 //! Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`,
 //! timestamp within the tolerance, several signatures and secrets accepted), or the
-//! seed's `X-Webhook-Signature: sha256=<hex>`.
+//! specification's `X-Webhook-Signature: sha256=<hex>`.
 //!
 //! **Body**, by content type:
-//! - `application/json`: the seed's payload, `{"event_type", "data", "event_id"?,
+//! - `application/json`: the specification's payload, `{"event_type", "data", "event_id"?,
 //!   "timestamp"?, "source"?, "signature"?}` (what pm-events itself sends);
 //! - `application/cloudevents+json`: a CloudEvents 1.0 event in structured mode;
 //! - CloudEvents binary mode: `ce-specversion`, `ce-id`, `ce-source`, `ce-type`
@@ -31,7 +31,7 @@
 //! id wait for the first to be published (or refused, in which case the next one
 //! tries), so one id is published once however many copies arrive at once.
 
-use super::sign::{DEFAULT_TOLERANCE, VerifyError, verify_seed, verify_standard};
+use super::sign::{DEFAULT_TOLERANCE, VerifyError, verify_hex_signature, verify_standard};
 use crate::bus::EventBus;
 use crate::error::BusError;
 use crate::event::{Event, EventId, json_kind, now_unix};
@@ -163,7 +163,7 @@ impl IncomingWebhooks {
                 now_unix().floor() as i64,
                 self.tolerance,
             ),
-            (None, Some(sig)) => verify_seed(&self.secrets, body, sig),
+            (None, Some(sig)) => verify_hex_signature(&self.secrets, body, sig),
             (None, None) => Err(VerifyError::Missing(
                 "signature: send X-Webhook-Signature, or webhook-id, webhook-timestamp and webhook-signature",
             )),
@@ -326,7 +326,7 @@ pub fn parse(
         }
         return Ok((event, Some(id)));
     }
-    // The seed's payload.
+    // The specification's payload.
     let event_type = string(&m, "event_type")?.ok_or_else(|| bad("missing field `event_type`"))?;
     let data = match m.remove("data") {
         Some(d @ Value::Object(_)) => d,

@@ -1,4 +1,4 @@
-//! Webhook deliveries as a NATS JetStream work queue (DESIGN.md section 7), used
+//! Webhook deliveries as a NATS JetStream work queue (docs/scale-out.md), used
 //! when `PM_NATS_URL` is set, so that any node can deliver and retries survive nodes.
 //!
 //! # Wire form

@@ -1,7 +1,7 @@
-//! Outgoing webhooks (DESIGN.md section 5): signing, routing, the durable outbox,
-//! the delivery engine, and the seed's [`WebhookHandler`].
+//! Outgoing webhooks (docs/webhooks.md): signing, routing, the durable outbox,
+//! the delivery engine, and the specification's [`WebhookHandler`].
 //!
-//! - [`sign`]: seed-style and Standard Webhooks signatures, verification with rotation.
+//! - [`sign`]: hex and Standard Webhooks signatures, verification with rotation.
 //! - [`payload`]: the exact body sent, and its `signature` member.
 //! - [`route`]: which variable's URL an event goes to.
 //! - [`outbox`]: the SQLite outbox that makes deliveries survive restarts.
@@ -102,7 +102,7 @@ impl WebhookError {
     }
 }
 
-/// The seed's `WebhookHandler`: routes events to their webhook URLs and queues
+/// The specification's `WebhookHandler`: routes events to their webhook URLs and queues
 /// signed deliveries; verifies signatures of incoming ones.
 ///
 /// As a [`Handler`] it triggers the webhook of every event it is subscribed to.
@@ -122,7 +122,7 @@ pub struct WebhookHandler {
 }
 
 impl WebhookHandler {
-    /// The seed's `WebhookHandler(max_retries=...)`: configured from the environment,
+    /// The specification's `WebhookHandler(max_retries=...)`: configured from the environment,
     /// with `max_retries` retries.
     pub fn new(max_retries: u32) -> Result<Self, WebhookError> {
         let mut c = Config::from_env().map_err(|e| WebhookError::config("the environment", e))?;
@@ -209,7 +209,7 @@ impl WebhookHandler {
         Ok(id)
     }
 
-    /// The seed's `handle_webhook_trigger(event)`: queues the event's webhook if a
+    /// The specification's `handle_webhook_trigger(event)`: queues the event's webhook if a
     /// route is configured for it; returns the delivery id (`None`: no route).
     pub async fn handle_webhook_trigger(
         &self,
@@ -221,7 +221,7 @@ impl WebhookHandler {
         }
     }
 
-    /// The seed's `handle_incoming_webhook(payload, signature, headers)`: verifies
+    /// The specification's `handle_incoming_webhook(payload, signature, headers)`: verifies
     /// the signature (`signature` is the `X-Webhook-Signature` value, if given
     /// apart from `headers`), parses the payload and publishes it on `bus`; the
     /// same logic as `POST /webhooks/incoming` (see [`incoming`]).
@@ -244,10 +244,10 @@ impl WebhookHandler {
         self.incoming.handle(bus, payload, &h).await
     }
 
-    /// The seed's `verify_webhook_signature(payload, signature)`: checks a
+    /// The specification's `verify_webhook_signature(payload, signature)`: checks a
     /// `sha256=<hex>` signature of `payload` against the configured secrets.
     pub fn verify_webhook_signature(&self, payload: &[u8], signature: &str) -> bool {
-        sign::verify_seed(&self.secrets, payload, signature).is_ok()
+        sign::verify_hex_signature(&self.secrets, payload, signature).is_ok()
     }
 }
 

@@ -10,7 +10,7 @@
 //! in the table `delivery_keys` (kept [`KEY_RETENTION`]). An event dispatched
 //! again after a crash ([`Event::redelivered`](crate::Event::redelivered))
 //! makes no second delivery for a key that has one, pending, dead or delivered
-//! (DESIGN.md section 3, invariant 3); a `replay` does, on purpose.
+//! (docs/architecture.md, invariant 3); a `replay` does, on purpose.
 //!
 //! With `PM_FSYNC=always` SQLite runs with `synchronous=FULL` (a delivery survives a
 //! power loss); otherwise `NORMAL` (it survives a crash of the process).

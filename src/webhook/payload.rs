@@ -1,4 +1,4 @@
-//! The body of an outgoing webhook (DESIGN.md section 5).
+//! The body of an outgoing webhook (docs/webhooks.md).
 //!
 //! ```text
 //! {"event_type":"file_change","timestamp":1642248000,"event_id":"<uuid>","data":{...},"source":"personal-manager","signature":"sha256=<hex>"}
@@ -6,7 +6,7 @@
 //!
 //! - `event_type`, `event_id`, `data`, `source`: the event's.
 //! - `timestamp`: the event's timestamp in whole Unix seconds.
-//! - `signature` (kept for the seed): `sha256=<hex HMAC-SHA256(secret, U)>` where `U` is
+//! - `signature` (kept from the specification): `sha256=<hex HMAC-SHA256(secret, U)>` where `U` is
 //!   the body with its last member removed: the bytes before `,"signature":` followed by
 //!   `}`. A receiver can strip that suffix and check it ([`verify_body_signature`]).
 //!   It is absent when unsigned delivery is allowed and no secret is set.
@@ -14,7 +14,7 @@
 //! The headers (`X-Webhook-Signature`, `webhook-signature`) cover the whole body as sent,
 //! `signature` member included.
 
-use super::sign::{Signer, VerifyError, verify_seed};
+use super::sign::{Signer, VerifyError, verify_hex_signature};
 use crate::config::Secret;
 use crate::event::Event;
 use serde::Serialize;
@@ -42,7 +42,7 @@ pub fn build_body(event: &Event, signer: Option<&Signer>) -> Vec<u8> {
     // Serializing strings, an integer and a Value into a Vec cannot fail.
     let mut body = serde_json::to_vec(&unsigned).unwrap_or_default();
     if let Some(signer) = signer {
-        let sig = signer.seed_signature(&body);
+        let sig = signer.hex_signature(&body);
         body.pop(); // the closing '}'
         body.extend_from_slice(SIGNATURE_MEMBER);
         body.extend_from_slice(sig.as_bytes());
@@ -68,7 +68,7 @@ pub fn split_body_signature(body: &[u8]) -> Option<(Vec<u8>, String)> {
 pub fn verify_body_signature(secrets: &[Secret], body: &[u8]) -> Result<(), VerifyError> {
     let (unsigned, sig) =
         split_body_signature(body).ok_or(VerifyError::Missing("body signature member"))?;
-    verify_seed(secrets, &unsigned, &sig)
+    verify_hex_signature(secrets, &unsigned, &sig)
 }
 
 #[cfg(test)]
@@ -77,7 +77,7 @@ mod tests {
     use serde_json::{Value, json};
 
     #[test]
-    fn body_has_the_seed_fields_and_a_checkable_signature() {
+    fn body_has_the_specified_fields_and_a_checkable_signature() {
         let secret = Secret::new("k");
         let signer = Signer::new(&secret).unwrap();
         let e = Event::new(

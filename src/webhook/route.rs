@@ -104,7 +104,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn seed_variables_route_and_risk_falls_back() {
+    fn route_variables_route_and_risk_falls_back() {
         let r = Routes::from_pairs(
             [
                 ("FILE_CHANGE_WEBHOOK_URL", "http://h/files"),

@@ -1,6 +1,6 @@
-//! Webhook signatures: the seed's `X-Webhook-Signature` and Standard Webhooks.
+//! Webhook signatures: the specification's `X-Webhook-Signature` and Standard Webhooks.
 //!
-//! - **Seed style**: `X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret, body)>` over the
+//! - **Hex style**: `X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret, body)>` over the
 //!   exact body bytes; the key is the secret's UTF-8 bytes as configured.
 //! - **Standard Webhooks** (<https://www.standardwebhooks.com/>): `webhook-id`,
 //!   `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256(key,
@@ -13,14 +13,14 @@
 //! tolerance (default 5 minutes) from now. Errors never contain a secret or a MAC.
 //!
 //! ```
-//! use pm_events::webhook::sign::{Signer, verify_seed, verify_standard, DEFAULT_TOLERANCE};
+//! use pm_events::webhook::sign::{Signer, verify_hex_signature, verify_standard, DEFAULT_TOLERANCE};
 //! use pm_events::config::Secret;
 //!
 //! let secrets = vec![Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
 //! let signer = Signer::new(&secrets[0]).unwrap();
 //! let body = br#"{"event_type":"file_change"}"#;
-//! let seed = signer.seed_signature(body);
-//! assert!(verify_seed(&secrets, body, &seed).is_ok());
+//! let hex = signer.hex_signature(body);
+//! assert!(verify_hex_signature(&secrets, body, &hex).is_ok());
 //! let sig = signer.standard_signature("msg_1", 1_700_000_000, body);
 //! assert!(verify_standard(&secrets, "msg_1", "1700000000", body, &sig, 1_700_000_010, DEFAULT_TOLERANCE).is_ok());
 //! assert!(verify_standard(&secrets, "msg_1", "1700000000", b"tampered", &sig, 1_700_000_010, DEFAULT_TOLERANCE).is_err());
@@ -38,8 +38,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// Default Standard Webhooks timestamp tolerance.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
-/// Prefix of the seed-style signature value.
-pub const SEED_PREFIX: &str = "sha256=";
+/// Prefix of the hex signature value.
+pub const HEX_SIGNATURE_PREFIX: &str = "sha256=";
 
 /// Why a signature was refused. The messages name the problem, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,7 +92,7 @@ fn unreachable_hmac() -> HmacSha256 {
 /// The keyed HMAC states are computed once and cloned per signature.
 #[derive(Clone)]
 pub struct Signer {
-    seed: HmacSha256,
+    hex: HmacSha256,
     standard: HmacSha256,
 }
 
@@ -106,16 +106,19 @@ impl Signer {
     /// A signer for `secret`; fails only for a `whsec_` secret that is not base64.
     pub fn new(secret: &Secret) -> Result<Self, VerifyError> {
         Ok(Signer {
-            seed: mac(secret.expose().as_bytes()),
+            hex: mac(secret.expose().as_bytes()),
             standard: mac(&standard_key(secret)?),
         })
     }
 
-    /// `sha256=<hex>` over `body` (the seed's `X-Webhook-Signature`).
-    pub fn seed_signature(&self, body: &[u8]) -> String {
-        let mut m = self.seed.clone();
+    /// `sha256=<hex>` over `body` (the specification's `X-Webhook-Signature`).
+    pub fn hex_signature(&self, body: &[u8]) -> String {
+        let mut m = self.hex.clone();
         m.update(body);
-        format!("{SEED_PREFIX}{}", hex::encode(m.finalize().into_bytes()))
+        format!(
+            "{HEX_SIGNATURE_PREFIX}{}",
+            hex::encode(m.finalize().into_bytes())
+        )
     }
 
     /// `v1,<base64>` over `"{id}.{timestamp}.{body}"` (Standard Webhooks).
@@ -132,7 +135,7 @@ impl Signer {
     /// Every signature header of an outgoing request, in sending order.
     pub fn headers(&self, id: &str, timestamp: i64, body: &[u8]) -> [(&'static str, String); 4] {
         [
-            ("X-Webhook-Signature", self.seed_signature(body)),
+            ("X-Webhook-Signature", self.hex_signature(body)),
             ("webhook-id", id.to_string()),
             ("webhook-timestamp", timestamp.to_string()),
             (
@@ -143,8 +146,12 @@ impl Signer {
     }
 }
 
-/// Verifies a seed-style `sha256=<hex>` signature of `body` against every secret.
-pub fn verify_seed(secrets: &[Secret], body: &[u8], signature: &str) -> Result<(), VerifyError> {
+/// Verifies a hex `sha256=<hex>` signature of `body` against every secret.
+pub fn verify_hex_signature(
+    secrets: &[Secret],
+    body: &[u8],
+    signature: &str,
+) -> Result<(), VerifyError> {
     let signature = signature.trim();
     if signature.is_empty() {
         return Err(VerifyError::Missing("X-Webhook-Signature"));
@@ -154,9 +161,11 @@ pub fn verify_seed(secrets: &[Secret], body: &[u8], signature: &str) -> Result<(
             "secret (WEBHOOK_SIGNATURE_SECRET is not set)",
         ));
     }
-    let hexpart = signature.strip_prefix(SEED_PREFIX).ok_or_else(|| {
-        VerifyError::Malformed("X-Webhook-Signature (expected sha256=<hex>)".into())
-    })?;
+    let hexpart = signature
+        .strip_prefix(HEX_SIGNATURE_PREFIX)
+        .ok_or_else(|| {
+            VerifyError::Malformed("X-Webhook-Signature (expected sha256=<hex>)".into())
+        })?;
     let expected = hex::decode(hexpart)
         .map_err(|_| VerifyError::Malformed("X-Webhook-Signature (not hex)".into()))?;
     for s in secrets {
@@ -246,11 +255,11 @@ mod tests {
     }
 
     #[test]
-    fn seed_signature_is_hmac_sha256_hex() {
+    fn hex_signature_is_hmac_sha256() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let signer = Signer::new(&s("Jefe")).unwrap();
         assert_eq!(
-            signer.seed_signature(b"what do ya want for nothing?"),
+            signer.hex_signature(b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
@@ -321,16 +330,18 @@ mod tests {
             Err(VerifyError::Malformed(_))
         ));
         assert!(matches!(
-            verify_seed(&both, body, "md5=00"),
+            verify_hex_signature(&both, body, "md5=00"),
             Err(VerifyError::Malformed(_))
         ));
-        assert!(verify_seed(&both, body, &signer.seed_signature(body)).is_ok());
+        assert!(verify_hex_signature(&both, body, &signer.hex_signature(body)).is_ok());
         assert_eq!(
-            verify_seed(&[], body, "sha256=00").unwrap_err().to_string(),
+            verify_hex_signature(&[], body, "sha256=00")
+                .unwrap_err()
+                .to_string(),
             "missing secret (WEBHOOK_SIGNATURE_SECRET is not set)"
         );
         for e in [
-            verify_seed(&both, b"other", &signer.seed_signature(body)).unwrap_err(),
+            verify_hex_signature(&both, b"other", &signer.hex_signature(body)).unwrap_err(),
             verify_standard(
                 &both,
                 "id1",

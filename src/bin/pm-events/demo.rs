@@ -1,4 +1,4 @@
-//! `pm-events demo`: the seed's examples, run for real on the embedded bus — the
+//! `pm-events demo`: the specification's examples, run for real on the embedded bus — the
 //! built-in handlers on real files, signed webhooks to a local receiver, retries.
 
 use crate::app::App;
@@ -68,7 +68,7 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
             Ok(format!("blocked the sources of {}", a.alert_id))
         });
 
-    // The seed's "Custom Event Handler" and a wildcard counter.
+    // The specification's "Custom Event Handler" and a wildcard counter.
     bus.subscribe("deployment", |e: Event| async move {
         say!(
             "  handled deployment   Deployment {}: {} {}",
@@ -87,7 +87,7 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
             Ok::<(), std::convert::Infallible>(())
         }
     });
-    // The seed's "Event Filtering".
+    // The specification's "Event Filtering".
     let high = Arc::new(AtomicU64::new(0));
     let high2 = high.clone();
     bus.subscribe_filtered(
@@ -160,7 +160,7 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
         );
     }
 
-    // risk_alert: the seed's critical alert, a high one, and a low one scoring 0.9.
+    // risk_alert: the specification's critical alert, a high one, and a low one scoring 0.9.
     ids.push(
         bus.publish(
             "risk_alert",
@@ -213,7 +213,7 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
         .await?,
     );
 
-    // A custom type, the seed's batch example, and its filtering example.
+    // A custom type, the specification's batch example, and its filtering example.
     ids.push(
         bus.publish(
             "deployment",

@@ -43,9 +43,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the demonstration: publish the seed's example events and show them handled.
+    /// Run the demonstration: publish the specification's example events and show them handled.
     Demo,
     /// Publish events: one (TYPE JSON) or JSON Lines from stdin (-), in-process or to a server (--url).
+    #[command(after_long_help = publish::BUILTIN_PAYLOADS)]
     Publish(publish::Args),
     /// Watch directories and publish file_change events for what changes in them.
     Watch(watch::Args),

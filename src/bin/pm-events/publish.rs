@@ -10,6 +10,24 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// The fields of the built-in payloads, shown by `publish --help` (the full
+/// reference, with the values each field allows, is docs/events.md).
+pub const BUILTIN_PAYLOADS: &str = "\
+Built-in event types (their data is checked before anything is published; * = required):
+  file_change   file_path*, change_type* (created|modified|deleted), size, modified_time, checksum (MD5)
+  report_ready  report_id*, report_type* (daily|weekly|monthly|custom), report_path*,
+                report_format* (pdf|html|json), generated_at, size_bytes, recipients [e-mail],
+                metadata {author, tags}
+  risk_alert    alert_id*, risk_type* (security|performance|compliance|financial),
+                severity* (low|medium|high|critical), title*, risk_score* (0 to 1), description,
+                affected_resources [..], detected_at, source_system, mitigation_steps [..], metadata
+Times are RFC 3339 (2025-01-15T10:30:00Z). Any other type takes any JSON object.
+Every field, with examples: docs/events.md.
+
+Examples:
+  pm-events publish risk_alert '{\"alert_id\":\"a1\",\"risk_type\":\"security\",\"severity\":\"high\",\"title\":\"Unusual logins\",\"risk_score\":0.85}'
+  tail -f events.jsonl | pm-events publish -      # lines of {\"type\",\"data\",\"source\"?}";
+
 /// Arguments of `publish`.
 #[derive(clap::Args)]
 pub struct Args {

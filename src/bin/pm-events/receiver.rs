@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use pm_events::config::Secret;
 use pm_events::event::now_unix;
 use pm_events::webhook::payload::verify_body_signature;
-use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_seed, verify_standard};
+use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_hex_signature, verify_standard};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,7 +49,7 @@ async fn receive(
         *n += 1;
         *n
     };
-    let seed = verify_seed(&s.secrets, &body, header(&headers, "x-webhook-signature"));
+    let hex = verify_hex_signature(&s.secrets, &body, header(&headers, "x-webhook-signature"));
     let standard = verify_standard(
         &s.secrets,
         &id,
@@ -60,12 +60,12 @@ async fn receive(
         DEFAULT_TOLERANCE,
     );
     let member = verify_body_signature(&s.secrets, &body);
-    let checks = match (&seed, &standard, &member) {
+    let checks = match (&hex, &standard, &member) {
         (Ok(()), Ok(()), Ok(())) => {
             "signatures valid (X-Webhook-Signature, webhook-signature, body)".to_string()
         }
         _ => {
-            format!("SIGNATURE CHECK FAILED: seed {seed:?}, standard {standard:?}, body {member:?}")
+            format!("SIGNATURE CHECK FAILED: hex {hex:?}, standard {standard:?}, body {member:?}")
         }
     };
     let fail = s.fail_first.get(uri.path()).copied().unwrap_or(0);
@@ -74,7 +74,7 @@ async fn receive(
     } else {
         StatusCode::OK
     };
-    if status == StatusCode::OK && seed.is_ok() && standard.is_ok() && member.is_ok() {
+    if status == StatusCode::OK && hex.is_ok() && standard.is_ok() && member.is_ok() {
         *s.verified.lock().unwrap_or_else(PoisonError::into_inner) += 1;
     }
     let event_type = serde_json::from_slice::<serde_json::Value>(&body)

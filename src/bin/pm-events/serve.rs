@@ -1,5 +1,5 @@
 //! `pm-events serve`: the HTTP face — incoming webhooks, the publish API, health,
-//! subscribers, Prometheus metrics and the OpenAPI document (DESIGN.md section 6).
+//! subscribers, Prometheus metrics and the OpenAPI document (docs/http-api.md).
 
 use crate::app::{App, parse_duration, shutdown_signal};
 use crate::{UsageError, say};

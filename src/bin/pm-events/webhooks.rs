@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use pm_events::Config;
 use pm_events::event::now_unix;
 use pm_events::webhook::outbox::DeliveryState;
-use pm_events::webhook::sign::{Signer, verify_seed, verify_standard};
+use pm_events::webhook::sign::{Signer, verify_hex_signature, verify_standard};
 use pm_events::webhook::{DeliveryConfig, WebhookEngine};
 use std::io::Read;
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ pub enum Cmd {
         timestamp: Option<i64>,
     },
     /// Check a signature of the body on stdin: exit 0 when valid, 1 with the reason when not.
-    /// Standard Webhooks with --id and --timestamp, the seed's sha256= form otherwise.
+    /// Standard Webhooks with --id and --timestamp, the specification's sha256= form otherwise.
     Verify {
         /// The signature: `sha256=<hex>`, or `v1,<base64>` (several, space-separated).
         #[arg(long)]
@@ -115,7 +115,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
                     now_unix().floor() as i64,
                     tolerance,
                 ),
-                _ => verify_seed(&cfg.webhook_secrets, &body, &signature),
+                _ => verify_hex_signature(&cfg.webhook_secrets, &body, &signature),
             };
             match result {
                 Ok(()) => {
