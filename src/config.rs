@@ -370,10 +370,7 @@ impl Config {
             }
         }
         if let Some(s) = v.get("PM_BIND") {
-            c.bind = s
-                .trim()
-                .parse()
-                .map_err(|_| err("PM_BIND", s, "an IP address and port, like 127.0.0.1:8787"))?;
+            c.bind = resolve_bind(s).map_err(|e| err("PM_BIND", s, &e))?;
         }
         c.api_token = v.get("PM_API_TOKEN").map(Secret::new);
         if let Some(n) = v.parse(
@@ -445,6 +442,29 @@ impl Config {
 
 fn is_ours(name: &str) -> bool {
     name.starts_with("PM_") || name.starts_with("WEBHOOK_") || ROUTE_VARIABLES.contains(&name)
+}
+
+
+/// A listening address from `host:port`: an IP address (`127.0.0.1:8787`,
+/// `[::1]:8787`) or a host name (`localhost:8787`), resolved once (an IPv4
+/// address preferred, as `localhost` usually means 127.0.0.1).
+pub fn resolve_bind(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let expected = || "a host (or IP address) and port, like 127.0.0.1:8787 or localhost:8787".to_string();
+    if !s.contains(':') {
+        return Err(expected());
+    }
+    let addrs: Vec<_> = s.to_socket_addrs().map_err(|_| expected())?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(expected)
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct App {
     /// The webhook handler, when routes exist: the built-in handlers trigger it
     /// for their types, and it is subscribed for every other type.
     pub webhooks: Option<Arc<WebhookHandler>>,
+    /// The log directory (for messages that point at its files).
+    pub log_dir: std::path::PathBuf,
 }
 
 impl App {
@@ -87,6 +89,7 @@ impl App {
             bus,
             builtins,
             webhooks,
+            log_dir: cfg.log_dir.clone(),
         })
     }
 
@@ -117,11 +120,15 @@ impl App {
 }
 
 /// One line about what became of the deliveries, on stderr.
-pub fn report(outcome: Option<WaitOutcome>) -> bool {
+pub fn report(outcome: Option<WaitOutcome>, log_dir: &std::path::Path) -> bool {
     let Some(o) = outcome else { return true };
     let mut msg = format!("webhooks: {} delivered", o.delivered);
     if o.dead > 0 {
-        msg.push_str(&format!(", {} failed for good (see logs/webhooks/dead_letters.jsonl; `pm-events webhooks redeliver --all`)", o.dead));
+        msg.push_str(&format!(
+            ", {} failed for good (see {}; `pm-events webhooks redeliver --all`)",
+            o.dead,
+            log_dir.join("webhooks/dead_letters.jsonl").display()
+        ));
     }
     if o.pending > 0 {
         msg.push_str(&format!(

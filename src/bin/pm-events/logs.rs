@@ -108,7 +108,25 @@ pub struct TailArgs {
 }
 
 /// Runs `tail`.
+/// Whether `cfg.log_dir` holds an event log; when it does not, says so and
+/// where the log directory is set (a typo in `--log-dir` otherwise reads as
+/// "nothing happened").
+fn has_event_log(cfg: &Config) -> bool {
+    let events = cfg.log_dir.join("events");
+    if events.is_dir() {
+        return true;
+    }
+    eprintln!(
+        "pm-events: no event log in {} (the log directory is --log-dir or PM_LOG_DIR, default ./logs)",
+        events.display()
+    );
+    false
+}
+
 pub async fn tail(cfg: Config, a: TailArgs) -> Result<ExitCode> {
+    if !has_event_log(&cfg) && !a.follow {
+        return Ok(ExitCode::from(1));
+    }
     let since = a.since.unwrap_or_else(|| {
         journal::today()
             .and_hms_opt(0, 0, 0)
@@ -212,6 +230,9 @@ pub struct ReplayArgs {
     /// Do not send webhooks for the replayed events.
     #[arg(long)]
     no_webhooks: bool,
+    /// Do not e-mail replayed reports to their recipients again.
+    #[arg(long)]
+    no_mail: bool,
     /// How long to wait for the webhook deliveries.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
@@ -221,8 +242,16 @@ pub struct ReplayArgs {
 /// original ids and timestamps, and are not written to the event log a second time.
 pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     let until = a.until.unwrap_or_else(now_unix);
+    if a.until.is_none() && a.since >= until {
+        return Err(
+            UsageError("--since is in the future: nothing was logged after it yet".into()).into(),
+        );
+    }
     if until <= a.since {
         return Err(UsageError("--until must be after --since".into()).into());
+    }
+    if !has_event_log(&cfg) {
+        return Ok(ExitCode::from(1));
     }
     // The log is read as it is replayed (a range may hold more events than fit
     // in memory): a first pass counts them for the progress bar, or lists them
@@ -250,6 +279,9 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     }
     if a.no_webhooks {
         cfg.webhook_urls.clear();
+    }
+    if a.no_mail {
+        cfg.report_auto_distribute = false;
     }
     let app = App::open_replay(&cfg).await?;
     app.bus.start().await?;
@@ -287,6 +319,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     let bus = app.bus.clone();
+    let log_dir = app.log_dir.clone();
     let outcome = app.stop(a.wait).await?;
     let st = bus.stats();
     say!(
@@ -296,7 +329,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
         st.handled,
         st.failed + st.panicked + st.timed_out
     );
-    let ok = report(outcome);
+    let ok = report(outcome, &log_dir);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -314,6 +347,9 @@ pub struct StatsArgs {
 
 /// Runs `stats`: counts by type and day, webhook outcomes, open risks — from the logs.
 pub async fn stats(cfg: Config, a: StatsArgs) -> Result<ExitCode> {
+    if !has_event_log(&cfg) {
+        return Ok(ExitCode::from(1));
+    }
     let mut by_day: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for day in journal::days(&cfg.log_dir) {
         let counts = by_day

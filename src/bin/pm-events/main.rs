@@ -55,6 +55,13 @@ enum Command {
     /// Print logged events, one readable line each (--follow for new ones).
     Tail(logs::TailArgs),
     /// Send logged events through the handlers again.
+    #[command(after_long_help = "\
+Side effects: replayed events run the built-in handlers again, with their original ids.
+Each writes its handler log line again; report_ready rewrites the .meta.json sidecar and
+e-mails the report again (unless --no-mail); every routed event sends its webhook again
+with the same webhook-id (unless --no-webhooks); risk_alert updates the dashboard and may
+publish risk_escalated again. Nothing is written to the event log a second time.
+--dry-run lists what would be replayed and does nothing.")]
     Replay(logs::ReplayArgs),
     /// Counts by type and day, webhook outcomes and open risks, from the logs.
     Stats(logs::StatsArgs),

@@ -322,8 +322,9 @@ impl Sink {
             return Ok(true);
         };
         let bus = app.bus.clone();
+        let log_dir = app.log_dir.clone();
         let outcome = app.stop(wait).await?;
-        let delivered = report(outcome);
+        let delivered = report(outcome, &log_dir);
         let st = bus.stats();
         let failed = st.failed + st.panicked + st.timed_out;
         if failed > 0 {
@@ -342,6 +343,17 @@ struct Remote {
 
 impl Remote {
     fn new(cfg: &Config, url: &str) -> Result<Self> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            UsageError(format!(
+                "--url {url:?} is not a URL ({e}); give the server's base URL, e.g. http://127.0.0.1:8787"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(UsageError(format!(
+                "--url {url:?}: expected an http:// or https:// base URL, e.g. http://127.0.0.1:8787"
+            ))
+            .into());
+        }
         Ok(Remote {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

@@ -31,8 +31,9 @@ use subtle::ConstantTimeEq;
 /// Arguments of `serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Address to listen on (overrides PM_BIND; default 127.0.0.1:8787; port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on: host (or IP) and port (overrides PM_BIND; default
+    /// 127.0.0.1:8787; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", value_parser = pm_events::config::resolve_bind)]
     bind: Option<SocketAddr>,
     /// Time limit of one request.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -317,7 +317,8 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     }
     drop(debouncer);
     eprintln!("stopping: {published} file change(s) published; draining");
+    let log_dir = app.log_dir.clone();
     let outcome = app.stop(args.wait).await?;
-    report(outcome);
+    report(outcome, &log_dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -104,6 +104,12 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             if cfg.webhook_secrets.is_empty() {
                 return Err(UsageError("WEBHOOK_SIGNATURE_SECRET is not set".into()).into());
             }
+            if id.is_none() && signature.trim_start().starts_with("v1") {
+                return Err(UsageError(
+                    "a Standard Webhooks signature (v1,...) is checked with its headers: give --id (webhook-id) and --timestamp (webhook-timestamp)".into(),
+                )
+                .into());
+            }
             let body = stdin_body()?;
             let result = match (id, timestamp) {
                 (Some(id), Some(ts)) => verify_standard(
