@@ -251,6 +251,13 @@ impl Config {
             let Some(k) = k.to_str().map(str::to_string) else {
                 continue;
             };
+            if k.ends_with("_WEBHOOK_URL") && !ROUTE_VARIABLES.contains(&k.as_str()) {
+                tracing::warn!(
+                    variable = %k,
+                    "not used: it looks like a webhook route, but the routes are {} and PM_WEBHOOK_URL_<TYPE>",
+                    ROUTE_VARIABLES.join(", ")
+                );
+            }
             if !is_ours(&k) {
                 continue;
             }
@@ -357,6 +364,17 @@ impl Config {
         names.sort();
         for name in names {
             if let Some(suffix) = name.strip_prefix(CUSTOM_WEBHOOK_PREFIX)
+                && suffix.chars().any(|c| c.is_ascii_lowercase())
+            {
+                // Route variables are upper case; this one would never be looked up.
+                tracing::warn!(
+                    variable = %name,
+                    "not used: route variables are upper case ({CUSTOM_WEBHOOK_PREFIX}{})",
+                    suffix.to_ascii_uppercase().replace(['.', '-'], "_")
+                );
+                continue;
+            }
+            if let Some(suffix) = name.strip_prefix(CUSTOM_WEBHOOK_PREFIX)
                 && crate::event::validate_type(&suffix.to_ascii_lowercase()).is_err()
             {
                 return Err(err(
@@ -444,7 +462,6 @@ fn is_ours(name: &str) -> bool {
     name.starts_with("PM_") || name.starts_with("WEBHOOK_") || ROUTE_VARIABLES.contains(&name)
 }
 
-
 /// A listening address from `host:port`: an IP address (`127.0.0.1:8787`,
 /// `[::1]:8787`) or a host name (`localhost:8787`), resolved once (an IPv4
 /// address preferred, as `localhost` usually means 127.0.0.1).
@@ -454,7 +471,8 @@ pub fn resolve_bind(s: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
-    let expected = || "a host (or IP address) and port, like 127.0.0.1:8787 or localhost:8787".to_string();
+    let expected =
+        || "a host (or IP address) and port, like 127.0.0.1:8787 or localhost:8787".to_string();
     if !s.contains(':') {
         return Err(expected());
     }

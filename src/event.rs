@@ -102,9 +102,8 @@ impl Event {
         serde_json::to_string(self).unwrap_or_else(|_| self.to_value().to_string())
     }
 
-    /// Checks what every transport and log relies on: a type name of 1 to
-    /// 128 characters from `[A-Za-z0-9_-]` (it becomes a NATS subject token and
-    /// an environment-variable suffix), an object payload, a finite timestamp,
+    /// Checks what every transport and log relies on: a type name as
+    /// [`validate_type`] defines it, an object payload, a finite timestamp,
     /// and a non-empty id and source.
     pub fn validate(&self) -> Result<(), String> {
         validate_type(&self.event_type)?;
@@ -127,9 +126,11 @@ impl Event {
     }
 }
 
-/// Checks an event type name: 1 to [`MAX_TYPE_LEN`] characters from
-/// `[A-Za-z0-9_-]`, plus `.` between words (CloudEvents types such as
-/// `com.example.order.created`).
+/// The one rule for event type names: 1 to [`MAX_TYPE_LEN`] characters of
+/// letters, digits, `_`, `-` and `.`, with no empty part between dots
+/// (CloudEvents types such as `com.example.order.created`). A type becomes a
+/// NATS subject (each dot-separated part a token) and, upper-cased with `.`
+/// and `-` as `_`, the suffix of its `PM_WEBHOOK_URL_<TYPE>` variable.
 pub fn validate_type(event_type: &str) -> Result<(), String> {
     if event_type.is_empty() {
         return Err("event type must not be empty".into());

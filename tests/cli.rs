@@ -27,10 +27,51 @@ fn log_lines(dir: &std::path::Path) -> Vec<Value> {
     out
 }
 
+/// Each run without a chosen log directory has one of its own, so its report
+/// counts its own events only; the invalid payloads it publishes on purpose
+/// print no error lines.
+#[test]
+fn each_demo_run_is_self_contained_and_its_output_unambiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let out = pm(dir.path(), &["demo"], &[]);
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("ERROR") && !stderr.contains("WARN"),
+            "{stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let dashboard = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("dashboard"))
+            .unwrap()
+            .split(" (")
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(
+            dashboard.contains("3 open alerts") && dashboard.contains("escalations 2"),
+            "{dashboard}"
+        );
+        assert!(
+            !stdout.contains("escalated_to critical mitigation [block_ip"),
+            "{stdout}"
+        );
+        reports.push(dashboard);
+    }
+    assert_eq!(reports[0], reports[1]);
+    let runs = std::fs::read_dir(dir.path().join("logs/demo"))
+        .unwrap()
+        .count();
+    assert_eq!(runs, 2, "one log directory per run");
+}
+
 #[test]
 fn demo_runs_the_examples_and_logs_them() {
     let dir = tempfile::tempdir().unwrap();
-    let out = pm(dir.path(), &["demo"], &[]);
+    let out = pm(dir.path(), &["--log-dir", "logs", "demo"], &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -69,7 +110,11 @@ fn demo_runs_the_examples_and_logs_them() {
         assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
     }
     let lines = log_lines(dir.path());
-    assert_eq!(lines.len(), 21, "18 published + 3 escalations");
+    assert_eq!(
+        lines.len(),
+        20,
+        "18 published + 2 escalations (the critical alert is at the top already)"
+    );
     let types: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
     for t in [
         "file_change",

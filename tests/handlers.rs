@@ -559,12 +559,12 @@ async fn risk_alerts_route_by_severity_escalate_and_run_mitigations() {
     assert_eq!(
         pairs,
         [
-            ("a1".into(), "critical".into()),
+            // a1 is critical already: acted on at once, not escalated to itself.
             ("a2".into(), "critical".into()),
             ("a3".into(), "medium".into())
         ]
     );
-    assert!(esc[2]["reason"].as_str().unwrap().contains("0.85"));
+    assert!(esc[1]["reason"].as_str().unwrap().contains("0.85"));
 
     let log = jsonl(&dir.path().join("logs/risk_alerts/risk_alerts.jsonl"));
     let a1 = log.iter().find(|l| l["alert_id"] == "a1").unwrap();
@@ -630,7 +630,11 @@ async fn the_dashboard_follows_a_sequence_of_alerts() {
     );
     assert_eq!(file["highest_risk_score"], 0.95);
     assert_eq!(file["alerts_received"], 4);
-    assert_eq!(file["escalations"], 2, "p1 (high) and c1 (critical)");
+    assert_eq!(
+        file["escalations"],
+        1,
+        "p1 (high); c1 is critical, the top, and is not escalated"
+    );
     assert!(file["last_update"].is_string());
     assert_eq!(serde_json::to_value(h.dashboard()).unwrap(), file);
 

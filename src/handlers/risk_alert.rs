@@ -9,9 +9,10 @@
 //! - **Severity first**: with [`builtin_priority`](super::builtin_priority) as the
 //!   bus's priority rule, critical alerts travel in the priority lane, so a flood of
 //!   low alerts cannot delay them.
-//! - **Escalation** (when `escalation_enabled`): a high or critical alert, or any with
-//!   `risk_score >= 0.8`, is escalated to the next severity (low → medium → high →
-//!   critical): a `risk_escalated` event is published on the bus
+//! - **Escalation** (when `escalation_enabled`): a high alert, or any below
+//!   critical with `risk_score >= 0.8`, is escalated to the next severity (low →
+//!   medium → high → critical); a critical one is already at the top and is not.
+//!   On escalation a `risk_escalated` event is published on the bus
 //!   (`{alert_id, title, severity, escalated_to, risk_score, reason, alert_event_id}`)
 //!   and the next severity's webhook is notified too.
 //! - **Mitigation**: each step is run by the executor registered for its name
@@ -393,7 +394,10 @@ impl RiskAlertHandler {
                 return Err(e);
             }
         };
+        // Critical is the top: a critical alert is acted on at once (the
+        // priority lane), not escalated to itself.
         let escalate = self.escalation_enabled
+            && alert.severity < Severity::Critical
             && (alert.severity >= Severity::High || alert.risk_score >= 0.8);
         let escalated_to = escalate.then(|| alert.severity.next());
         let mitigation = self

@@ -53,6 +53,16 @@ impl App {
             let t = NatsTransport::connect(url, &cfg.consumer_group, ack_wait).await?;
             builder = builder.transport(Arc::new(t));
         }
+        if let Some(route) = cfg.webhook_urls.keys().next()
+            && cfg.webhook_secrets.is_empty()
+            && !cfg.allow_unsigned
+        {
+            // Found now, not when the first routed event is handled and refused.
+            return Err(crate::UsageError(format!(
+                "{route} is set but WEBHOOK_SIGNATURE_SECRET is not: set a signing secret, or PM_ALLOW_UNSIGNED=1 to send webhooks unsigned"
+            ))
+            .into());
+        }
         let bus = if log { builder } else { builder.without_log() }.build();
         let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
             let h = WebhookHandler::from_config(cfg)?;

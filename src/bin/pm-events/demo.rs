@@ -19,8 +19,16 @@ use std::time::Duration;
 
 const MINI_PDF: &[u8] = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n";
 
-/// Runs the demo.
-pub async fn run(mut cfg: Config) -> Result<ExitCode> {
+/// Runs the demo. Unless `chosen_log_dir`, it writes under a directory of its
+/// own, `<log dir>/demo/<time>`, so that what it reports is this run's alone.
+pub async fn run(mut cfg: Config, chosen_log_dir: bool) -> Result<ExitCode> {
+    if !chosen_log_dir {
+        let run = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        cfg.log_dir = cfg
+            .log_dir
+            .join("demo")
+            .join(format!("{run}-{}", std::process::id()));
+    }
     // Webhooks go to a local receiver that checks their signatures; the deployment
     // endpoint fails twice before it accepts, to show the retries.
     if cfg.webhook_secrets.is_empty() {
@@ -193,7 +201,9 @@ pub async fn run(mut cfg: Config) -> Result<ExitCode> {
     );
 
     // One invalid payload of each built-in type: logged as invalid, no webhook.
-    say!("(three invalid payloads follow on purpose: their handlers refuse them and say why)");
+    say!(
+        "(three invalid payloads follow on purpose: their handlers refuse them; the reasons are listed below)"
+    );
     ids.push(
         bus.publish("file_change", json!({"file_path": s(&pdf)}))
             .await?,

@@ -85,7 +85,13 @@ pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo refuses some events on purpose and reports every outcome itself:
+    // the handlers' own refusal lines would read as failures there.
+    init_tracing(if matches!(cli.command, Command::Demo) {
+        "pm_events=warn,pm_events::bus::dispatch=off,pm_events::handlers=off"
+    } else {
+        "pm_events=warn"
+    });
     // TLS for every HTTP client: rustls with the ring provider (no C toolchain needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
@@ -103,9 +109,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Diagnostics on stderr: `RUST_LOG` when set, else `default`.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pm_events=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -122,13 +129,16 @@ fn config(cli_log_dir: Option<PathBuf>) -> Result<Config> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // The demo runs in a log directory of its own each time, unless one is chosen.
+    let chosen_log_dir =
+        cli.log_dir.is_some() || std::env::var_os("PM_LOG_DIR").is_some_and(|v| !v.is_empty());
     let cfg = config(cli.log_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Demo => demo::run(cfg).await,
+            Command::Demo => demo::run(cfg, chosen_log_dir).await,
             Command::Publish(args) => publish::run(cfg, args).await,
             Command::Serve(args) => serve::run(cfg, args).await,
             Command::Tail(args) => logs::tail(cfg, args).await,

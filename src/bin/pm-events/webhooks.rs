@@ -147,11 +147,23 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
                 if json {
                     say!("{}", serde_json::to_string(r)?);
                 } else {
+                    let next = if dead {
+                        String::new()
+                    } else {
+                        chrono::DateTime::from_timestamp_millis((r.next_at * 1000.0) as i64)
+                            .map(|d| {
+                                format!(
+                                    "  next {}",
+                                    d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                )
+                            })
+                            .unwrap_or_default()
+                    };
                     say!(
-                        "{}  {:<14} {:<28} attempts {}  {}",
-                        &r.id[..8],
+                        "{}  {:<14} {}  attempts {}{next}  {}",
+                        r.id.get(..8).unwrap_or(&r.id),
                         r.event_type,
-                        r.route,
+                        pm_events::webhook::delivery::redact_url(&r.url),
                         r.attempt,
                         r.last_error.as_deref().unwrap_or("-")
                     );
@@ -185,7 +197,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             let o = engine.wait(&ids, wait).await?;
             engine.shutdown().await;
             eprintln!(
-                "redelivered {n}: {} delivered, {} failed again, {} pending",
+                "{n} dead letter(s) sent again: {} delivered, {} failed again, {} still pending (retried later; `pm-events webhooks list`)",
                 o.delivered, o.dead, o.pending
             );
             Ok(if o.dead == 0 {
@@ -207,13 +219,15 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             let o = engine.wait(&ids, wait).await?;
             engine.shutdown().await;
             eprintln!(
-                "{} pending: {} delivered, {} failed for good, {} still pending",
+                "{} pending: {} delivered, {} failed for good, {} still pending (retried later; `pm-events webhooks list`)",
                 ids.len(),
                 o.delivered,
                 o.dead,
                 o.pending
             );
-            Ok(if o.dead == 0 && o.pending == 0 {
+            // As for `publish --wait`: still pending is not a failure (the outbox
+            // retries it); failed for good is.
+            Ok(if o.dead == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
