@@ -631,8 +631,7 @@ async fn the_dashboard_follows_a_sequence_of_alerts() {
     assert_eq!(file["highest_risk_score"], 0.95);
     assert_eq!(file["alerts_received"], 4);
     assert_eq!(
-        file["escalations"],
-        1,
+        file["escalations"], 1,
         "p1 (high); c1 is critical, the top, and is not escalated"
     );
     assert!(file["last_update"].is_string());
