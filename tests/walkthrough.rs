@@ -1,0 +1,102 @@
+//! The README's five-minute walkthrough, run as written against the built
+//! binary: its shell blocks are taken from the README itself, with the port
+//! and the receiver's directory made free ones and `watch` (which runs until
+//! stopped) left out. If the README's commands stop working, this fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The shell blocks of the README section `## Five minutes with it`.
+fn walkthrough_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Five minutes with it").unwrap();
+    let end = start + readme[start..].find("\n## In Rust").unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme[start..end].lines() {
+        match (&mut current, line) {
+            (None, "```bash") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let blocks = walkthrough_blocks();
+    assert!(blocks.len() >= 5, "{blocks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = dir.path().join("receiver");
+    let port = common::free_port().to_string();
+    let script: String = blocks
+        .join("\n")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("pm-events watch"))
+        .map(|l| {
+            l.replace(":8787", &format!(":{port}"))
+                .replace("/tmp/receiver", receiver.to_str().unwrap())
+                .replace(
+                    "serve &",
+                    &format!("serve --bind 127.0.0.1:{port} & sleep 0; wait_for_server"),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The server prints its address when it listens; wait for that, not a time.
+    let prelude = format!(
+        "wait_for_server() {{ for _ in $(seq 1 200); do curl -s -o /dev/null 127.0.0.1:{port}/healthz && return 0; sleep 0.05; done; return 1; }}\n"
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pm-events")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{prelude}{script}\nwait"))
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env_remove("RUST_LOG")
+        .env_remove("PM_LOG_DIR")
+        .env_remove("WEBHOOK_SIGNATURE_SECRET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n{stderr}");
+    for needle in [
+        // publish, and the refused payload with the field named
+        "data.severity: expected one of low, medium, high, critical, got 5",
+        "Built-in event types",
+        // tail and stats
+        "sec_001: Unusual logins [ok]",
+        "sec_001 escalated to critical",
+        "open risks: 1",
+        "\"open_alerts\"",
+        // a signed webhook delivered to our own server, which verified it
+        "webhooks: 1 delivered",
+        // POST /events, a signed incoming webhook, the metrics
+        "{\"event_id\":",
+        "pm_events_published_total{type=\"deployment\"}",
+        // replay
+        "replayed",
+    ] {
+        assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
+    }
+    // The receiver logged what it was sent and what was posted to it.
+    let received = pm_events::journal::read_day(&receiver, pm_events::journal::today()).unwrap();
+    assert!(received.len() >= 3, "{received:?}");
+    assert!(!all.contains("panicked"), "{all}");
+}
