@@ -72,7 +72,7 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_data_volume() {
     let user = file
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .unwrap();
     assert!(
         !user.starts_with("root") && !user.starts_with("0"),
