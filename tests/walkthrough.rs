@@ -16,9 +16,14 @@ fn walkthrough_blocks() -> Vec<String> {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let start = readme.find("## Five minutes with it").unwrap();
     let end = start + readme[start..].find("\n## In Rust").unwrap();
+    bash_blocks(&readme[start..end])
+}
+
+/// The ```` ```bash ```` blocks of a Markdown text.
+fn bash_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in readme[start..end].lines() {
+    for line in text.lines() {
         match (&mut current, line) {
             (None, "```bash") => current = Some(String::new()),
             (Some(_), "```") => blocks.extend(current.take()),
@@ -99,4 +104,73 @@ fn the_readme_walkthrough_runs_as_written() {
     let received = pm_events::journal::read_day(&receiver, pm_events::journal::today()).unwrap();
     assert!(received.len() >= 3, "{received:?}");
     assert!(!all.contains("panicked"), "{all}");
+}
+
+/// Every example of docs/events.md, run as written (its `/tmp` files made in a
+/// temp directory, its webhook URL a local receiver's): each is accepted and
+/// handled.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_examples_of_the_docs_are_accepted_and_handled() {
+    let rx = common::TestReceiver::start().await;
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/events.md"))
+            .unwrap();
+    let blocks = bash_blocks(&docs);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "one example per built-in type, and one custom"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("notes.txt"), "notes").unwrap();
+    std::fs::write(
+        files.join("report.pdf"),
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+    )
+    .unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pm-events")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for block in blocks {
+        let script = block
+            .replace("/tmp/", &format!("{}/", files.display()))
+            .replace("https://hooks.example.com/deploy", &rx.url("/deploy"));
+        let (d, p) = (dir.path().to_path_buf(), path.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(&d)
+                .env("PATH", p)
+                .env("WEBHOOK_SIGNATURE_SECRET", "docs-test-secret")
+                .env_remove("RUST_LOG")
+                .env_remove("PM_LOG_DIR")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{block}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let logged = common::logged(&dir.path().join("logs"));
+    let ok = |file: &str| {
+        common::jsonl(&dir.path().join("logs").join(file))
+            .iter()
+            .filter(|l| l["status"] == "ok")
+            .count()
+    };
+    assert_eq!(ok("file_changes/file_changes.jsonl"), 1);
+    assert_eq!(ok("reports/report_generations.jsonl"), 1);
+    assert_eq!(ok("risk_alerts/risk_alerts.jsonl"), 1);
+    assert_eq!(rx.requests("/deploy").len(), 1, "the custom type's webhook");
+    assert!(logged.len() >= 4, "{logged:?}");
 }
