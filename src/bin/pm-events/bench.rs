@@ -278,48 +278,56 @@ const IN_FLIGHT: usize = 1024;
 /// keeping up to [`IN_FLIGHT`] events in flight (awaiting the oldest ack when
 /// the window is full).
 async fn bus_pipelined(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
-    let bus = logged_bus(cfg, dir).await?;
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..p {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
-            for i in split(n, p, k) {
-                if window.len() == IN_FLIGHT
-                    && let Some(oldest) = window.pop_front()
-                {
-                    oldest.await?;
-                }
-                window.push_back(bus.publish_pipelined(make(i)).await?);
+    timed_publishers(n, p, cfg, dir, |bus, range| async move {
+        let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+        for i in range {
+            if window.len() == IN_FLIGHT
+                && let Some(oldest) = window.pop_front()
+            {
+                oldest.await?;
             }
-            for ack in window {
-                ack.await?;
-            }
-            Ok::<(), pm_events::BusError>(())
-        }));
-    }
-    finish(bus, tasks, n, t0).await
+            window.push_back(bus.publish_pipelined(make(i)).await?);
+        }
+        for ack in window {
+            ack.await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The bus with its log, fed by `p` tasks with `publish_batch` of 256 events.
 async fn bus_batched(n: u64, p: u64, cfg: &Config, dir: &Path) -> Result<f64> {
+    timed_publishers(n, p, cfg, dir, |bus, range| async move {
+        let mut i = range.start;
+        while i < range.end {
+            let end = (i + 256).min(range.end);
+            bus.publish_batch((i..end).map(make)).await?;
+            i = end;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A logged bus fed by `p` tasks, task `k` running `publish` on its share of
+/// `0..n`; returns the rate from the first publish to the end of `stop`.
+async fn timed_publishers<F, Fut>(
+    n: u64,
+    p: u64,
+    cfg: &Config,
+    dir: &Path,
+    publish: F,
+) -> Result<f64>
+where
+    F: Fn(EventBus, std::ops::Range<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), pm_events::BusError>> + Send + 'static,
+{
     let bus = logged_bus(cfg, dir).await?;
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..p {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            let range = split(n, p, k);
-            let mut i = range.start;
-            while i < range.end {
-                let end = (i + 256).min(range.end);
-                bus.publish_batch((i..end).map(make)).await?;
-                i = end;
-            }
-            Ok::<(), pm_events::BusError>(())
-        }));
-    }
+    let tasks = (0..p)
+        .map(|k| tokio::spawn(publish(bus.clone(), split(n, p, k))))
+        .collect();
     finish(bus, tasks, n, t0).await
 }
 
