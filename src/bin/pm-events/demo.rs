@@ -379,6 +379,10 @@ pub async fn run(mut cfg: Config, chosen_log_dir: bool) -> Result<ExitCode> {
             format!(".eml files in {}", cfg.log_dir.join("outbox").display())
         }
     );
+    say!(
+        "  look again         pm-events --log-dir {} tail",
+        cfg.log_dir.display()
+    );
     let _ = std::fs::remove_dir_all(&work);
     Ok(ExitCode::SUCCESS)
 }
