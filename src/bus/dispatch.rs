@@ -13,7 +13,13 @@ use std::task::Poll;
 use tokio::sync::Semaphore;
 
 pub(super) fn finish_one(inner: &Inner) {
-    if inner.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+    finish(inner, 1);
+}
+
+/// Counts `n` events out of `inflight` (handled, or refused after they were
+/// counted) and wakes `stop` when none is left.
+pub(super) fn finish(inner: &Inner, n: usize) {
+    if inner.inflight.fetch_sub(n, Ordering::SeqCst) == n {
         inner.idle.notify_waiters();
     }
 }

@@ -19,7 +19,7 @@
 //! ranges. Events of one publisher keep their order in the log and on the
 //! queue (staging is first in, first out).
 
-use super::{EventBus, Inner, Run};
+use super::{EventBus, Run};
 use crate::error::{BusError, LogError};
 use crate::event::{Event, EventId};
 use crate::transport::{Permit, TransportError};
@@ -292,7 +292,7 @@ impl EventBus {
     /// Takes back the `inflight` count of `n` staged events that were refused.
     fn forget(&self, n: usize) {
         if self.inner.local {
-            forget(&self.inner, n);
+            super::dispatch::finish(&self.inner, n);
         }
     }
 
@@ -357,12 +357,6 @@ impl EventBus {
             }
         }
         drop(tokens);
-    }
-}
-
-fn forget(inner: &Inner, n: usize) {
-    if inner.inflight.fetch_sub(n, Ordering::SeqCst) == n {
-        inner.idle.notify_waiters();
     }
 }
 
