@@ -44,6 +44,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod handler;

@@ -49,6 +49,11 @@ impl Routes {
         }
     }
 
+    /// Every route: `(variable, url)`, by variable name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.urls.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Whether no route is configured at all.
     pub fn is_empty(&self) -> bool {
         self.urls.is_empty()

@@ -1,0 +1,446 @@
+//! Managed webhook endpoints (docs/webhooks.md, "Endpoints").
+//!
+//! An endpoint is a destination with its own secret, event types, payload filter,
+//! headers and delivery settings, created and changed while the server runs.
+//!
+//! - [`model`]: the record and the validation of its fields.
+//! - [`filter`]: the payload filter language.
+//! - [`keys`]: secrets and key pairs, rotation, signature headers.
+//! - [`store`]: where endpoints are kept (SQLite beside the outbox, or JetStream KV).
+//! - [`Endpoints`] (here): the set in memory, kept current with the store, which the
+//!   fan-out and the delivery engine read and the API and CLI change.
+//!
+//! The route variables of the environment appear beside them as read-only
+//! endpoints with `"source": "env"` ([`env_endpoints`]).
+
+pub mod filter;
+pub mod keys;
+pub mod kv;
+pub mod model;
+pub mod store;
+
+use crate::event::Event;
+use crate::webhook::Routes;
+use filter::Filter;
+use keys::{Key, Signers};
+use model::{Change, Endpoint, FieldError, Signing, Source};
+use serde_json::{Map, Value, json};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use store::{EndpointStore, StoredEndpoint};
+use tokio_util::sync::CancellationToken;
+
+/// The prefix of a managed endpoint's id.
+pub const ID_PREFIX: &str = "ep_";
+
+/// The default overlap of a secret rotation: 24 hours.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// Errors of endpoint management.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// No endpoint has this id.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+    /// An environment endpoint cannot be changed over the API.
+    #[error(
+        "endpoint {0} comes from the environment and is read-only; change the variable instead"
+    )]
+    ReadOnly(String),
+    /// A field was refused.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// A key could not be made.
+    #[error(transparent)]
+    Random(#[from] keys::RandomError),
+    /// The store could not be used.
+    #[error("{context}")]
+    Store {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl EndpointError {
+    pub(crate) fn store(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EndpointError::Store {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A managed endpoint ready for use: the record, its compiled filter and signers.
+#[derive(Debug)]
+pub struct Managed {
+    /// The record as shown.
+    pub endpoint: Endpoint,
+    filter: Option<Filter>,
+    signers: Signers,
+}
+
+impl Managed {
+    fn new(stored: &StoredEndpoint) -> Managed {
+        let filter = stored
+            .endpoint
+            .filter
+            .as_ref()
+            .and_then(|f| Filter::compile(f).ok());
+        Managed {
+            signers: Signers::new(stored.endpoint.signing, &stored.keys),
+            endpoint: stored.endpoint.clone(),
+            filter,
+        }
+    }
+
+    /// Whether `event` goes to this endpoint (its types and filter; enabled or not).
+    pub fn wants(&self, event: &Event) -> bool {
+        model::type_matches(&self.endpoint.event_types, &event.event_type)
+            && self.filter.as_ref().is_none_or(|f| f.matches(event))
+    }
+
+    /// The endpoint's signers.
+    pub fn signers(&self) -> &Signers {
+        &self.signers
+    }
+}
+
+/// Current time as RFC 3339 (UTC, milliseconds).
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The set of endpoints. Cheap to clone; every clone sees the same set.
+#[derive(Clone)]
+pub struct Endpoints {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn EndpointStore>,
+    /// The managed endpoints as last read, sorted by id. Replaced whole after each
+    /// change made here and by the watch task after a change elsewhere; readers
+    /// clone the `Arc` and never hold the lock across work.
+    current: RwLock<Arc<Vec<Arc<Managed>>>>,
+    /// The route variables, shown read-only.
+    env: Vec<Endpoint>,
+    /// Serializes this process's read-modify-write changes.
+    write: tokio::sync::Mutex<()>,
+    /// Ends the watch task (cancelled when the last clone drops, or by `close`).
+    cancel: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Endpoints {
+    /// The endpoints kept in `store`, beside the read-only ones of `routes`.
+    pub async fn open(
+        store: Box<dyn EndpointStore>,
+        routes: &Routes,
+    ) -> Result<Self, EndpointError> {
+        let me = Endpoints {
+            inner: Arc::new(Inner {
+                store,
+                current: RwLock::new(Arc::new(Vec::new())),
+                env: env_endpoints(routes),
+                write: tokio::sync::Mutex::new(()),
+                cancel: CancellationToken::new(),
+            }),
+        };
+        me.reload().await?;
+        Ok(me)
+    }
+
+    /// The embedded store under `log_dir`.
+    pub async fn open_local(
+        log_dir: &std::path::Path,
+        routes: &Routes,
+    ) -> Result<Self, EndpointError> {
+        Self::open(Box::new(store::SqliteStore::open(log_dir)?), routes).await
+    }
+
+    /// Keeps the set current with changes made by other processes (within a second)
+    /// until [`close`](Self::close) or the last clone drops. Needs a Tokio runtime.
+    pub fn watch(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let cancel = self.inner.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let me = Endpoints { inner };
+                let changed = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    c = me.inner.store.changed(Duration::from_millis(500)) => c,
+                };
+                if changed && let Err(e) = me.reload().await {
+                    tracing::error!(error = %crate::error::chain(&e), "cannot read the endpoints");
+                }
+            }
+        });
+    }
+
+    /// Ends the watch.
+    pub fn close(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Reads the store again.
+    pub async fn reload(&self) -> Result<(), EndpointError> {
+        let mut all: Vec<Arc<Managed>> = self
+            .inner
+            .store
+            .load()
+            .await?
+            .iter()
+            .map(|s| Arc::new(Managed::new(s)))
+            .collect();
+        all.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(all);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<Managed>>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Where the endpoints are kept.
+    pub fn describe(&self) -> String {
+        self.inner.store.describe()
+    }
+
+    /// Whether no managed endpoint exists.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    /// Every endpoint: those of the environment first, then the managed ones by id.
+    pub fn list(&self) -> Vec<Endpoint> {
+        let mut out = self.inner.env.clone();
+        out.extend(self.snapshot().iter().map(|m| m.endpoint.clone()));
+        out
+    }
+
+    /// One endpoint.
+    pub fn get(&self, id: &str) -> Option<Endpoint> {
+        self.inner
+            .env
+            .iter()
+            .find(|e| e.id == id)
+            .cloned()
+            .or_else(|| self.managed(id).map(|m| m.endpoint.clone()))
+    }
+
+    /// One managed endpoint, ready for use.
+    pub fn managed(&self, id: &str) -> Option<Arc<Managed>> {
+        let s = self.snapshot();
+        s.binary_search_by(|m| m.endpoint.id.as_str().cmp(id))
+            .ok()
+            .map(|i| s[i].clone())
+    }
+
+    /// The managed endpoints `event` goes to (enabled or not: a disabled endpoint
+    /// keeps its deliveries until it is enabled again).
+    pub fn matching(&self, event: &Event) -> Vec<Arc<Managed>> {
+        self.snapshot()
+            .iter()
+            .filter(|m| m.wants(event))
+            .cloned()
+            .collect()
+    }
+
+    async fn stored(&self, id: &str) -> Result<StoredEndpoint, EndpointError> {
+        if self.inner.env.iter().any(|e| e.id == id) {
+            return Err(EndpointError::ReadOnly(id.to_string()));
+        }
+        self.inner
+            .store
+            .load()
+            .await?
+            .into_iter()
+            .find(|s| s.endpoint.id == id)
+            .ok_or_else(|| EndpointError::NotFound(id.to_string()))
+    }
+
+    async fn save(&self, s: &StoredEndpoint) -> Result<(), EndpointError> {
+        self.inner.store.put(s).await?;
+        self.reload().await
+    }
+
+    /// Creates an endpoint from `fields` (see [`model::apply`]). Returns it with its
+    /// secret member (`secret` or `public_key`).
+    pub async fn create(
+        &self,
+        fields: &Map<String, Value>,
+    ) -> Result<(Endpoint, Value), EndpointError> {
+        let now = now_text();
+        let mut ep = Endpoint {
+            id: format!("{ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
+            url: String::new(),
+            description: None,
+            event_types: vec!["*".into()],
+            filter: None,
+            headers: None,
+            enabled: true,
+            disabled_reason: None,
+            signing: Signing::HmacSha256,
+            rate_limit_per_s: None,
+            max_retries: None,
+            timeout_secs: None,
+            created_at: now.clone(),
+            updated_at: now,
+            source: Source::Api,
+        };
+        model::apply(&mut ep, fields, Change::Create)?;
+        if !ep.enabled {
+            ep.disabled_reason = Some("created disabled".into());
+        }
+        let stored = StoredEndpoint {
+            keys: vec![Key::generate(ep.signing)?],
+            endpoint: ep,
+        };
+        let _w = self.inner.write.lock().await;
+        self.save(&stored).await?;
+        Ok((stored.endpoint.clone(), secret_member(&stored)))
+    }
+
+    /// Changes the endpoint `id` with `fields`.
+    pub async fn update(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Endpoint, EndpointError> {
+        let _w = self.inner.write.lock().await;
+        let mut s = self.stored(id).await?;
+        model::apply(&mut s.endpoint, fields, Change::Patch)?;
+        s.endpoint.updated_at = now_text();
+        self.save(&s).await?;
+        Ok(s.endpoint)
+    }
+
+    /// Enables or disables `id`; a disable records `reason`.
+    pub async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        reason: Option<&str>,
+    ) -> Result<Endpoint, EndpointError> {
+        let _w = self.inner.write.lock().await;
+        let mut s = self.stored(id).await?;
+        s.endpoint.enabled = enabled;
+        s.endpoint.disabled_reason =
+            (!enabled).then(|| reason.unwrap_or("disabled by hand").to_string());
+        s.endpoint.updated_at = now_text();
+        self.save(&s).await?;
+        Ok(s.endpoint)
+    }
+
+    /// Removes `id`; returns what it was.
+    pub async fn remove(&self, id: &str) -> Result<Endpoint, EndpointError> {
+        let _w = self.inner.write.lock().await;
+        let s = self.stored(id).await?;
+        self.inner.store.remove(id).await?;
+        self.reload().await?;
+        Ok(s.endpoint)
+    }
+
+    /// The secret member of `id`: `{"secret": "whsec_..."}` or `{"public_key": "whpk_..."}`.
+    pub async fn secret(&self, id: &str) -> Result<Value, EndpointError> {
+        Ok(secret_member(&self.stored(id).await?))
+    }
+
+    /// A new key for `id`; the old ones keep signing for `overlap`. Returns the new
+    /// secret member.
+    pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<Value, EndpointError> {
+        let _w = self.inner.write.lock().await;
+        let mut s = self.stored(id).await?;
+        keys::rotate(
+            &mut s.keys,
+            s.endpoint.signing,
+            overlap.as_secs_f64(),
+            crate::event::now_unix(),
+        )?;
+        s.endpoint.updated_at = now_text();
+        self.save(&s).await?;
+        Ok(secret_member(&s))
+    }
+}
+
+fn secret_member(s: &StoredEndpoint) -> Value {
+    match s.keys.first() {
+        Some(k) => {
+            let (name, value) = k.shown();
+            json!({ name: value })
+        }
+        None => json!({}),
+    }
+}
+
+/// The route variables of `routes` as read-only endpoints (URLs without
+/// credentials or query).
+pub fn env_endpoints(routes: &Routes) -> Vec<Endpoint> {
+    routes
+        .iter()
+        .map(|(var, url)| {
+            let (types, filter) = env_selection(var);
+            Endpoint {
+                id: var.to_string(),
+                url: crate::webhook::delivery::redact_url(url),
+                description: Some(format!("from the environment variable {var}")),
+                event_types: types,
+                filter,
+                headers: None,
+                enabled: true,
+                disabled_reason: None,
+                signing: Signing::HmacSha256,
+                rate_limit_per_s: None,
+                max_retries: None,
+                timeout_secs: None,
+                created_at: String::new(),
+                updated_at: String::new(),
+                source: Source::Env,
+            }
+        })
+        .collect()
+}
+
+/// The types (and filter) a route variable takes.
+fn env_selection(var: &str) -> (Vec<String>, Option<Value>) {
+    match var {
+        "FILE_CHANGE_WEBHOOK_URL" => (vec!["file_change".into()], None),
+        "REPORT_READY_WEBHOOK_URL" => (vec!["report_ready".into()], None),
+        "DEFAULT_RISK_WEBHOOK_URL" => (vec!["risk_alert".into()], None),
+        _ => {
+            if let Some(sev) = var.strip_suffix("_ALERT_WEBHOOK_URL") {
+                let sev = sev.to_ascii_lowercase();
+                return (
+                    vec!["risk_alert".into()],
+                    Some(json!({"data.severity": sev})),
+                );
+            }
+            let t = var
+                .strip_prefix(crate::config::CUSTOM_WEBHOOK_PREFIX)
+                .unwrap_or(var)
+                .to_ascii_lowercase();
+            (vec![t], None)
+        }
+    }
+}
