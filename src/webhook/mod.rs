@@ -6,9 +6,11 @@
 //! - [`route`]: which variable's URL an event goes to.
 //! - [`outbox`]: the SQLite outbox that makes deliveries survive restarts.
 //! - [`delivery`]: the engine (HTTP client, per-endpoint bounds, retries, logs).
+//! - [`history`]: what happened to deliveries, for the API and the CLI.
 //! - [`jetstream`]: with `PM_NATS_URL`, deliveries as a JetStream work queue shared by every node.
 
 pub mod delivery;
+pub mod history;
 pub mod incoming;
 pub mod jetstream;
 pub mod outbox;
@@ -23,7 +25,7 @@ use async_trait::async_trait;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-pub use delivery::{DeliveryConfig, WaitOutcome, WebhookEngine};
+pub use delivery::{DeliveryConfig, RetryError, WaitOutcome, WebhookEngine};
 pub use route::{Route, Routes};
 pub use sign::{Signer, VerifyError};
 
@@ -209,6 +211,44 @@ impl WebhookHandler {
         Ok(id)
     }
 
+    /// Queues `event` for every managed endpoint that takes it (its types and
+    /// filter; a disabled endpoint keeps the delivery until it is enabled). Returns
+    /// `(endpoint id, delivery id)` per endpoint; a repeat of an event sends nothing
+    /// new (the first delivery's id is returned).
+    pub async fn fan_out(&self, event: &Event) -> Result<Vec<(String, String)>, WebhookError> {
+        let Some(eps) = self.engine.endpoints() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for m in eps.matching(event) {
+            let id = self.trigger_endpoint(event, &m).await?;
+            out.push((m.endpoint.id.clone(), id));
+        }
+        Ok(out)
+    }
+
+    /// Queues `event` for the managed endpoint `m` only (as `fan_out` does for each).
+    pub async fn trigger_endpoint(
+        &self,
+        event: &Event,
+        m: &crate::endpoint::Managed,
+    ) -> Result<String, WebhookError> {
+        let hand_off = self.engine.uses_jetstream() && !self.engine.takes_from_queue();
+        let id = self
+            .engine
+            .enqueue_endpoint(event, m, self.queued.is_some() && !hand_off)
+            .await?;
+        if hand_off {
+            self.handed_off
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if let Some(q) = &self.queued {
+            q.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(id.clone());
+        }
+        Ok(id)
+    }
+
     /// The specification's `handle_webhook_trigger(event)`: queues the event's webhook if a
     /// route is configured for it; returns the delivery id (`None`: no route).
     pub async fn handle_webhook_trigger(
@@ -248,6 +288,22 @@ impl WebhookHandler {
     /// `sha256=<hex>` signature of `payload` against the configured secrets.
     pub fn verify_webhook_signature(&self, payload: &[u8], signature: &str) -> bool {
         sign::verify_hex_signature(&self.secrets, payload, signature).is_ok()
+    }
+}
+
+/// The handler that fans every event out to the managed endpoints
+/// ([`WebhookHandler::fan_out`]); subscribed to `*` beside the others.
+pub struct EndpointFanOut(pub std::sync::Arc<WebhookHandler>);
+
+#[async_trait]
+impl Handler for EndpointFanOut {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.0.fan_out(&event).await?;
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "EndpointFanOut"
     }
 }
 

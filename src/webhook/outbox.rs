@@ -495,11 +495,11 @@ impl Outbox {
     }
 
     /// Goes through the pending deliveries in id order (oldest first: ids are
-    /// UUID v7), asking `pick` about each by id and URL, and returns those it
+    /// UUID v7), asking `pick` about each by id, route and URL, and returns those it
     /// takes. Only taken rows are decoded whole.
     pub fn scan_pending(
         &self,
-        mut pick: impl FnMut(&str, &str) -> Pick,
+        mut pick: impl FnMut(&str, &str, &str) -> Pick,
     ) -> Result<Vec<DeliveryRecord>, WebhookError> {
         self.with(|c| {
             let mut st = c.prepare_cached(&format!(
@@ -517,7 +517,7 @@ impl Outbox {
                         )
                     })
                 };
-                match pick(text(0)?, text(4)?) {
+                match pick(text(0)?, text(3)?, text(4)?) {
                     Pick::Skip => {}
                     Pick::Take => taken.push(row(r)?),
                     Pick::Stop => break,
@@ -557,6 +557,20 @@ impl Outbox {
             })?,
             None => self.list(DeliveryState::Dead)?,
         };
+        self.revive_records(dead, now).await
+    }
+
+    /// Puts the dead deliveries among `rows` back to pending, due `now`, with a fresh
+    /// retry budget. Returns them as revived.
+    pub async fn revive_records(
+        &self,
+        rows: Vec<DeliveryRecord>,
+        now: f64,
+    ) -> Result<Vec<DeliveryRecord>, WebhookError> {
+        let dead: Vec<DeliveryRecord> = rows
+            .into_iter()
+            .filter(|r| r.state == DeliveryState::Dead)
+            .collect();
         let ids = dead.iter().map(|r| r.id.clone()).collect();
         self.call(|reply| Op::Revive { ids, now, reply }).await?;
         Ok(dead
@@ -568,6 +582,23 @@ impl Outbox {
                 r
             })
             .collect())
+    }
+
+    /// The deliveries of `route` in `state`, created from `since` to `until`, oldest first.
+    pub fn list_route(
+        &self,
+        route: &str,
+        state: DeliveryState,
+        since: f64,
+        until: f64,
+    ) -> Result<Vec<DeliveryRecord>, WebhookError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE route = ?1 AND state = ?2 AND created_at >= ?3 AND created_at <= ?4 ORDER BY id"
+            ))?;
+            let rows = st.query_map(params![route, state.as_str(), since, until], row)?;
+            rows.collect()
+        })
     }
 
     /// Makes every pending delivery due at `now` (instead of at its next retry time).

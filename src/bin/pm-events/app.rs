@@ -3,6 +3,7 @@
 //! webhook handler.
 
 use anyhow::Result;
+use pm_events::endpoint::Endpoints;
 use pm_events::handlers::{Access, BUILTIN_TYPES, Builtins, builtin_priority, register_builtins};
 use pm_events::transport::NatsTransport;
 use pm_events::webhook::jetstream::JetStreamQueue;
@@ -20,6 +21,9 @@ pub struct App {
     /// The webhook handler, when routes exist: the built-in handlers trigger it
     /// for their types, and it is subscribed for every other type.
     pub webhooks: Option<Arc<WebhookHandler>>,
+    /// The endpoints: managed ones (in the log directory, or in JetStream KV with
+    /// `PM_NATS_URL`) and those of the route variables.
+    pub endpoints: Endpoints,
     /// The log directory (for messages that point at its files).
     pub log_dir: std::path::PathBuf,
 }
@@ -64,23 +68,30 @@ impl App {
             .into());
         }
         let bus = if log { builder } else { builder.without_log() }.build();
-        let webhooks = if always_webhooks || !cfg.webhook_urls.is_empty() {
-            let h = WebhookHandler::from_config(cfg)?;
-            let h = Arc::new(if server { h } else { h.track_deliveries() });
-            if let Some(url) = &cfg.nats_url {
-                // Scale-out: deliveries are a JetStream work queue any node delivers from.
-                // A node may hold a delivery while up to 8 per endpoint wait before it.
-                let ack_wait = cfg.webhook_timeout * 9 + Duration::from_secs(30);
-                let q = JetStreamQueue::connect(url, ack_wait).await?;
-                // `serve` nodes take deliveries from the queue, and so does the (single-
-                // process) demo; the other commands only queue.
-                h.engine().use_jetstream(q, server || always_webhooks)?;
-            }
-            h.engine().start()?;
-            Some(h)
-        } else {
-            None
-        };
+        let endpoints = open_endpoints(cfg).await?;
+        let webhooks =
+            if always_webhooks || server || !cfg.webhook_urls.is_empty() || !endpoints.is_empty() {
+                let h = WebhookHandler::from_config(cfg)?;
+                h.engine().attach_endpoints(endpoints.clone())?;
+                if server {
+                    // Endpoints created or changed by the CLI or another node reach it.
+                    endpoints.watch();
+                }
+                let h = Arc::new(if server { h } else { h.track_deliveries() });
+                if let Some(url) = &cfg.nats_url {
+                    // Scale-out: deliveries are a JetStream work queue any node delivers from.
+                    // A node may hold a delivery while up to 8 per endpoint wait before it.
+                    let ack_wait = cfg.webhook_timeout * 9 + Duration::from_secs(30);
+                    let q = JetStreamQueue::connect(url, ack_wait).await?;
+                    // `serve` nodes take deliveries from the queue, and so does the (single-
+                    // process) demo; the other commands only queue.
+                    h.engine().use_jetstream(q, server || always_webhooks)?;
+                }
+                h.engine().start()?;
+                Some(h)
+            } else {
+                None
+            };
         // Events reach `serve` over HTTP: their paths must lie under PM_FILE_ROOTS.
         let access = if server {
             Access::server(cfg)?
@@ -89,6 +100,7 @@ impl App {
         };
         let builtins = register_builtins(&bus, cfg, webhooks.clone(), access)?;
         if let Some(h) = &webhooks {
+            bus.subscribe_arc("*", Arc::new(pm_events::webhook::EndpointFanOut(h.clone())));
             bus.subscribe_arc_filtered(
                 "*",
                 |e| !BUILTIN_TYPES.contains(&e.event_type.as_str()),
@@ -99,6 +111,7 @@ impl App {
             bus,
             builtins,
             webhooks,
+            endpoints,
             log_dir: cfg.log_dir.clone(),
         })
     }
@@ -127,6 +140,19 @@ impl App {
         h.engine().shutdown().await;
         Ok(outcome)
     }
+}
+
+/// The endpoints of `cfg`: in the JetStream KV bucket `PM_ENDPOINTS` with
+/// `PM_NATS_URL`, else in `<log dir>/webhooks/endpoints.sqlite3`.
+pub async fn open_endpoints(cfg: &Config) -> Result<Endpoints> {
+    let routes = pm_events::webhook::Routes::from_config(cfg);
+    Ok(match &cfg.nats_url {
+        Some(url) => {
+            let store = pm_events::endpoint::kv::KvStore::connect(url).await?;
+            Endpoints::open(Box::new(store), &routes).await?
+        }
+        None => Endpoints::open_local(&cfg.log_dir, &routes).await?,
+    })
 }
 
 /// One line about what became of the deliveries, on stderr.

@@ -40,178 +40,42 @@
 //! No secret is written to either file: signatures are computed per attempt and
 //! never logged.
 
+mod config;
+mod lines;
+mod policy;
+mod queue;
+mod sender;
+mod wait;
+
+pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
+pub use lines::redact_url;
+pub use policy::Outcome;
+pub use policy::{backoff, parse_retry_after};
+use sender::Destination;
+pub use sender::EXCERPT_LIMIT;
+pub use wait::WaitOutcome;
+
 use super::WebhookError;
 use super::jetstream::JetStreamQueue;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox, Pick};
 use super::route::Route;
 use super::sign::Signer;
-use crate::config::{Config, FsyncPolicy};
+use crate::endpoint::{Endpoints, Managed};
 use crate::event::{Event, now_unix};
 use crate::jsonl::JsonlWriter;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Settings of the delivery engine.
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    /// Retries after the first attempt (`WEBHOOK_MAX_RETRIES`).
-    pub max_retries: u32,
-    /// Time limit of one attempt (`WEBHOOK_TIMEOUT_SECS`).
-    pub timeout: Duration,
-    /// Base of the backoff (`WEBHOOK_BACKOFF_BASE_MS`).
-    pub backoff_base: Duration,
-    /// Longest backoff (5 minutes).
-    pub backoff_cap: Duration,
-    /// Concurrent requests per endpoint (`PM_WEBHOOK_CONCURRENCY`).
-    pub per_endpoint: usize,
-    /// Deliver without a signature when no secret is set (`PM_ALLOW_UNSIGNED`).
-    pub allow_unsigned: bool,
-    /// Log directory: the outbox and the logs live in `<log dir>/webhooks/`.
-    pub log_dir: PathBuf,
-    /// Sync policy of the outbox and logs.
-    pub fsync: FsyncPolicy,
-    /// Handler log rotation size and count.
-    pub log_max_bytes: u64,
-    /// Rotated files kept.
-    pub log_keep: usize,
-    /// This process's name in the attempt and dead-letter logs (`PM_NODE_ID`,
-    /// default the host name): with NATS, any node may make an attempt.
-    pub node: String,
-    /// Most deliveries of one endpoint held in memory at once (queued, in flight
-    /// or waiting for a retry); the others wait in the outbox until room is made
-    /// ([`DEFAULT_WINDOW`]).
-    pub window: usize,
-}
-
-/// Default of [`DeliveryConfig::window`]: about 10 MB of memory per endpoint.
-pub const DEFAULT_WINDOW: usize = 4096;
-
-/// Longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// How much of a receiver's answer body is read (and dropped) to keep its
-/// connection for reuse; a longer body closes the connection instead.
-const DRAIN_LIMIT: usize = 64 * 1024;
-
-impl DeliveryConfig {
-    /// The engine settings of `config`.
-    pub fn from_config(c: &Config) -> Self {
-        DeliveryConfig {
-            max_retries: c.webhook_max_retries,
-            timeout: c.webhook_timeout,
-            backoff_base: c.webhook_backoff_base,
-            backoff_cap: Duration::from_secs(300),
-            per_endpoint: c.webhook_concurrency,
-            allow_unsigned: c.allow_unsigned,
-            log_dir: c.log_dir.clone(),
-            fsync: c.fsync,
-            log_max_bytes: c.log_max_bytes,
-            log_keep: c.log_keep,
-            node: c.node_id.clone(),
-            window: DEFAULT_WINDOW,
-        }
-    }
-}
-
-/// The wait before retry number `retry` (1-based): `base × 2^(retry−1)`, capped,
-/// times `1 + 0.2 × jitter` with `jitter` in `[-1, 1]`, never above the cap.
-pub fn backoff(retry: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exp = 2f64.powi(retry.saturating_sub(1).min(62) as i32);
-    let raw = (base.as_secs_f64() * exp).min(cap.as_secs_f64());
-    Duration::from_secs_f64((raw * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0))).min(cap.as_secs_f64()))
-}
-
-/// Parses `Retry-After`: delay-seconds or an HTTP date; capped at [`MAX_RETRY_AFTER`].
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    let d = if let Ok(secs) = v.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-        (when - now).to_std().unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(MAX_RETRY_AFTER))
-}
-
-/// `url` without user info and query, for logs.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let had_query = u.query().is_some();
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            let mut s = u.to_string();
-            if had_query {
-                s.push_str("?…");
-            }
-            s
-        }
-        Err(_) => "<invalid url>".into(),
-    }
-}
-
-fn rfc3339(t: f64) -> String {
-    DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct AttemptLine<'a> {
-    timestamp: String,
-    delivery_id: &'a str,
-    event_id: &'a str,
-    event_type: &'a str,
-    route: &'a str,
-    url: String,
-    attempt: u32,
-    status: Option<u16>,
-    error: Option<String>,
-    duration_ms: f64,
-    outcome: &'static str,
-    next_retry_at: Option<String>,
-    node: &'a str,
-}
-
-#[derive(Serialize)]
-struct DeadLine<'a> {
-    timestamp: String,
-    delivery_id: &'a str,
-    event_id: &'a str,
-    event_type: &'a str,
-    route: &'a str,
-    url: String,
-    attempts: u32,
-    reason: &'a str,
-    node: &'a str,
-}
-
-/// How many of a set of deliveries ended which way; see [`WebhookEngine::wait`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WaitOutcome {
-    /// Delivered (gone from the outbox).
-    pub delivered: usize,
-    /// Dead letters.
-    pub dead: usize,
-    /// Still pending when the wait ended.
-    pub pending: usize,
-}
-
 /// The deliveries due at one endpoint (origin), and how many workers drain them.
 /// At most `per_endpoint` workers run per endpoint, so a slow endpoint ties up
 /// only its own workers, and a backlog is plain data, not parked tasks.
 #[derive(Default)]
-struct Endpoint {
+struct OriginQueue {
     queue: Mutex<EndpointQueue>,
 }
 
@@ -233,7 +97,7 @@ struct EngineInner {
     attempts: JsonlWriter,
     dead: JsonlWriter,
     /// One queue per endpoint origin, created on first use.
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    origins: Mutex<HashMap<String, Arc<OriginQueue>>>,
     /// Deliveries with a task in this process, so the poller does not start a second one.
     active: Mutex<HashSet<String>>,
     /// Every delivery task and the poller; `shutdown` waits for them.
@@ -266,6 +130,59 @@ struct EngineInner {
     /// The JetStream messages of the deliveries this process holds, by delivery id:
     /// acknowledged when the delivery settles, handed back for a retry or at shutdown.
     js_held: Mutex<HashMap<String, async_nats::jetstream::Message>>,
+    /// The managed endpoints, once attached ([`WebhookEngine::attach_endpoints`]):
+    /// their keys, settings and state are read at each attempt.
+    endpoints: std::sync::OnceLock<Endpoints>,
+    /// Every attempt's outcome, for whoever listens (the server's event stream);
+    /// nothing is built when nobody does.
+    notices: tokio::sync::broadcast::Sender<Arc<AttemptNotice>>,
+}
+
+/// The outcome of one attempt, as the server's event stream shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptNotice {
+    /// The delivery.
+    pub delivery_id: String,
+    /// Its event.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The endpoint id (or route variable).
+    pub endpoint_id: String,
+    /// 1 = the first try.
+    pub attempt: u32,
+    /// The HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// `delivered`, `retry`, `failed`, `gone` or `dead`.
+    pub outcome: &'static str,
+    /// The network error, if no answer came.
+    pub error: Option<String>,
+    /// When (RFC 3339).
+    pub timestamp: String,
+}
+
+/// Why a delivery cannot be sent again by hand.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// No dead delivery has this id (it may have been delivered).
+    #[error("no dead or failed delivery {0} in the outbox (delivered deliveries leave it)")]
+    NotDead(String),
+    /// The delivery is pending: it is retried on its own.
+    #[error("delivery {0} is still pending; it is retried on its own")]
+    Pending(String),
+    /// The outbox could not be read or written.
+    #[error(transparent)]
+    Outbox(WebhookError),
+}
+
+/// Whether a delivery can be attempted now.
+enum Reach {
+    /// Yes, signed and set up for this destination.
+    Send(Destination),
+    /// Not now: its endpoint is disabled (or unknown to this process); it waits.
+    Hold,
+    /// Never: its endpoint was removed.
+    Removed,
 }
 
 /// What became of one attempt.
@@ -281,31 +198,11 @@ enum Attempted {
 /// A destination URL, resolved once.
 struct Target {
     /// The queue of the URL's origin.
-    endpoint: Arc<Endpoint>,
+    endpoint: Arc<OriginQueue>,
     /// The parsed URL (`None`: unparsable; the request then fails with the parser's error).
     url: Option<reqwest::Url>,
     /// The URL without credentials or query, for the logs.
     redacted: String,
-}
-
-/// Counts a waiter among the engine's eager ones while it lives.
-struct EagerWaiter<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
-
-impl<'a> EagerWaiter<'a> {
-    fn new(count: &'a std::sync::atomic::AtomicUsize, eager: bool) -> Self {
-        if eager {
-            count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-        EagerWaiter(eager.then_some(count))
-    }
-}
-
-impl Drop for EagerWaiter<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.0 {
-            c.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
 }
 
 /// The delivery engine. Cheap to clone.
@@ -386,7 +283,7 @@ impl WebhookEngine {
                 outbox,
                 attempts,
                 dead,
-                endpoints: Mutex::new(HashMap::new()),
+                origins: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashSet::new()),
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
@@ -400,8 +297,29 @@ impl WebhookEngine {
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
                 jetstream: std::sync::OnceLock::new(),
                 js_held: Mutex::new(HashMap::new()),
+                endpoints: std::sync::OnceLock::new(),
+                notices: tokio::sync::broadcast::channel(1024).0,
             }),
         })
+    }
+
+    /// Delivers to the managed endpoints of `e` (their keys, headers, settings and
+    /// state). Call before `start`; a second set is refused.
+    pub fn attach_endpoints(&self, e: Endpoints) -> Result<(), WebhookError> {
+        self.inner
+            .endpoints
+            .set(e)
+            .map_err(|_| WebhookError::config_state("endpoints are attached already"))
+    }
+
+    /// The managed endpoints, if attached.
+    pub fn endpoints(&self) -> Option<&Endpoints> {
+        self.inner.endpoints.get()
+    }
+
+    /// The outcome of every attempt from now on (a receiver that lags loses the oldest).
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Arc<AttemptNotice>> {
+        self.inner.notices.subscribe()
     }
 
     /// Whether this process delivers (owns the outbox) or only queues.
@@ -474,45 +392,6 @@ impl WebhookEngine {
         Ok(resumed)
     }
 
-    /// Takes deliveries from the JetStream work queue into the endpoint queues
-    /// until the engine stops.
-    async fn consume_jetstream(&self) {
-        let Some((q, _)) = self.inner.jetstream.get() else {
-            return;
-        };
-        // The consumer holds at most this many deliveries (of every node) at once.
-        let max_held = (self.inner.cfg.per_endpoint.max(1) * 8).max(64);
-        let q = q.clone();
-        let mut messages = crate::transport::nats::Messages::new(
-            "webhook work queue",
-            Box::new(move || {
-                let q = q.clone();
-                Box::pin(async move { q.messages(max_held).await })
-            }),
-        );
-        while let Some(msg) = messages.next(&self.inner.cancel).await {
-            self.take(msg).await;
-        }
-    }
-
-    /// Puts a delivery taken from the work queue in its endpoint's queue.
-    async fn take(&self, msg: async_nats::jetstream::Message) {
-        let r = match super::jetstream::record_of(&msg) {
-            Ok(r) => r,
-            Err(e) => {
-                // Not a delivery of ours: acknowledge it so it is not redelivered forever.
-                tracing::warn!(subject = %msg.subject, error = %e, "undecodable message on the webhook work queue skipped");
-                let _ = msg.ack().await;
-                return;
-            }
-        };
-        // A message given again while this process still holds it (its ack_wait ran
-        // out) keeps its one task here; the newest handle acknowledges it.
-        lock(&self.inner.js_held).insert(r.id.clone(), msg);
-        // The consumer's own bound (`max_held`) limits what this process holds.
-        self.spawn_within(r, false);
-    }
-
     /// Takes pending deliveries from the outbox that this process does not hold
     /// yet, oldest first, as far as their endpoints' windows have room: rows that
     /// other processes queued, rows left there while a window was full, and (at
@@ -528,16 +407,17 @@ impl WebhookEngine {
         // Room left per endpoint (several URLs may share one) as this scan takes
         // rows. One poll takes at most a window's worth; if it stops there, it
         // asks for another at once.
-        let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
-        let mut room: HashMap<*const Endpoint, usize> = HashMap::new();
+        let mut endpoints: HashMap<String, Arc<OriginQueue>> = HashMap::new();
+        let mut room: HashMap<*const OriginQueue, usize> = HashMap::new();
         let (mut with_room, mut taken, mut more) = (0usize, 0usize, false);
-        let rows = self.inner.outbox.scan_pending(|id, url| {
+        let rows = self.inner.outbox.scan_pending(|id, route, url| {
             if taken >= window {
                 more = true;
                 return Pick::Stop;
             }
             if lock(&self.inner.active).contains(id)
                 || lock(&self.inner.settled_recently).contains_key(id)
+                || self.held_back(route)
             {
                 return Pick::Skip;
             }
@@ -596,6 +476,19 @@ impl WebhookEngine {
         self.enqueue_inner(event, route, true).await
     }
 
+    /// Queues `event` for the managed endpoint `m`, once: a repeat of the same event
+    /// for the same endpoint returns the first delivery's id and sends nothing.
+    pub async fn enqueue_endpoint(
+        &self,
+        event: &Event,
+        m: &Managed,
+        watched: bool,
+    ) -> Result<String, WebhookError> {
+        let body = super::payload::build_body(event, m.signers().body_signer());
+        self.enqueue_record(event, &m.endpoint.id, &m.endpoint.url, body, true, watched)
+            .await
+    }
+
     async fn enqueue_inner(
         &self,
         event: &Event,
@@ -606,15 +499,39 @@ impl WebhookEngine {
         if i.signer.is_none() && !i.cfg.allow_unsigned {
             return Err(WebhookError::Unsigned);
         }
+        let body = super::payload::build_body(event, i.signer.as_ref());
+        self.enqueue_record(
+            event,
+            &route.name,
+            &route.url,
+            body,
+            event.redelivered,
+            watched,
+        )
+        .await
+    }
+
+    /// Stores a delivery of `event` to `route` at `url` with `body`; with `once`,
+    /// only if that event has none for that route yet (the earlier id is returned).
+    async fn enqueue_record(
+        &self,
+        event: &Event,
+        route: &str,
+        url: &str,
+        body: Vec<u8>,
+        once: bool,
+        watched: bool,
+    ) -> Result<String, WebhookError> {
+        let i = &self.inner;
         let now = now_unix();
         let record = DeliveryRecord {
             // Time-ordered (UUID v7): new rows go to the end of the outbox's index.
             id: uuid::Uuid::now_v7().to_string(),
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
-            route: route.name.clone(),
-            url: route.url.clone(),
-            body: super::payload::build_body(event, i.signer.as_ref()).into(),
+            route: route.to_string(),
+            url: url.to_string(),
+            body: body.into(),
             attempt: 0,
             next_at: now,
             created_at: now,
@@ -632,10 +549,10 @@ impl WebhookEngine {
             q.publish(&record).await?;
             return Ok(record.id);
         }
-        if event.redelivered {
-            // Dispatched again after a crash: the delivery made before stands.
+        if once {
+            // Dispatched again after a crash, or a repeat: the delivery made before stands.
             if let Some(earlier) = i.outbox.insert_once(&record).await? {
-                tracing::debug!(event_id = %event.event_id, route = %route.name, delivery = %earlier, "redelivered event: its webhook delivery exists already");
+                tracing::debug!(event_id = %event.event_id, route, delivery = %earlier, "the event has a delivery to this endpoint already");
                 return Ok(earlier);
             }
         } else {
@@ -657,19 +574,91 @@ impl WebhookEngine {
     /// them again. Returns how many.
     pub async fn redeliver(&self, event_id: Option<&str>) -> Result<usize, WebhookError> {
         let revived = self.inner.outbox.revive(event_id, now_unix()).await?;
+        let n = revived.len();
+        self.take_revived(revived);
+        Ok(n)
+    }
+
+    /// Sends the dead delivery `id` again with a fresh retry budget. Errors name
+    /// why not: no such delivery, or one that is not dead (pending ones are retried
+    /// on their own; delivered ones have left the outbox).
+    pub async fn retry(&self, id: &str) -> Result<DeliveryRecord, RetryError> {
+        let row = self
+            .inner
+            .outbox
+            .get(id)
+            .map_err(RetryError::Outbox)?
+            .ok_or(RetryError::NotDead(id.to_string()))?;
+        if row.state != DeliveryState::Dead {
+            return Err(RetryError::Pending(id.to_string()));
+        }
+        let revived = self
+            .inner
+            .outbox
+            .revive_records(vec![row], now_unix())
+            .await
+            .map_err(RetryError::Outbox)?;
+        let r = revived
+            .into_iter()
+            .next()
+            .ok_or(RetryError::NotDead(id.to_string()))?;
+        self.take_revived(vec![r.clone()]);
+        Ok(r)
+    }
+
+    /// Sends the dead deliveries of `endpoint_id` created from `since` to `until`
+    /// again. Returns how many.
+    pub async fn recover(
+        &self,
+        endpoint_id: &str,
+        since: f64,
+        until: f64,
+    ) -> Result<usize, WebhookError> {
+        let dead = self
+            .inner
+            .outbox
+            .list_route(endpoint_id, DeliveryState::Dead, since, until)?;
+        let revived = self.inner.outbox.revive_records(dead, now_unix()).await?;
+        let n = revived.len();
+        self.take_revived(revived);
+        Ok(n)
+    }
+
+    /// Dead-letters the pending deliveries of a removed endpoint (those in this
+    /// process's care go when their turn comes). Returns how many.
+    pub async fn endpoint_removed(&self, endpoint_id: &str) -> Result<usize, WebhookError> {
+        let rows = self.inner.outbox.list_route(
+            endpoint_id,
+            DeliveryState::Pending,
+            f64::MIN,
+            f64::MAX,
+        )?;
+        let why = "its endpoint was removed";
+        let mut n = 0;
+        for r in rows {
+            if lock(&self.inner.active).contains(&r.id) {
+                continue;
+            }
+            self.dead_letter(&r, why);
+            self.inner.outbox.mark_dead(&r.id, r.attempt, why)?;
+            n += 1;
+        }
+        self.inner.outbox.flush().await?;
+        Ok(n)
+    }
+
+    fn take_revived(&self, revived: Vec<DeliveryRecord>) {
         {
             let mut recent = lock(&self.inner.settled_recently);
             for r in &revived {
                 recent.remove(&r.id);
             }
         }
-        let n = revived.len();
         if self.is_owner() {
             for r in revived {
                 self.spawn(r);
             }
         }
-        Ok(n)
     }
 
     /// Takes `r` into this process's care unless it is already, or its endpoint's
@@ -734,7 +723,7 @@ impl WebhookEngine {
 
     /// A worker of one endpoint: attempts queued deliveries one after another
     /// until the queue is empty (or the engine stops).
-    async fn work(&self, ep: Arc<Endpoint>) {
+    async fn work(&self, ep: Arc<OriginQueue>) {
         loop {
             let next = {
                 let mut q = lock(&ep.queue);
@@ -760,7 +749,29 @@ impl WebhookEngine {
                 item
             };
             let Some(mut r) = next else { return };
-            match self.attempt(&mut r).await {
+            let to = match self.destination(&r.route) {
+                Reach::Send(to) => to,
+                Reach::Hold => {
+                    // Disabled (or its endpoints are not known here): it stays
+                    // pending, and is taken again once the endpoint is enabled.
+                    self.hold(&r).await;
+                    self.release(&r, None);
+                    continue;
+                }
+                Reach::Removed => {
+                    let why = "its endpoint was removed";
+                    self.dead_letter(&r, why);
+                    let seq = self
+                        .inner
+                        .outbox
+                        .mark_dead(&r.id, r.attempt, why)
+                        .unwrap_or(0);
+                    self.notify(&r, None, Outcome::Dead, Some(why.to_string()));
+                    self.release(&r, Some((false, seq)));
+                    continue;
+                }
+            };
+            match self.attempt(&mut r, &to).await {
                 Attempted::Settled(delivered, seq) => self.release(&r, Some((delivered, seq))),
                 Attempted::Retry => self.schedule(r),
                 Attempted::HandedBack => self.release(&r, None),
@@ -826,7 +837,7 @@ impl WebhookEngine {
             .as_ref()
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_else(|| url.to_string());
-        let endpoint = lock(&self.inner.endpoints).entry(key).or_default().clone();
+        let endpoint = lock(&self.inner.origins).entry(key).or_default().clone();
         let t = Arc::new(Target {
             endpoint,
             url: parsed,
@@ -841,34 +852,27 @@ impl WebhookEngine {
 
     /// Makes one attempt and records it (in the outbox, or in the JetStream work
     /// queue for a delivery taken from it).
-    async fn attempt(&self, r: &mut DeliveryRecord) -> Attempted {
+    async fn attempt(&self, r: &mut DeliveryRecord, to: &Destination) -> Attempted {
         let i = &*self.inner;
         r.attempt += 1;
         let started = Instant::now();
-        let result = self.send(r).await;
+        let result = self.send(r, to).await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (status, error, retry_after) = match &result {
-            Ok((s, ra)) => (Some(*s), None, *ra),
-            Err(e) => (None, Some(e.clone()), None),
+        let (status, error, retry_after, excerpt) = match result {
+            Ok(a) => (Some(a.status), None, a.retry_after, Some(a.excerpt)),
+            Err(e) => (None, Some(e), None, None),
         };
-        let outcome = match status {
-            Some(s) if (200..300).contains(&s) => "delivered",
-            Some(410) => "gone",
-            Some(s) if s == 408 || s == 429 || s >= 500 => "retry",
-            Some(_) => "failed",
-            None => "retry",
+        let max_retries = match to {
+            Destination::Managed(m) => m.endpoint.max_retries.unwrap_or(i.cfg.max_retries),
+            Destination::Env => i.cfg.max_retries,
         };
-        let outcome = if outcome == "retry" && r.attempt > i.cfg.max_retries {
-            "dead"
-        } else {
-            outcome
-        };
+        let outcome = Outcome::of(status, r.attempt, max_retries);
         let reason = match (status, &error) {
             (Some(s), _) => format!("HTTP {s}"),
             (None, Some(e)) => e.clone(),
             (None, None) => "unknown".into(),
         };
-        let next_at = (outcome == "retry").then(|| {
+        let next_at = (outcome == Outcome::Retry).then(|| {
             let b = backoff(
                 r.attempt,
                 i.cfg.backoff_base,
@@ -877,8 +881,10 @@ impl WebhookEngine {
             );
             now_unix() + b.max(retry_after.unwrap_or(Duration::ZERO)).as_secs_f64()
         });
-        self.log_attempt(r, status, error, duration_ms, outcome, next_at);
-        metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome).increment(1);
+        self.notify(r, status, outcome, error.clone());
+        self.log_attempt(r, status, error, excerpt, duration_ms, outcome, next_at);
+        metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome.as_str())
+            .increment(1);
         metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
             .record(duration_ms / 1000.0);
         let held = lock(&i.js_held).remove(&r.id);
@@ -888,8 +894,8 @@ impl WebhookEngine {
                 .await;
         }
         let stored = match (outcome, next_at) {
-            ("delivered", _) => i.outbox.remove(&r.id),
-            ("retry", Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
+            (Outcome::Delivered, _) => i.outbox.remove(&r.id),
+            (Outcome::Retry, Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
             _ => {
                 let why = self.dead_reason(r, outcome, &reason);
                 self.dead_letter(r, &why);
@@ -905,280 +911,65 @@ impl WebhookEngine {
                 r.next_at = t;
                 Attempted::Retry
             }
-            None => Attempted::Settled(outcome == "delivered", seq),
+            None => Attempted::Settled(outcome == Outcome::Delivered, seq),
         }
     }
 
-    /// The end of an attempt at a delivery taken from the JetStream work queue:
-    /// delivered → acknowledged; to be retried → handed back with the delay;
-    /// failed for good → dead letter here (line and outbox row), then acknowledged.
-    async fn settle_in_queue(
-        &self,
-        r: &DeliveryRecord,
-        msg: async_nats::jetstream::Message,
-        outcome: &str,
-        next_at: Option<f64>,
-        reason: &str,
-    ) -> Attempted {
-        use async_nats::jetstream::AckKind;
-        let acked = match (outcome, next_at) {
-            ("delivered", _) => msg.ack().await,
-            ("retry", Some(t)) => {
-                let delay = Duration::from_secs_f64((t - now_unix()).max(0.0));
-                let handed = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                if let Err(e) = &handed {
-                    tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&**e), "cannot hand a delivery back to the webhook work queue; it returns after the consumer's ack_wait");
-                }
-                return Attempted::HandedBack;
-            }
-            _ => {
-                let why = self.dead_reason(r, outcome, reason);
-                self.dead_letter(r, &why);
-                let mut dead = r.clone();
-                dead.state = DeliveryState::Dead;
-                dead.last_error = Some(why);
-                if let Err(e) = self.inner.outbox.insert(&dead).await {
-                    tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&e), "cannot keep a dead delivery in the outbox");
-                }
-                msg.ack().await
-            }
+    /// Where `route` goes now.
+    fn destination(&self, route: &str) -> Reach {
+        if !route.starts_with(crate::endpoint::ID_PREFIX) {
+            return Reach::Send(Destination::Env);
+        }
+        let Some(eps) = self.inner.endpoints.get() else {
+            return Reach::Hold;
         };
-        if let Err(e) = acked {
-            tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&*e), "cannot acknowledge a delivery in the webhook work queue; it may be delivered again");
-        }
-        Attempted::Settled(outcome == "delivered", 0)
-    }
-
-    /// Why a delivery is dead (for its dead letter), warning about a 410.
-    fn dead_reason(&self, r: &DeliveryRecord, outcome: &str, reason: &str) -> String {
-        if outcome == "gone" {
-            tracing::warn!(url = %self.target(&r.url).redacted, route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
-        }
-        match outcome {
-            "gone" => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
-            "failed" => format!("{reason}: final (not retried)"),
-            _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
+        match eps.managed(route) {
+            Some(m) if m.endpoint.enabled => Reach::Send(Destination::Managed(m)),
+            Some(_) => Reach::Hold,
+            None => Reach::Removed,
         }
     }
 
-    /// One attempt: `Ok((status, Retry-After))` or `Err(error text without the URL)`.
-    async fn send(&self, r: &DeliveryRecord) -> Result<(u16, Option<Duration>), String> {
-        let i = &*self.inner;
-        let req = match &self.target(&r.url).url {
-            Some(u) => i.client.post(u.clone()),
-            None => i.client.post(&r.url),
-        };
-        let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(s) = &i.signer {
-            let ts = now_unix().floor() as i64;
-            for (k, v) in s.headers(&r.event_id, ts, &r.body) {
-                req = req.header(k, v);
-            }
-        }
-        match req.body(r.body.clone()).send().await {
-            Ok(mut resp) => {
-                let ra = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, Utc::now()));
-                // Read the answer's body (under the same timeout), so that the
-                // connection goes back to the pool: dropped unread, it is
-                // closed, and the next delivery opens a new one. A body past
-                // DRAIN_LIMIT, or one that fails, only costs that connection.
-                let mut read = 0;
-                while read <= DRAIN_LIMIT {
-                    match resp.chunk().await {
-                        Ok(Some(c)) => read += c.len(),
-                        _ => break,
-                    }
-                }
-                Ok((resp.status().as_u16(), ra))
-            }
-            Err(e) => {
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                let e = e.without_url();
-                let mut msg = format!("{kind}: {e}");
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                Err(msg)
-            }
+    /// Whether the poller should leave `route`'s pending deliveries where they are.
+    fn held_back(&self, route: &str) -> bool {
+        matches!(self.destination(route), Reach::Hold)
+    }
+
+    /// A delivery taken from the work queue for an endpoint that is disabled goes
+    /// back to the queue for later (any node may take it once it is enabled).
+    async fn hold(&self, r: &DeliveryRecord) {
+        let held = lock(&self.inner.js_held).remove(&r.id);
+        if let Some(msg) = held {
+            let _ = msg
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                    Duration::from_secs(5),
+                )))
+                .await;
         }
     }
 
-    fn log_attempt(
+    /// Tells the listeners of [`notices`](Self::notices) about an attempt.
+    fn notify(
         &self,
         r: &DeliveryRecord,
         status: Option<u16>,
+        outcome: Outcome,
         error: Option<String>,
-        duration_ms: f64,
-        outcome: &'static str,
-        next_at: Option<f64>,
     ) {
-        let line = AttemptLine {
-            timestamp: rfc3339(now_unix()),
-            delivery_id: &r.id,
-            event_id: &r.event_id,
-            event_type: &r.event_type,
-            route: &r.route,
-            url: self.target(&r.url).redacted.clone(),
+        if self.inner.notices.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.inner.notices.send(Arc::new(AttemptNotice {
+            delivery_id: r.id.clone(),
+            event_id: r.event_id.clone(),
+            event_type: r.event_type.clone(),
+            endpoint_id: r.route.clone(),
             attempt: r.attempt,
             status,
+            outcome: outcome.as_str(),
             error,
-            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
-            outcome,
-            next_retry_at: next_at.map(rfc3339),
-            node: &self.inner.cfg.node,
-        };
-        if let Err(e) = self.inner.attempts.append(&line) {
-            tracing::error!(error = %crate::error::chain(&e), "cannot write the webhook attempt log");
-        }
-        tracing::debug!(delivery_id = %r.id, attempt = r.attempt, outcome, "webhook attempt");
-    }
-
-    fn dead_letter(&self, r: &DeliveryRecord, reason: &str) {
-        let line = DeadLine {
-            timestamp: rfc3339(now_unix()),
-            delivery_id: &r.id,
-            event_id: &r.event_id,
-            event_type: &r.event_type,
-            route: &r.route,
-            url: self.target(&r.url).redacted.clone(),
-            attempts: r.attempt,
-            reason,
-            node: &self.inner.cfg.node,
-        };
-        if let Err(e) = self.inner.dead.append(&line) {
-            tracing::error!(error = %crate::error::chain(&e), "cannot write the dead letter log");
-        }
-        tracing::warn!(delivery_id = %r.id, event_id = %r.event_id, reason, "webhook delivery failed for good");
-    }
-
-    /// Waits until none of `ids` is pending, or `timeout` passes; counts the
-    /// outcomes. The outbox reflects every settlement counted when this returns.
-    pub async fn wait(
-        &self,
-        ids: &[String],
-        timeout: Duration,
-    ) -> Result<WaitOutcome, WebhookError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let all_watched = {
-            let w = lock(&self.inner.watched);
-            ids.iter().all(|id| w.contains_key(id))
-        };
-        if all_watched {
-            let o = self.wait_watched(ids, deadline).await;
-            // The settlements it counted are in the outbox too when this returns.
-            self.inner.outbox.flush().await?;
-            return Ok(o);
-        }
-        let _eager = EagerWaiter::new(&self.inner.eager_waiters, ids.len() <= 16);
-        loop {
-            let notified = self.inner.settled.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Settled here but perhaps not committed yet: counted from memory
-            // (the outbox may still read them as pending); the rest from the outbox.
-            let (rest, dead_here) = {
-                let recent = lock(&self.inner.settled_recently);
-                let mut dead_here = 0;
-                let rest: Vec<String> = ids
-                    .iter()
-                    .filter(|id| match recent.get(id.as_str()) {
-                        Some((_, delivered)) => {
-                            dead_here += usize::from(!delivered);
-                            false
-                        }
-                        None => true,
-                    })
-                    .cloned()
-                    .collect();
-                (rest, dead_here)
-            };
-            let (pending, dead) = self.inner.outbox.count_states(&rest)?;
-            let dead = dead + dead_here;
-            if pending == 0 || tokio::time::Instant::now() >= deadline {
-                if rest.len() < ids.len() {
-                    // What was counted from memory is in the outbox too when this returns.
-                    self.inner.outbox.flush().await?;
-                }
-                return Ok(WaitOutcome {
-                    delivered: ids.len() - pending - dead,
-                    dead,
-                    pending,
-                });
-            }
-            // A few ids: look again as soon as one of this process's deliveries
-            // settles. Many: every 50 ms. Rows settled by another process are
-            // seen by the polling either way.
-            let poll = tokio::time::sleep(Duration::from_millis(if ids.len() <= 16 {
-                100
-            } else {
-                50
-            }));
-            tokio::select! {
-                _ = notified, if ids.len() <= 16 => {}
-                _ = poll => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-
-    /// `wait` for deliveries whose outcome this process records in memory. The
-    /// ids are counted when no watched delivery is pending any more, and besides
-    /// at most every 250 ms (counting is linear in the number of ids).
-    async fn wait_watched(&self, ids: &[String], deadline: tokio::time::Instant) -> WaitOutcome {
-        use std::sync::atomic::Ordering;
-        let mut last_count: Option<tokio::time::Instant> = None;
-        let _eager = EagerWaiter::new(&self.inner.eager_waiters, ids.len() <= 16);
-        loop {
-            let notified = self.inner.settled.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = tokio::time::Instant::now();
-            let count_now = ids.len() <= 16
-                || self.inner.watched_pending.load(Ordering::Acquire) == 0
-                || last_count.is_none_or(|t| now - t >= Duration::from_millis(250))
-                || now >= deadline
-                || self.inner.cancel.is_cancelled();
-            if count_now {
-                last_count = Some(now);
-                let mut o = WaitOutcome::default();
-                {
-                    let w = lock(&self.inner.watched);
-                    for id in ids {
-                        match w.get(id) {
-                            Some(Some(true)) => o.delivered += 1,
-                            Some(Some(false)) => o.dead += 1,
-                            _ => o.pending += 1,
-                        }
-                    }
-                }
-                if o.pending == 0 || now >= deadline || self.inner.cancel.is_cancelled() {
-                    let mut w = lock(&self.inner.watched);
-                    for id in ids {
-                        if let Some(None) = w.remove(id) {
-                            self.inner.watched_pending.fetch_sub(1, Ordering::AcqRel);
-                        }
-                    }
-                    return o;
-                }
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+            timestamp: lines::rfc3339(now_unix()),
+        }));
     }
 
     /// Deliveries this process holds in memory (queued, in flight, or waiting
@@ -1207,55 +998,5 @@ impl WebhookEngine {
         }
         let _ = self.inner.attempts.sync();
         let _ = self.inner.dead.sync();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_a_cap() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(300);
-        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(2, base, cap, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff(5, base, cap, 0.0), Duration::from_secs(16));
-        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs_f64(4.8));
-        assert_eq!(backoff(3, base, cap, -1.0), Duration::from_secs_f64(3.2));
-        assert_eq!(backoff(20, base, cap, 0.0), cap);
-        assert_eq!(
-            backoff(20, base, cap, 1.0),
-            cap,
-            "jitter never passes the cap"
-        );
-        assert!(backoff(20, base, cap, -1.0) >= Duration::from_secs(240));
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = DateTime::parse_from_rfc3339("2025-01-15T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 15 Jan 2025 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 15 Jan 2025 09:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("99999", now), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn urls_are_redacted_for_logs() {
-        assert_eq!(
-            redact_url("https://user:pw@h.example/p?token=abc"),
-            "https://h.example/p?…"
-        );
-        assert_eq!(redact_url("http://127.0.0.1:9/x"), "http://127.0.0.1:9/x");
     }
 }

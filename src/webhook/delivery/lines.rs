@@ -1,0 +1,144 @@
+//! The attempt and dead-letter lines (`webhooks/webhook_attempts.jsonl`,
+//! `webhooks/dead_letters.jsonl`) and the redaction of URLs in them.
+
+use super::WebhookEngine;
+use super::policy::Outcome;
+use crate::event::now_unix;
+use crate::webhook::outbox::DeliveryRecord;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// `url` without user info and query, for logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let had_query = u.query().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut s = u.to_string();
+            if had_query {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+pub(super) fn rfc3339(t: f64) -> String {
+    DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct AttemptLine<'a> {
+    timestamp: String,
+    delivery_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    route: &'a str,
+    url: String,
+    attempt: u32,
+    status: Option<u16>,
+    error: Option<String>,
+    response: Option<String>,
+    duration_ms: f64,
+    outcome: &'static str,
+    next_retry_at: Option<String>,
+    node: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeadLine<'a> {
+    timestamp: String,
+    delivery_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    route: &'a str,
+    url: String,
+    attempts: u32,
+    reason: &'a str,
+    node: &'a str,
+}
+
+impl WebhookEngine {
+    /// Why a delivery is dead (for its dead letter), warning about a 410.
+    pub(super) fn dead_reason(&self, r: &DeliveryRecord, outcome: Outcome, reason: &str) -> String {
+        if outcome == Outcome::Gone {
+            tracing::warn!(url = %self.target(&r.url).redacted, route = %r.route, "webhook endpoint answered 410 Gone; remove it from the configuration");
+        }
+        match outcome {
+            Outcome::Gone => "HTTP 410 Gone: the endpoint no longer exists".to_string(),
+            Outcome::Failed => format!("{reason}: final (not retried)"),
+            _ => format!("{reason}: retries exhausted after {} attempts", r.attempt),
+        }
+    }
+
+    pub(super) fn log_attempt(
+        &self,
+        r: &DeliveryRecord,
+        status: Option<u16>,
+        error: Option<String>,
+        response: Option<String>,
+        duration_ms: f64,
+        outcome: Outcome,
+        next_at: Option<f64>,
+    ) {
+        let outcome = outcome.as_str();
+        let line = AttemptLine {
+            timestamp: rfc3339(now_unix()),
+            delivery_id: &r.id,
+            event_id: &r.event_id,
+            event_type: &r.event_type,
+            route: &r.route,
+            url: self.target(&r.url).redacted.clone(),
+            attempt: r.attempt,
+            status,
+            error,
+            response,
+            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
+            outcome,
+            next_retry_at: next_at.map(rfc3339),
+            node: &self.inner.cfg.node,
+        };
+        if let Err(e) = self.inner.attempts.append(&line) {
+            tracing::error!(error = %crate::error::chain(&e), "cannot write the webhook attempt log");
+        }
+        tracing::debug!(delivery_id = %r.id, attempt = r.attempt, outcome, "webhook attempt");
+    }
+
+    pub(super) fn dead_letter(&self, r: &DeliveryRecord, reason: &str) {
+        let line = DeadLine {
+            timestamp: rfc3339(now_unix()),
+            delivery_id: &r.id,
+            event_id: &r.event_id,
+            event_type: &r.event_type,
+            route: &r.route,
+            url: self.target(&r.url).redacted.clone(),
+            attempts: r.attempt,
+            reason,
+            node: &self.inner.cfg.node,
+        };
+        if let Err(e) = self.inner.dead.append(&line) {
+            tracing::error!(error = %crate::error::chain(&e), "cannot write the dead letter log");
+        }
+        tracing::warn!(delivery_id = %r.id, event_id = %r.event_id, reason, "webhook delivery failed for good");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://user:pw@h.example/p?token=abc"),
+            "https://h.example/p?…"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9/x"), "http://127.0.0.1:9/x");
+    }
+}

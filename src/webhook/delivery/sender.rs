@@ -1,0 +1,122 @@
+//! One HTTP attempt: the signed request and what the answer said.
+
+use super::WebhookEngine;
+use super::policy::parse_retry_after;
+use crate::endpoint::Managed;
+use crate::event::now_unix;
+use crate::webhook::outbox::DeliveryRecord;
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How much of a receiver's answer body is read (and dropped) to keep its
+/// connection for reuse; a longer body closes the connection instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Who a delivery goes to, as far as its signature and settings go.
+pub(super) enum Destination {
+    /// A route variable: signed with `WEBHOOK_SIGNATURE_SECRET`, the engine's settings.
+    Env,
+    /// A managed endpoint: its own keys, headers, timeout and retries.
+    Managed(Arc<Managed>),
+}
+
+/// What a receiver answered.
+pub(super) struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// The start of its body (at most [`EXCERPT_LIMIT`] bytes, as text).
+    pub excerpt: String,
+}
+
+/// How much of an answer's body the attempt log keeps.
+pub const EXCERPT_LIMIT: usize = 256;
+
+impl WebhookEngine {
+    /// One attempt: the answer, or the error text (without the URL).
+    pub(super) async fn send(
+        &self,
+        r: &DeliveryRecord,
+        to: &Destination,
+    ) -> Result<Answer, String> {
+        let i = &*self.inner;
+        let req = match &self.target(&r.url).url {
+            Some(u) => i.client.post(u.clone()),
+            None => i.client.post(&r.url),
+        };
+        let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+        let now = now_unix();
+        let ts = now.floor() as i64;
+        match to {
+            Destination::Env => {
+                if let Some(s) = &i.signer {
+                    for (k, v) in s.headers(&r.event_id, ts, &r.body) {
+                        req = req.header(k, v);
+                    }
+                }
+            }
+            Destination::Managed(m) => {
+                for (k, v) in m.signers().headers(&r.event_id, ts, &r.body, now) {
+                    req = req.header(k, v);
+                }
+                for (k, v) in m.endpoint.headers.iter().flatten() {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                if let Some(t) = m.endpoint.timeout_secs {
+                    req = req.timeout(Duration::from_secs_f64(t));
+                }
+            }
+        }
+        match req.body(r.body.clone()).send().await {
+            Ok(mut resp) => {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                // Read the answer's body (under the same timeout), so that the
+                // connection goes back to the pool: dropped unread, it is
+                // closed, and the next delivery opens a new one. A body past
+                // DRAIN_LIMIT, or one that fails, only costs that connection.
+                let mut read = 0;
+                let mut head: Vec<u8> = Vec::new();
+                while read <= DRAIN_LIMIT {
+                    match resp.chunk().await {
+                        Ok(Some(c)) => {
+                            if head.len() < EXCERPT_LIMIT {
+                                let take = (EXCERPT_LIMIT - head.len()).min(c.len());
+                                head.extend_from_slice(&c[..take]);
+                            }
+                            read += c.len();
+                        }
+                        _ => break,
+                    }
+                }
+                Ok(Answer {
+                    status: resp.status().as_u16(),
+                    retry_after,
+                    excerpt: String::from_utf8_lossy(&head).into_owned(),
+                })
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                let e = e.without_url();
+                let mut msg = format!("{kind}: {e}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                Err(msg)
+            }
+        }
+    }
+}
