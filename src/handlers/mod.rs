@@ -82,6 +82,14 @@ impl HandleError {
     }
 }
 
+/// The built-in handlers' own logs under the log directory: (handler, file),
+/// one line per event handled, with its `event_id` and `status`.
+pub const HANDLER_LOGS: [(&str, &str); 3] = [
+    ("FileChangeHandler", "file_changes/file_changes.jsonl"),
+    ("ReportReadyHandler", "reports/report_generations.jsonl"),
+    ("RiskAlertHandler", "risk_alerts/risk_alerts.jsonl"),
+];
+
 /// What the built-in handlers share: where they log, and the webhook handler.
 #[derive(Clone)]
 pub struct Context {

@@ -721,8 +721,18 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let app = crate::app::App::open_server(&cfg).await?;
     app.bus.start().await?;
-    let state =
-        crate::serve::AppState::new(app.bus.clone(), &cfg, metrics, Duration::from_secs(30))?;
+    let webhooks = app
+        .webhooks
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the server's webhook engine is missing"))?;
+    let state = crate::serve::AppState::new(
+        app.bus.clone(),
+        webhooks,
+        app.endpoints.clone(),
+        &cfg,
+        metrics,
+        Duration::from_secs(30),
+    )?;
     let router = crate::serve::router(state, cfg.max_body_bytes, 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -53,11 +53,7 @@ struct AttemptOutcome {
 /// Handler outcome per event id, from the three handler logs.
 fn handler_status(log_dir: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for rel in [
-        "file_changes/file_changes.jsonl",
-        "reports/report_generations.jsonl",
-        "risk_alerts/risk_alerts.jsonl",
-    ] {
+    for (_, rel) in pm_events::handlers::HANDLER_LOGS {
         for l in jsonl::iter_rotated::<HandlerLine>(&log_dir.join(rel)) {
             if let (Some(id), Some(st)) = (l.event_id, l.status) {
                 out.insert(id, st);

@@ -52,7 +52,7 @@ pub struct Args {
 
 /// Shared by every request.
 pub struct AppState {
-    bus: EventBus,
+    pub(crate) bus: EventBus,
     incoming: IncomingWebhooks,
     /// What events from outside may name (PM_FILE_ROOTS, PM_MAIL_ALLOWED_DOMAINS).
     access: Access,
@@ -63,6 +63,14 @@ pub struct AppState {
     timeout: Duration,
     /// `PM_NODE_ID`, reported by `/healthz`.
     node: String,
+    /// The webhook handler (fan-out, the delivery engine), for `/api/v1`.
+    pub(crate) webhooks: Arc<pm_events::webhook::WebhookHandler>,
+    /// The endpoints, for `/api/v1/endpoints`.
+    pub(crate) endpoints: pm_events::endpoint::Endpoints,
+    /// Where the logs are, for `/api/v1/events` and `/api/v1/deliveries`.
+    pub(crate) log_dir: std::path::PathBuf,
+    /// Accepted events and delivery outcomes, for `/api/v1/stream`.
+    pub(crate) stream: Arc<crate::api::stream::StreamHub>,
 }
 
 /// An error answer: status plus JSON `{"error","message"}`.
@@ -74,7 +82,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+    /// An answer with `status`, the code `error` and `message`.
+    pub(crate) fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             error,
@@ -135,6 +144,13 @@ impl From<Refusal> for ApiError {
 
 /// The body, with size-limit and read errors answered as JSON.
 pub struct Body(Bytes);
+
+impl Body {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
@@ -218,20 +234,7 @@ async fn publish(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &s.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token (Authorization: Bearer $PM_API_TOKEN)",
-            ));
-        }
-    }
+    authorize(&s, &headers)?;
     let media = media_type(&lower_headers(&headers));
     if media != "application/json" {
         return Err(ApiError::new(
@@ -304,6 +307,25 @@ async fn publish(
         json!({"event_id": a.event_id})
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Checks `Authorization: Bearer $PM_API_TOKEN` when a token is set (constant time).
+pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(token) = &s.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token (Authorization: Bearer $PM_API_TOKEN)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
@@ -383,6 +405,7 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     let route = match route.as_str() {
         "/webhooks/incoming" | "/events" | "/healthz" | "/metrics" | "/subscribers"
         | "/openapi.json" => route,
+        r if r.starts_with("/api/v1/") => crate::api::route_label(r).into(),
         _ => "other".into(),
     };
     metrics::counter!("pm_events_http_requests_total", "route" => route, "status" => resp.status().as_u16().to_string()).increment(1);
@@ -398,6 +421,7 @@ pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> 
         .route("/subscribers", get(subscribers))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(crate::api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
@@ -412,6 +436,8 @@ impl AppState {
     /// The state of a server over a started `bus`.
     pub fn new(
         bus: EventBus,
+        webhooks: Arc<pm_events::webhook::WebhookHandler>,
+        endpoints: pm_events::endpoint::Endpoints,
         cfg: &Config,
         metrics: PrometheusHandle,
         timeout: Duration,
@@ -430,6 +456,10 @@ impl AppState {
             stopping: AtomicBool::new(false),
             timeout,
             node: cfg.node_id.clone(),
+            webhooks,
+            endpoints,
+            log_dir: cfg.log_dir.clone(),
+            stream: Arc::new(crate::api::stream::StreamHub::new()),
         }))
     }
 }
@@ -449,7 +479,19 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let app = App::open_server(&cfg).await?;
     let bus = app.bus.clone();
     bus.start().await?;
-    let state = AppState::new(bus.clone(), &cfg, metrics, args.request_timeout)?;
+    let webhooks = app
+        .webhooks
+        .clone()
+        .context("the server's webhook engine is missing")?;
+    let state = AppState::new(
+        bus.clone(),
+        webhooks,
+        app.endpoints.clone(),
+        &cfg,
+        metrics,
+        args.request_timeout,
+    )?;
+    crate::api::stream::feed(&state);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("listen on {bind}"))?;
@@ -469,6 +511,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     serve_http(listener, app_router, limits, async move {
         shutdown_signal().await;
         s2.stopping.store(true, Ordering::Release);
+        s2.stream.close();
         tracing::info!("shutting down: no new requests; draining the bus");
     })
     .await;

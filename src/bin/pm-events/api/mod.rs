@@ -1,0 +1,183 @@
+//! `/api/v1`: endpoints, deliveries, events and the live stream (docs/http-api.md).
+//!
+//! Every route needs `Authorization: Bearer $PM_API_TOKEN` when the token is set.
+//! Lists answer `{"data": [...], "next_cursor": "..."|null}`; pass `cursor` to get the
+//! next page. Errors are `{"error","message"}` as on the other routes; a refused
+//! field is named in the message (`filter.data.size.$gt: expected a number or a string`).
+
+pub mod deliveries;
+pub mod endpoints;
+pub mod events;
+pub mod stream;
+
+use crate::serve::{ApiError, AppState, Body, authorize};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use pm_events::endpoint::EndpointError;
+use pm_events::strict_json;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// The `/api/v1` routes.
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/api/v1/endpoints",
+            get(endpoints::list).post(endpoints::create),
+        )
+        .route(
+            "/api/v1/endpoints/{id}",
+            get(endpoints::show)
+                .patch(endpoints::update)
+                .delete(endpoints::remove),
+        )
+        .route("/api/v1/endpoints/{id}/secret", get(endpoints::secret))
+        .route(
+            "/api/v1/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate),
+        )
+        .route("/api/v1/endpoints/{id}/test", post(endpoints::test))
+        .route("/api/v1/endpoints/{id}/recover", post(endpoints::recover))
+        .route("/api/v1/deliveries", get(deliveries::list))
+        .route("/api/v1/deliveries/{id}", get(deliveries::show))
+        .route("/api/v1/deliveries/{id}/retry", post(deliveries::retry))
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/events/{id}", get(events::show))
+        .route("/api/v1/stream", get(stream::stream))
+        .layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match authorize(&s, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The metrics label of an `/api/v1` path: its route with `{id}` for ids.
+pub fn route_label(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    match parts.as_slice() {
+        ["endpoints"] => "/api/v1/endpoints",
+        ["endpoints", _] => "/api/v1/endpoints/{id}",
+        ["endpoints", _, "secret"] => "/api/v1/endpoints/{id}/secret",
+        ["endpoints", _, "secret", "rotate"] => "/api/v1/endpoints/{id}/secret/rotate",
+        ["endpoints", _, "test"] => "/api/v1/endpoints/{id}/test",
+        ["endpoints", _, "recover"] => "/api/v1/endpoints/{id}/recover",
+        ["deliveries"] => "/api/v1/deliveries",
+        ["deliveries", _] => "/api/v1/deliveries/{id}",
+        ["deliveries", _, "retry"] => "/api/v1/deliveries/{id}/retry",
+        ["events"] => "/api/v1/events",
+        ["events", _] => "/api/v1/events/{id}",
+        ["stream"] => "/api/v1/stream",
+        _ => "other",
+    }
+}
+
+/// A JSON object body (duplicate keys refused); an empty body is `{}`.
+pub fn object(body: &Body) -> Result<Map<String, Value>, ApiError> {
+    if body.bytes().iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match strict_json::from_slice(body.bytes()) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(bad(
+            "invalid_body",
+            format!(
+                "expected a JSON object, got {}",
+                pm_events::event::json_kind(&other)
+            ),
+        )),
+        Err(e) => Err(bad("invalid_json", e.to_string())),
+    }
+}
+
+/// A 400 answer.
+pub fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// A 404 answer.
+pub fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+/// A 500 answer for a failure of the server's own storage.
+pub fn internal(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    tracing::error!(error = %pm_events::error::chain(e), "API request failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        pm_events::error::chain(e),
+    )
+}
+
+impl From<EndpointError> for ApiError {
+    fn from(e: EndpointError) -> Self {
+        match &e {
+            EndpointError::NotFound(_) => not_found(e.to_string()),
+            EndpointError::ReadOnly(_) => {
+                ApiError::new(StatusCode::CONFLICT, "read_only", e.to_string())
+            }
+            EndpointError::Invalid(_) => bad("invalid_field", e.to_string()),
+            _ => internal(&e),
+        }
+    }
+}
+
+impl From<pm_events::webhook::WebhookError> for ApiError {
+    fn from(e: pm_events::webhook::WebhookError) -> Self {
+        internal(&e)
+    }
+}
+
+/// A time given in a query or body: RFC 3339, a date, or a duration ago (`90m`).
+pub fn when(field: &str, v: &str) -> Result<f64, ApiError> {
+    crate::logs::parse_when(v).map_err(|e| bad("invalid_field", format!("{field}: {e}")))
+}
+
+/// The `limit` of a list: 1 to 1000, default 50.
+pub fn limit(v: Option<&str>) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(50),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(bad(
+                "invalid_field",
+                "limit: expected a whole number from 1 to 1000",
+            )),
+        },
+    }
+}
+
+/// The parameters of a query string, refusing names not in `allowed` and repeats.
+pub fn params(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(bad(
+                "invalid_query",
+                format!(
+                    "{k}: unknown parameter (expected one of {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(bad("invalid_query", format!("{k}: given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// A list page.
+pub fn page<T: serde::Serialize>(data: Vec<T>, next: Option<String>) -> Value {
+    serde_json::json!({"data": data, "next_cursor": next})
+}

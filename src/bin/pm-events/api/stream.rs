@@ -1,0 +1,205 @@
+//! `GET /api/v1/stream`: Server-Sent Events of accepted events (`event: event`, the
+//! event as JSON) and delivery attempts (`event: delivery`), live.
+//!
+//! Each message has an id `<run>-<n>`. The server keeps the last [`REPLAY`] messages;
+//! a client that reconnects with `Last-Event-ID` first gets those it missed (all
+//! kept ones if the id is of an earlier run), then the live ones. A client that
+//! falls more than the channel's bound behind is told so with an `event: lagged`
+//! message and goes on from the newest.
+
+use crate::serve::AppState;
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use pm_events::handler::{Handler, HandlerError};
+use pm_events::Event;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Messages kept for clients that reconnect.
+pub const REPLAY: usize = 1000;
+
+/// One message of the stream.
+#[derive(Clone)]
+struct Item {
+    seq: u64,
+    kind: &'static str,
+    data: Arc<str>,
+}
+
+/// The messages of the stream: a bounded replay buffer and the live channel.
+pub struct StreamHub {
+    /// This run's id (the process id and start time), the prefix of message ids.
+    run: String,
+    /// The number of the next message.
+    seq: AtomicU64,
+    /// The last [`REPLAY`] messages; pushed by `push`, read by each new client.
+    kept: Mutex<VecDeque<Item>>,
+    /// Live messages to every connected client.
+    live: broadcast::Sender<Item>,
+    /// Cancelled when the server stops: every open stream ends.
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl Default for StreamHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        StreamHub {
+            run: format!(
+                "{}{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_millis()
+            ),
+            seq: AtomicU64::new(1),
+            kept: Mutex::new(VecDeque::with_capacity(REPLAY)),
+            live: broadcast::channel(4096).0,
+            closed: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Ends every open stream (the server is stopping).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Adds a message of `kind` with `data` (JSON).
+    pub fn push(&self, kind: &'static str, data: String) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        // Numbered under the lock, so the buffer is in order.
+        let item = Item {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            kind,
+            data: data.into(),
+        };
+        if kept.len() == REPLAY {
+            kept.pop_front();
+        }
+        kept.push_back(item.clone());
+        drop(kept);
+        let _ = self.live.send(item);
+    }
+
+    fn sse(&self, item: &Item) -> SseEvent {
+        SseEvent::default()
+            .id(format!("{}-{}", self.run, item.seq))
+            .event(item.kind)
+            .data(item.data.as_ref())
+    }
+
+    /// The number after which a client reconnecting with `last_id` resumes.
+    fn resume_after(&self, last_id: Option<&str>) -> Option<u64> {
+        let (run, n) = last_id?.rsplit_once('-')?;
+        if run != self.run {
+            return Some(0);
+        }
+        n.parse().ok()
+    }
+}
+
+/// Feeds the hub of `state`: every event the bus dispatches and every delivery attempt.
+pub fn feed(state: &Arc<AppState>) {
+    state
+        .bus
+        .subscribe_arc("*", Arc::new(StreamFeed(state.stream.clone())));
+    let hub = state.stream.clone();
+    let mut notices = state.webhooks.engine().notices();
+    tokio::spawn(async move {
+        loop {
+            match notices.recv().await {
+                Ok(n) => hub.push(
+                    "delivery",
+                    serde_json::to_string(&*n).unwrap_or_default(),
+                ),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// The handler that puts every event on the stream.
+struct StreamFeed(Arc<StreamHub>);
+
+#[async_trait]
+impl Handler for StreamFeed {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.0.push("event", event.to_json());
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "EventStream"
+    }
+}
+
+/// `GET /api/v1/stream`.
+pub async fn stream(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let hub = s.stream.clone();
+    // Subscribe before reading the buffer: nothing falls between the two.
+    let live = hub.live.subscribe();
+    let after = hub.resume_after(
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let missed: Vec<Item> = match after {
+        Some(after) => hub
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|i| i.seq > after)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let last_replayed = missed.last().map(|i| i.seq).unwrap_or(0);
+    let replay = stream::iter(
+        missed
+            .into_iter()
+            .map(|i| hub.sse(&i))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(Ok),
+    );
+    let hub2 = hub.clone();
+    let live = stream::unfold((live, hub2), move |(mut rx, hub)| async move {
+        loop {
+            let got = tokio::select! {
+                _ = hub.closed.cancelled() => return None,
+                got = rx.recv() => got,
+            };
+            match got {
+                Ok(item) if item.seq <= last_replayed => continue,
+                Ok(item) => {
+                    let ev = hub.sse(&item);
+                    return Some((Ok(ev), (rx, hub)));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}"));
+                    return Some((Ok(ev), (rx, hub)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures_util::StreamExt as _;
+    Sse::new(replay.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
