@@ -3,7 +3,8 @@
 # the built binary) and doc tests. Installs what the tests need when it is missing,
 # so it works on a fresh machine:
 #   - a Python virtualenv (target/test-venv) with `standardwebhooks` (the independent
-#     Standard Webhooks implementation the interop tests check against) and `aiosmtpd`;
+#     Standard Webhooks implementation the interop tests check against), `cryptography`
+#     (an independent Ed25519 verifier) and `aiosmtpd`;
 #   - nats-server (Debian's package) for the JetStream scale-out tests, which start
 #     their own server on a free port in a temporary directory.
 set -euo pipefail
@@ -11,11 +12,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 venv="$root/target/test-venv"
-if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography" 2>/dev/null; then
   echo "== installing the Python test helpers into $venv"
   mkdir -p "$root/target"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd cryptography
 fi
 export PM_TEST_PYTHON="$venv/bin/python"
 

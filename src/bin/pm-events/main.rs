@@ -8,7 +8,9 @@ mod api;
 mod app;
 mod bench;
 mod bench_recovery;
+mod deliveries;
 mod demo;
+mod endpoints;
 mod logs;
 mod publish;
 mod receiver;
@@ -66,6 +68,12 @@ publish risk_escalated again. Nothing is written to the event log a second time.
     Replay(logs::ReplayArgs),
     /// Counts by type and day, webhook outcomes and open risks, from the logs.
     Stats(logs::StatsArgs),
+    /// Webhook endpoints: add, list, show, update, enable, disable, rotate-secret, remove, test.
+    #[command(subcommand)]
+    Endpoints(endpoints::Cmd),
+    /// Webhook deliveries: list, show one with its attempts, retry a dead one.
+    #[command(subcommand)]
+    Deliveries(deliveries::Cmd),
     /// Outgoing webhooks: sign and verify by hand, list, deliver and redeliver.
     #[command(subcommand)]
     Webhooks(webhooks::Cmd),
@@ -152,6 +160,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Command::Watch(args) => watch::run(cfg, args).await,
             Command::Webhooks(cmd) => webhooks::run(cfg, cmd).await,
+            Command::Endpoints(cmd) => endpoints::run(cfg, cmd).await,
+            Command::Deliveries(cmd) => deliveries::run(cfg, cmd).await,
             Command::Bench(args) => bench::run(cfg, args).await,
         }
     })

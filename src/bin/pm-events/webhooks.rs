@@ -184,7 +184,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             all: _,
             wait,
         } => {
-            let engine = owner(&cfg)?;
+            let engine = owner(&cfg).await?;
             let ids: Vec<String> = engine
                 .outbox()
                 .list(DeliveryState::Dead)?
@@ -207,7 +207,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             })
         }
         Cmd::Deliver { wait } => {
-            let engine = owner(&cfg)?;
+            let engine = owner(&cfg).await?;
             engine.outbox().make_due(now_unix()).await?;
             let ids: Vec<String> = engine
                 .outbox()
@@ -236,9 +236,11 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
     }
 }
 
-/// The engine, which must be the one delivering for this log directory.
-fn owner(cfg: &Config) -> Result<WebhookEngine> {
-    let engine = WebhookEngine::open(DeliveryConfig::from_config(cfg), &cfg.webhook_secrets)?;
+/// The engine, which must be the one delivering for this log directory (managed
+/// endpoints attached, so their deliveries go out too).
+async fn owner(cfg: &Config) -> Result<WebhookEngine> {
+    let eps = crate::app::open_endpoints(cfg).await?;
+    let engine = crate::endpoints::engine(cfg, &eps).await?;
     if !engine.is_owner() {
         anyhow::bail!(
             "another pm-events process delivers the webhooks of {}; it resumes pending deliveries by itself",

@@ -39,11 +39,10 @@ pub async fn list(
     };
     let engine = s.webhooks.engine().clone();
     let log_dir = s.log_dir.clone();
-    let (data, next) = tokio::task::spawn_blocking(move || {
-        history::list(engine.outbox(), &log_dir, &query)
-    })
-    .await
-    .map_err(|e| internal(&e))??;
+    let (data, next) =
+        tokio::task::spawn_blocking(move || history::list(engine.outbox(), &log_dir, &query))
+            .await
+            .map_err(|e| internal(&e))??;
     Ok(Json(page(data, next)))
 }
 
@@ -55,9 +54,10 @@ pub async fn show(
     let engine = s.webhooks.engine().clone();
     let log_dir = s.log_dir.clone();
     let wanted = id.clone();
-    let found = tokio::task::spawn_blocking(move || history::get(engine.outbox(), &log_dir, &wanted))
-        .await
-        .map_err(|e| internal(&e))??;
+    let found =
+        tokio::task::spawn_blocking(move || history::get(engine.outbox(), &log_dir, &wanted))
+            .await
+            .map_err(|e| internal(&e))??;
     let (view, attempts) = found.ok_or_else(|| not_found(format!("no delivery {id}")))?;
     let mut v = json!(view);
     if let Value::Object(m) = &mut v {

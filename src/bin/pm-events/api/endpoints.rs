@@ -75,7 +75,9 @@ pub async fn remove(
     let ep = s.endpoints.remove(&id).await?;
     let dead = s.webhooks.engine().endpoint_removed(&ep.id).await?;
     tracing::info!(endpoint = %ep.id, dead_lettered = dead, "endpoint removed");
-    Ok(Json(json!({"id": ep.id, "deleted": true, "dead_lettered": dead})))
+    Ok(Json(
+        json!({"id": ep.id, "deleted": true, "dead_lettered": dead}),
+    ))
 }
 
 /// `GET /api/v1/endpoints/{id}/secret`.
@@ -101,10 +103,17 @@ pub async fn rotate(
             ("overlap_secs", _) => {
                 return Err(bad(
                     "invalid_field",
-                    format!("overlap_secs: expected a whole number of seconds from 0 to {MAX_OVERLAP_SECS}"),
+                    format!(
+                        "overlap_secs: expected a whole number of seconds from 0 to {MAX_OVERLAP_SECS}"
+                    ),
                 ));
             }
-            _ => return Err(bad("invalid_field", format!("{k}: unknown field (expected overlap_secs)"))),
+            _ => {
+                return Err(bad(
+                    "invalid_field",
+                    format!("{k}: unknown field (expected overlap_secs)"),
+                ));
+            }
         }
     }
     let secret = s.endpoints.rotate(&id, overlap).await?;
@@ -160,13 +169,21 @@ pub async fn recover(
     let fields = object(&body)?;
     let (mut since, mut until) = (None, f64::MAX);
     for (k, v) in &fields {
-        let text = v
-            .as_str()
-            .ok_or_else(|| bad("invalid_field", format!("{k}: expected a time (RFC 3339 or a duration ago, 90m)")))?;
+        let text = v.as_str().ok_or_else(|| {
+            bad(
+                "invalid_field",
+                format!("{k}: expected a time (RFC 3339 or a duration ago, 90m)"),
+            )
+        })?;
         match k.as_str() {
             "since" => since = Some(when("since", text)?),
             "until" => until = when("until", text)?,
-            _ => return Err(bad("invalid_field", format!("{k}: unknown field (expected since, until)"))),
+            _ => {
+                return Err(bad(
+                    "invalid_field",
+                    format!("{k}: unknown field (expected since, until)"),
+                ));
+            }
         }
     }
     let since = since.ok_or_else(|| bad("invalid_field", "since: required"))?;

@@ -19,8 +19,16 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = params(q.as_deref(), &["type", "since", "until", "limit", "cursor"])?;
-    let since = q.get("since").map(|v| when("since", v)).transpose()?.unwrap_or(0.0);
-    let until = q.get("until").map(|v| when("until", v)).transpose()?.unwrap_or(f64::MAX);
+    let since = q
+        .get("since")
+        .map(|v| when("since", v))
+        .transpose()?
+        .unwrap_or(0.0);
+    let until = q
+        .get("until")
+        .map(|v| when("until", v))
+        .transpose()?
+        .unwrap_or(f64::MAX);
     if since > until {
         return Err(bad("invalid_query", "since: later than until"));
     }
@@ -97,7 +105,9 @@ pub async fn show(
             ..Query::default()
         };
         let (deliveries, _) = history::list(engine.outbox(), &log_dir, &query)?;
-        Ok(Some(json!({"event": event.to_value(), "handlers": handlers, "deliveries": deliveries})))
+        Ok(Some(
+            json!({"event": event.to_value(), "handlers": handlers, "deliveries": deliveries}),
+        ))
     })
     .await
     .map_err(|e| internal(&e))?

@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
-use pm_events::handler::{Handler, HandlerError};
 use pm_events::Event;
+use pm_events::handler::{Handler, HandlerError};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,10 +118,7 @@ pub fn feed(state: &Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             match notices.recv().await {
-                Ok(n) => hub.push(
-                    "delivery",
-                    serde_json::to_string(&*n).unwrap_or_default(),
-                ),
+                Ok(n) => hub.push("delivery", serde_json::to_string(&*n).unwrap_or_default()),
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -152,11 +149,7 @@ pub async fn stream(
     let hub = s.stream.clone();
     // Subscribe before reading the buffer: nothing falls between the two.
     let live = hub.live.subscribe();
-    let after = hub.resume_after(
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let after = hub.resume_after(headers.get("last-event-id").and_then(|v| v.to_str().ok()));
     let missed: Vec<Item> = match after {
         Some(after) => hub
             .kept
