@@ -35,17 +35,25 @@ impl KvStore {
             .await
             .map_err(|e| err(&format!("cannot connect to NATS at {url}"), e))?;
         let js = jetstream::new(client);
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(&format!("JetStream KV bucket {BUCKET}"), e))?,
-        };
+        // The bucket's stream, made as a KV bucket's stream is made (one value per
+        // key, rollups, direct gets), with the plain stream API: it works with older
+        // servers whose answer to a KV create the client cannot parse.
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{BUCKET}"),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&format!("JetStream KV bucket {BUCKET}"), e))?;
+        let kv = js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|e| err(&format!("JetStream KV bucket {BUCKET}"), e))?;
         Ok(KvStore {
             kv,
             url: url.to_string(),

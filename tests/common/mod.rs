@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod nats;
 pub mod server;
 
 use axum::body::Bytes;
