@@ -4,7 +4,8 @@
 # so it works on a fresh machine:
 #   - a Python virtualenv (target/test-venv) with `standardwebhooks` (the independent
 #     Standard Webhooks implementation the interop tests check against), `cryptography`
-#     (an independent Ed25519 verifier) and `aiosmtpd`;
+#     (an independent Ed25519 verifier), `openapi-spec-validator` (checks the OpenAPI
+#     document) and `aiosmtpd`;
 #   - nats-server (Debian's package) for the JetStream scale-out tests, which start
 #     their own server on a free port in a temporary directory.
 set -euo pipefail
@@ -12,11 +13,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 venv="$root/target/test-venv"
-if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography, openapi_spec_validator" 2>/dev/null; then
   echo "== installing the Python test helpers into $venv"
   mkdir -p "$root/target"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd cryptography
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd cryptography openapi-spec-validator
 fi
 export PM_TEST_PYTHON="$venv/bin/python"
 

@@ -828,3 +828,31 @@ async fn two_nodes_over_nats_see_an_endpoint_created_on_the_other_within_a_secon
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_names_every_api_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let (st, doc) = call("GET", &format!("{}/openapi.json", s.url), None).await;
+    assert_eq!(st, 200);
+    let (ok, out) = py("openapi_validate.py", &[], doc.to_string().as_bytes());
+    assert!(ok, "openapi-spec-validator: {out}");
+    for (path, method) in [
+        ("/api/v1/endpoints", "get"),
+        ("/api/v1/endpoints", "post"),
+        ("/api/v1/endpoints/{id}", "patch"),
+        ("/api/v1/endpoints/{id}", "delete"),
+        ("/api/v1/endpoints/{id}/secret", "get"),
+        ("/api/v1/endpoints/{id}/secret/rotate", "post"),
+        ("/api/v1/endpoints/{id}/test", "post"),
+        ("/api/v1/endpoints/{id}/recover", "post"),
+        ("/api/v1/deliveries", "get"),
+        ("/api/v1/deliveries/{id}", "get"),
+        ("/api/v1/deliveries/{id}/retry", "post"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/events/{id}", "get"),
+        ("/api/v1/stream", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+}

@@ -92,6 +92,9 @@ fn the_readme_walkthrough_runs_as_written() {
         "\"open_alerts\"",
         // a signed webhook delivered to our own server, which verified it
         "webhooks: 1 delivered",
+        // an endpoint added while the server runs, and its deliveries
+        "signing:       hmac-sha256",
+        "endpoint(s) in",
         // POST /events, a signed incoming webhook, the metrics
         "{\"event_id\":",
         "pm_events_published_total{type=\"deployment\"}",

@@ -85,6 +85,23 @@ impl Key {
     }
 }
 
+/// A secret given at create: `whsec_` and the base64 of 24 to 64 bytes.
+pub fn given_secret(v: &serde_json::Value) -> Result<Key, super::FieldError> {
+    let bad = || super::FieldError {
+        field: "secret".into(),
+        problem: "expected whsec_ followed by the base64 of 24 to 64 bytes".into(),
+    };
+    let s = v.as_str().ok_or_else(bad)?;
+    let n = Secret::new(s).standard_key().map_err(|_| bad())?.len();
+    if !s.starts_with(crate::secret::WHSEC_PREFIX) || !(24..=64).contains(&n) {
+        return Err(bad());
+    }
+    Ok(Key {
+        material: s.to_string(),
+        expires_at: None,
+    })
+}
+
 /// Adds a new current key; the others stay valid for `overlap` from `now` (or less,
 /// if they were to expire sooner) and expired ones go.
 pub fn rotate(
@@ -219,6 +236,26 @@ mod tests {
         assert!(sig(1050.0).contains(&old_signer.standard_signature("msg_1", 5, b"{}")));
         rotate(&mut keys, Signing::HmacSha256, 0.0, 2000.0).expect("random");
         assert_eq!(keys.len(), 1, "expired keys go at the next rotation");
+    }
+
+    #[test]
+    fn a_given_secret_must_be_a_whsec_of_24_to_64_bytes() {
+        let ok = format!("whsec_{}", B64.encode([7u8; 32]));
+        assert_eq!(
+            given_secret(&serde_json::json!(ok))
+                .expect("valid")
+                .material,
+            ok
+        );
+        for bad in [
+            serde_json::json!(format!("whsec_{}", B64.encode([7u8; 8]))),
+            serde_json::json!("plain-secret-of-enough-length-000000"),
+            serde_json::json!("whsec_%%%"),
+            serde_json::json!(5),
+        ] {
+            let e = given_secret(&bad).expect_err("refused");
+            assert_eq!(e.field, "secret");
+        }
     }
 
     #[test]

@@ -286,12 +286,19 @@ impl Endpoints {
         self.reload().await
     }
 
-    /// Creates an endpoint from `fields` (see [`model::apply`]). Returns it with its
-    /// secret member (`secret` or `public_key`).
+    /// Creates an endpoint from `fields` (see [`model::apply`]; besides, an HMAC
+    /// endpoint may be given its `secret`, a `whsec_` secret of 24 to 64 bytes, else one
+    /// is made). Returns it with its secret member (`secret` or `public_key`).
     pub async fn create(
         &self,
         fields: &Map<String, Value>,
     ) -> Result<(Endpoint, Value), EndpointError> {
+        let mut fields = fields.clone();
+        let given = fields
+            .remove("secret")
+            .map(|v| keys::given_secret(&v))
+            .transpose()?;
+        let fields = &fields;
         let now = now_text();
         let mut ep = Endpoint {
             id: format!("{ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
@@ -314,8 +321,19 @@ impl Endpoints {
         if !ep.enabled {
             ep.disabled_reason = Some("created disabled".into());
         }
+        let key = match given {
+            Some(_) if ep.signing == Signing::Ed25519 => {
+                return Err(FieldError {
+                    field: "secret".into(),
+                    problem: "an Ed25519 endpoint's key pair is made by the server".into(),
+                }
+                .into());
+            }
+            Some(k) => k,
+            None => Key::generate(ep.signing)?,
+        };
         let stored = StoredEndpoint {
-            keys: vec![Key::generate(ep.signing)?],
+            keys: vec![key],
             endpoint: ep,
         };
         let _w = self.inner.write.lock().await;

@@ -315,8 +315,13 @@ pub fn apply(ep: &mut Endpoint, m: &Map<String, Value>, change: Change) -> Resul
                     )),
                 })?
             }
-            "id" | "created_at" | "updated_at" | "source" | "disabled_reason" | "secret"
-            | "public_key" => {
+            "secret" => {
+                return Err(field(
+                    k,
+                    "given only at create; change it with POST /api/v1/endpoints/{id}/secret/rotate",
+                ));
+            }
+            "id" | "created_at" | "updated_at" | "source" | "disabled_reason" | "public_key" => {
                 return Err(field(k, "set by the server; it cannot be changed"));
             }
             _ => {

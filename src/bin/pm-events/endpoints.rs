@@ -53,6 +53,11 @@ pub enum Cmd {
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
+        /// Sign with the secret in this environment variable (`whsec_` + base64 of
+        /// 24–64 bytes; e.g. one the receiver has already) instead of a new one. Named,
+        /// not given, so that it stays out of the process list and shell history.
+        #[arg(long, value_name = "VAR", conflicts_with = "ed25519")]
+        secret_env: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -289,9 +294,16 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             fields,
             ed25519,
             disabled,
+            secret_env,
             json,
         } => {
             let mut m = fields.into_map()?;
+            if let Some(var) = secret_env {
+                let s = std::env::var(&var).map_err(|_| {
+                    UsageError(format!("--secret-env {var}: that variable is not set"))
+                })?;
+                m.insert("secret".into(), json!(s));
+            }
             m.insert("url".into(), json!(url));
             if ed25519 {
                 m.insert("signing".into(), json!("ed25519"));

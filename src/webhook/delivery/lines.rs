@@ -64,6 +64,18 @@ struct DeadLine<'a> {
     node: &'a str,
 }
 
+/// What one attempt met.
+pub(super) struct Tried {
+    /// The HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// The network error, if none came.
+    pub error: Option<String>,
+    /// The start of the answer's body.
+    pub response: Option<String>,
+    /// How long it took.
+    pub duration_ms: f64,
+}
+
 impl WebhookEngine {
     /// Why a delivery is dead (for its dead letter), warning about a 410.
     pub(super) fn dead_reason(&self, r: &DeliveryRecord, outcome: Outcome, reason: &str) -> String {
@@ -77,17 +89,21 @@ impl WebhookEngine {
         }
     }
 
+    /// Writes the attempt line of `r`.
     pub(super) fn log_attempt(
         &self,
         r: &DeliveryRecord,
-        status: Option<u16>,
-        error: Option<String>,
-        response: Option<String>,
-        duration_ms: f64,
+        t: Tried,
         outcome: Outcome,
         next_at: Option<f64>,
     ) {
         let outcome = outcome.as_str();
+        let Tried {
+            status,
+            error,
+            response,
+            duration_ms,
+        } = t;
         let line = AttemptLine {
             timestamp: rfc3339(now_unix()),
             delivery_id: &r.id,

@@ -882,7 +882,13 @@ impl WebhookEngine {
             now_unix() + b.max(retry_after.unwrap_or(Duration::ZERO)).as_secs_f64()
         });
         self.notify(r, status, outcome, error.clone());
-        self.log_attempt(r, status, error, excerpt, duration_ms, outcome, next_at);
+        let tried = lines::Tried {
+            status,
+            error,
+            response: excerpt,
+            duration_ms,
+        };
+        self.log_attempt(r, tried, outcome, next_at);
         metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome.as_str())
             .increment(1);
         metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
