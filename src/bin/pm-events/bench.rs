@@ -31,44 +31,50 @@ pub struct Args {
     what: What,
     /// Events per throughput run.
     #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
+    pub(crate) events: u64,
     /// Concurrent publisher tasks (the baselines use the same number of senders).
     #[arg(long, default_value_t = 8)]
-    publishers: u64,
+    pub(crate) publishers: u64,
     /// Rate of the latency run, events per second.
     #[arg(long, default_value_t = 100_000)]
-    rate: u64,
+    pub(crate) rate: u64,
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 3)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Events of the memory burst.
     #[arg(long, default_value_t = 1_000_000)]
-    burst: u64,
+    pub(crate) burst: u64,
     /// Webhook deliveries per run (`bench webhooks`).
     #[arg(long, default_value_t = 20_000)]
-    deliveries: u64,
+    pub(crate) deliveries: u64,
     /// Concurrent requests (`bench webhooks`): the engine's per-endpoint bound and the baseline's.
     #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Rounds of the throughput runs (`bench bus`, `bench webhooks`: every run in
     /// turn, medians reported).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub(crate) rounds: usize,
     /// `bench recovery`: sizes of the handled logs to start on.
     #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
-    handled: Vec<u64>,
+    pub(crate) handled: Vec<u64>,
     /// Run only the bus with the log on (for profiling).
     #[arg(long, hide = true)]
-    only_log_on: bool,
+    pub(crate) only_log_on: bool,
     /// Run only the bus with the log off (for profiling).
     #[arg(long, hide = true)]
-    only_log_off: bool,
+    pub(crate) only_log_off: bool,
     /// Run only the pipelined publish (for profiling).
     #[arg(long, hide = true)]
-    only_pipelined: bool,
+    pub(crate) only_pipelined: bool,
+    /// `bench webhooks`: managed endpoints of the fan-out run (each its own receiver).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) endpoints: usize,
+    /// `bench webhooks`: events per second of the latency run.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) webhook_rate: u64,
     /// Run only the engine of `bench webhooks` (for profiling).
     #[arg(long, hide = true)]
-    only_engine: bool,
+    pub(crate) only_engine: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,7 +89,7 @@ enum What {
     Recovery,
 }
 
-fn make(i: u64) -> Event {
+pub(crate) fn make(i: u64) -> Event {
     Event::new("bench", json!({"i": i, "file_path": "/tmp/bench.txt"}))
 }
 
@@ -91,7 +97,7 @@ async fn noop(_e: Event) -> Result<(), std::convert::Infallible> {
     Ok(())
 }
 
-fn bench_dir() -> PathBuf {
+pub(crate) fn bench_dir() -> PathBuf {
     std::env::temp_dir().join(format!("pm-events-bench-{}", std::process::id()))
 }
 
@@ -99,7 +105,7 @@ fn bench_dir() -> PathBuf {
 pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     match args.what {
         What::Bus => bus(cfg, args).await,
-        What::Webhooks => webhooks(cfg, args).await,
+        What::Webhooks => crate::bench_webhooks::run(cfg, args).await,
         What::Serve => serve(cfg, args).await,
         What::Recovery => {
             crate::bench_recovery::run(args.events, &args.handled).await?;
@@ -332,7 +338,7 @@ where
 }
 
 /// Publishes events `0..n` from `p` tasks, each its share in order.
-async fn publish_all(bus: &EventBus, n: u64, p: u64) -> Result<()> {
+pub(crate) async fn publish_all(bus: &EventBus, n: u64, p: u64) -> Result<()> {
     let mut tasks = Vec::new();
     for k in 0..p {
         let bus = bus.clone();
@@ -499,7 +505,7 @@ async fn burst(cfg: &Config, n: u64, p: u64, dir: &Path) -> Result<(u64, u64)> {
 }
 
 /// A receiver that answers 204 to every POST, as fast as axum can.
-async fn bare_receiver() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+pub(crate) async fn bare_receiver() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = axum::Router::new()
         .fallback(|_body: axum::body::Bytes| async { axum::http::StatusCode::NO_CONTENT });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -510,69 +516,8 @@ async fn bare_receiver() -> Result<(std::net::SocketAddr, tokio::task::JoinHandl
     Ok((addr, task))
 }
 
-async fn webhooks(mut cfg: Config, a: Args) -> Result<ExitCode> {
-    let dir = bench_dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    let (addr, server) = bare_receiver().await?;
-    let url = format!("http://{addr}/hook");
-    let n = a.deliveries;
-    let c = a.concurrency.max(1);
-    let rounds = a.rounds.max(1);
-    say!(
-        "pm-events bench webhooks: {n} deliveries, concurrency {c}, receiver answering 204 on {addr}, {rounds} rounds (baseline and engine in turn)"
-    );
-    cfg.log_dir = dir.clone();
-    cfg.webhook_concurrency = c;
-    if cfg.webhook_secrets.is_empty() {
-        cfg.webhook_secrets = vec![pm_events::config::Secret::new("bench-secret")];
-    }
-    cfg.webhook_urls.clear();
-    cfg.webhook_urls
-        .insert("PM_WEBHOOK_URL_BENCH".into(), url.clone());
-
-    if a.only_engine {
-        let eng = engine_deliveries(&cfg, n).await?;
-        say!("  engine: {eng:.0} deliveries/s");
-        server.abort();
-        let _ = std::fs::remove_dir_all(&dir);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (mut bases, mut engs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let base = bare_posts(&url, n, c).await?;
-        let _ = std::fs::remove_dir_all(&dir);
-        let eng = engine_deliveries(&cfg, n).await?;
-        say!(
-            "  round {round}: baseline {base:.0}/s, engine {eng:.0}/s, ratio {:.2}",
-            eng / base
-        );
-        bases.push(base);
-        engs.push(eng);
-        ratios.push(eng / base);
-    }
-    server.abort();
-
-    say!(
-        "  {:<52} {:>10}",
-        "run (median of the rounds)",
-        "deliveries/s"
-    );
-    say!(
-        "  {:<52} {:>10.0}",
-        "baseline: bare reqwest POSTs, same concurrency",
-        median(&mut bases)
-    );
-    say!(
-        "  {:<52} {:>10.0}   ratio {:.2} (target >= 0.60)",
-        "publish -> outbox -> 3 signatures -> POST -> attempt log",
-        median(&mut engs),
-        median(&mut ratios)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (sorted in place).
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -581,78 +526,8 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Baseline: `n` bare reqwest POSTs of a body the size of a signed delivery, by
-/// `c` worker tasks (as the engine's per-endpoint workers), each taking the next
-/// request number until all are sent. Requests/s.
-async fn bare_posts(url: &str, n: u64, c: usize) -> Result<f64> {
-    let sample = pm_events::webhook::payload::build_body(&make(0), None);
-    let body = bytes_of(sample.len() + 90);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(c)
-        .build()?;
-    let t0 = Instant::now();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..c {
-        let (client, url, body, next) =
-            (client.clone(), url.to_string(), body.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                let sent = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                if sent.map(|r| r.status().is_success()).unwrap_or(false) {
-                    ok += 1;
-                }
-            }
-            ok
-        }));
-    }
-    let mut ok = 0;
-    for w in workers {
-        ok += w.await?;
-    }
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    anyhow::ensure!(ok == n, "baseline: {ok} of {n} POSTs succeeded");
-    Ok(rate)
-}
-
-/// The product's path: events published on the bus (8 publisher tasks), the
-/// WebhookHandler queues each in the outbox, the engine signs it three ways,
-/// sends it, logs the attempt in webhook_attempts.jsonl and removes it.
-/// Deliveries/s, from the first publish until the last delivery is settled.
-async fn engine_deliveries(cfg: &Config, n: u64) -> Result<f64> {
-    use pm_events::webhook::WebhookHandler;
-    let handler = std::sync::Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
-    handler.engine().start()?;
-    let bus = EventBus::builder().config(cfg).build();
-    bus.subscribe_arc("bench", handler.clone());
-    bus.start().await?;
-    let t0 = Instant::now();
-    publish_all(&bus, n, 8).await?;
-    bus.stop().await?;
-    let queued_at = t0.elapsed();
-    let ids = handler.take_queued();
-    let o = handler
-        .engine()
-        .wait(&ids, Duration::from_secs(600))
-        .await?;
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    handler.engine().shutdown().await;
-    anyhow::ensure!(o.delivered as u64 == n, "engine: {o:?}");
-    tracing::info!(
-        queued_ms = queued_at.as_millis() as u64,
-        "all deliveries queued"
-    );
-    Ok(rate)
-}
-
-fn bytes_of(n: usize) -> Vec<u8> {
+/// A JSON object of about `n` bytes.
+pub(crate) fn bytes_of(n: usize) -> Vec<u8> {
     let mut v = b"{\"pad\":\"".to_vec();
     v.resize(n.saturating_sub(2).max(v.len()), b'x');
     v.extend_from_slice(b"\"}");

@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod bench;
 mod bench_recovery;
+mod bench_webhooks;
 mod deliveries;
 mod demo;
 mod endpoints;
