@@ -7,14 +7,13 @@
 mod common;
 
 use common::server::{Server, client};
-use common::{Reply, TestReceiver, python, wait_until};
+use common::{Reply, TestReceiver, wait_until};
 use pm_events::config::Secret;
 use pm_events::event::now_unix;
 use pm_events::webhook::sign::{DEFAULT_TOLERANCE, verify_standard};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -37,6 +36,22 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     )
 }
 
+/// Polls `GET url` until `ok` holds of its answer; panics after `within`.
+async fn until(url: &str, within: Duration, what: &str, ok: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (st, v) = call("GET", url, None).await;
+        if ok(st, &v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {within:?}: {st} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn create(s: &Server, body: Value) -> Value {
     let (st, ep) = call("POST", &format!("{}/api/v1/endpoints", s.url), Some(body)).await;
     assert_eq!(st, 201, "{ep}");
@@ -56,21 +71,7 @@ async fn publish(s: &Server, ty: &str, data: Value) -> String {
 
 /// Runs a script of `tests/py` with `args` and `body` on stdin: (exit 0, output).
 fn py(script: &str, args: &[&str], body: &[u8]) -> (bool, String) {
-    let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(python())
-        .arg(path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
+    common::py_script(script, args, body)
 }
 
 /// Checks a received request's Standard Webhooks headers with `secret`, with our
@@ -257,6 +258,11 @@ async fn a_disabled_endpoint_keeps_its_deliveries_and_sends_them_when_enabled() 
     let s = Server::start(dir.path(), &[]);
     let rx = TestReceiver::start().await;
     let ep = create(&s, json!({"url": rx.url("/d"), "event_types": ["tick"]})).await;
+    create(
+        &s,
+        json!({"url": rx.url("/control"), "event_types": ["tick"]}),
+    )
+    .await;
     let url = format!("{}/api/v1/endpoints/{}", s.url, ep["id"].as_str().unwrap());
     let (st, off) = call("PATCH", &url, Some(json!({"enabled": false}))).await;
     assert_eq!((st, &off["enabled"]), (200, &json!(false)), "{off}");
@@ -264,21 +270,16 @@ async fn a_disabled_endpoint_keeps_its_deliveries_and_sends_them_when_enabled() 
     for i in 0..5 {
         publish(&s, "tick", json!({"i": i})).await;
     }
-    let pending = || async {
-        let (_, l) = call(
-            "GET",
-            &format!("{}/api/v1/deliveries?status=pending", s.url),
-            None,
-        )
-        .await;
-        l["data"].as_array().unwrap().len()
-    };
-    let deadline = std::time::Instant::now() + T;
-    while pending().await < 5 {
-        assert!(std::time::Instant::now() < deadline, "5 deliveries kept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Two polls of the outbox later, still nothing was sent.
+    until(
+        &format!("{}/api/v1/deliveries?status=pending", s.url),
+        T,
+        "5 deliveries kept",
+        |_, l| l["data"].as_array().is_some_and(|d| d.len() == 5),
+    )
+    .await;
+    // The same events reached an enabled endpoint; over two of the outbox's
+    // one-second polls after that, the disabled one still got nothing.
+    rx.wait_for("/control", 5, T).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(rx.requests("/d").is_empty(), "nothing sent while disabled");
     let (st, _) = call("PATCH", &url, Some(json!({"enabled": true}))).await;
@@ -382,21 +383,9 @@ async fn deliveries_api_and_cli_agree_and_dead_ones_are_retried_and_recovered() 
     let id = ep["id"].as_str().unwrap();
     let event = publish(&s, "fails", json!({})).await;
     rx.wait_for("/f", 1, T).await;
-    let dead = || async {
-        let (_, l) = call(
-            "GET",
-            &format!("{}/api/v1/deliveries?status=dead&endpoint_id={id}", s.url),
-            None,
-        )
-        .await;
-        l["data"].as_array().unwrap().clone()
-    };
-    let deadline = std::time::Instant::now() + T;
-    while dead().await.is_empty() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let d = dead().await[0].clone();
+    let dead_url = format!("{}/api/v1/deliveries?status=dead&endpoint_id={id}", s.url);
+    let is_dead = |_: u16, l: &Value| l["data"].as_array().is_some_and(|d| !d.is_empty());
+    let d = until(&dead_url, T, "a dead delivery", is_dead).await["data"][0].clone();
     assert_eq!(d["event_id"], event);
     let (_, one) = call(
         "GET",
@@ -430,11 +419,7 @@ async fn deliveries_api_and_cli_agree_and_dead_ones_are_retried_and_recovered() 
     .await;
     assert_eq!(st, 202);
     rx.wait_for("/f", 2, T).await;
-    let deadline = std::time::Instant::now() + T;
-    while dead().await.is_empty() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&dead_url, T, "dead again", is_dead).await;
     let (st, rec) = call(
         "POST",
         &format!("{}/api/v1/endpoints/{id}/recover", s.url),
@@ -521,17 +506,13 @@ async fn endpoints_survive_sigkill_and_cli_changes_reach_a_running_server() {
         s.url,
         added["id"].as_str().unwrap()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        if call("GET", &url, None).await.0 == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not seen within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        &url,
+        Duration::from_secs(1),
+        "the server sees it",
+        |st, _| st == 200,
+    )
+    .await;
     publish(&s, "from_cli", json!({})).await;
     let got = rx.wait_for("/cli", 1, T).await;
     assert_verifies(&got[0], added["secret"].as_str().unwrap());
@@ -765,18 +746,17 @@ async fn the_events_api_lists_the_log_and_shows_one_with_its_handlers_and_delive
     .await;
     assert_eq!(page2["data"][0]["event_id"], ids[0].as_str());
     assert_eq!(page2["next_cursor"], Value::Null);
-    let deadline = std::time::Instant::now() + T;
-    let one = loop {
-        let (st, one) = call("GET", &format!("{}/api/v1/events/{risk}", s.url), None).await;
-        assert_eq!(st, 200);
-        if one["deliveries"].as_array().is_some_and(|d| !d.is_empty())
-            && !one["handlers"].as_array().unwrap().is_empty()
-        {
-            break one;
-        }
-        assert!(std::time::Instant::now() < deadline, "{one}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let one = until(
+        &format!("{}/api/v1/events/{risk}", s.url),
+        T,
+        "its handler outcome and delivery",
+        |st, one| {
+            st == 200
+                && one["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+                && one["handlers"].as_array().is_some_and(|h| !h.is_empty())
+        },
+    )
+    .await;
     assert_eq!(one["event"]["type"], "risk_alert");
     assert_eq!(one["handlers"][0]["handler"], "RiskAlertHandler");
     assert_eq!(one["deliveries"][0]["status"], "delivered");
@@ -798,17 +778,10 @@ async fn two_nodes_over_nats_see_an_endpoint_created_on_the_other_within_a_secon
     )
     .await;
     let url = format!("{}/api/v1/endpoints/{}", b.url, ep["id"].as_str().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        if call("GET", &url, None).await.0 == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node B did not see it within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(&url, Duration::from_secs(1), "node B sees it", |st, _| {
+        st == 200
+    })
+    .await;
     publish(&b, "clustered", json!({})).await;
     let got = rx.wait_for("/n", 1, T).await;
     assert_verifies(&got[0], ep["secret"].as_str().unwrap());
@@ -816,17 +789,13 @@ async fn two_nodes_over_nats_see_an_endpoint_created_on_the_other_within_a_secon
     let (st, _) = call("PATCH", &url, Some(json!({"description": "from B"}))).await;
     assert_eq!(st, 200);
     let on_a = format!("{}/api/v1/endpoints/{}", a.url, ep["id"].as_str().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        if call("GET", &on_a, None).await.1["description"] == "from B" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node A did not see the change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        &on_a,
+        Duration::from_secs(1),
+        "node A sees the change",
+        |_, v| v["description"] == "from B",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,37 +5,19 @@
 
 mod common;
 
-use common::{TestReceiver, python};
+use common::TestReceiver;
 use pm_events::config::Secret;
 use pm_events::event::now_unix;
 use pm_events::webhook::sign::{DEFAULT_TOLERANCE, Signer, verify_standard};
 use pm_events::webhook::{DeliveryConfig, Route, WebhookEngine};
 use pm_events::{Config, Event};
 use serde_json::json;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn py(args: &[&str], body: &[u8]) -> (bool, String) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/py/standardwebhooks_interop.py"
-    );
-    let mut child = Command::new(python())
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string()
-        + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    common::py_script("standardwebhooks_interop.py", args, body)
 }
 
 #[test]

@@ -29,9 +29,7 @@ fn err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> Endp
 impl KvStore {
     /// Connects to NATS at `url` and opens (creating) the bucket.
     pub async fn connect(url: &str) -> Result<Self, EndpointError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(10))
-            .connect(url)
+        let client = crate::transport::nats::connect_client(url)
             .await
             .map_err(|e| err(&format!("cannot connect to NATS at {url}"), e))?;
         let js = jetstream::new(client);

@@ -299,24 +299,12 @@ impl Endpoints {
             .map(|v| keys::given_secret(&v))
             .transpose()?;
         let fields = &fields;
-        let now = now_text();
-        let mut ep = Endpoint {
-            id: format!("{ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
-            url: String::new(),
-            description: None,
-            event_types: vec!["*".into()],
-            filter: None,
-            headers: None,
-            enabled: true,
-            disabled_reason: None,
-            signing: Signing::HmacSha256,
-            rate_limit_per_s: None,
-            max_retries: None,
-            timeout_secs: None,
-            created_at: now.clone(),
-            updated_at: now,
-            source: Source::Api,
-        };
+        let mut ep = Endpoint::new(
+            format!("{ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
+            String::new(),
+            Source::Api,
+            now_text(),
+        );
         model::apply(&mut ep, fields, Change::Create)?;
         if !ep.enabled {
             ep.disabled_reason = Some("created disabled".into());
@@ -420,23 +408,16 @@ pub fn env_endpoints(routes: &Routes) -> Vec<Endpoint> {
         .iter()
         .map(|(var, url)| {
             let (types, filter) = env_selection(var);
-            Endpoint {
-                id: var.to_string(),
-                url: crate::webhook::delivery::redact_url(url),
-                description: Some(format!("from the environment variable {var}")),
-                event_types: types,
-                filter,
-                headers: None,
-                enabled: true,
-                disabled_reason: None,
-                signing: Signing::HmacSha256,
-                rate_limit_per_s: None,
-                max_retries: None,
-                timeout_secs: None,
-                created_at: String::new(),
-                updated_at: String::new(),
-                source: Source::Env,
-            }
+            let mut ep = Endpoint::new(
+                var.to_string(),
+                crate::webhook::delivery::redact_url(url),
+                Source::Env,
+                String::new(),
+            );
+            ep.description = Some(format!("from the environment variable {var}"));
+            ep.event_types = types;
+            ep.filter = filter;
+            ep
         })
         .collect()
 }

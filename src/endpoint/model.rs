@@ -66,6 +66,30 @@ pub struct Endpoint {
     pub source: Source,
 }
 
+impl Endpoint {
+    /// An endpoint `id` of `source` delivering every type to `url`, with every
+    /// optional field unset, enabled, HMAC-signed, made at `created_at`.
+    pub fn new(id: String, url: String, source: Source, created_at: String) -> Endpoint {
+        Endpoint {
+            id,
+            url,
+            description: None,
+            event_types: vec!["*".into()],
+            filter: None,
+            headers: None,
+            enabled: true,
+            disabled_reason: None,
+            signing: Signing::HmacSha256,
+            rate_limit_per_s: None,
+            max_retries: None,
+            timeout_secs: None,
+            updated_at: created_at.clone(),
+            created_at,
+            source,
+        }
+    }
+}
+
 /// Why a field was refused: which one and what it should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -345,23 +369,7 @@ mod tests {
     use serde_json::json;
 
     fn blank() -> Endpoint {
-        Endpoint {
-            id: "ep_x".into(),
-            url: String::new(),
-            description: None,
-            event_types: vec!["*".into()],
-            filter: None,
-            headers: None,
-            enabled: true,
-            disabled_reason: None,
-            signing: Signing::HmacSha256,
-            rate_limit_per_s: None,
-            max_retries: None,
-            timeout_secs: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            source: Source::Api,
-        }
+        Endpoint::new("ep_x".into(), String::new(), Source::Api, String::new())
     }
 
     fn try_create(v: Value) -> Result<Endpoint, String> {

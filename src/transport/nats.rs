@@ -27,6 +27,15 @@ use futures_util::future::BoxFuture;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A client of the NATS server at `url`, giving up on the first connection after 10 s
+/// (the transport, the webhook work queue and the endpoint store share it).
+pub async fn connect_client(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
 /// Name of the JetStream stream.
 pub const STREAM: &str = "PM_EVENTS";
 /// Subject prefix of the events.
@@ -55,9 +64,7 @@ impl NatsTransport {
         group: &str,
         ack_wait: Duration,
     ) -> Result<Self, TransportError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(10))
-            .connect(url)
+        let client = connect_client(url)
             .await
             .map_err(|e| other(format!("cannot connect to NATS at {url}: {e}")))?;
         let js = jetstream::new(client);

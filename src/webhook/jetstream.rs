@@ -60,9 +60,7 @@ impl JetStreamQueue {
     /// a node may hold a delivery before JetStream gives it to another one: it
     /// should exceed the time a delivery may wait in a node's queue plus one attempt.
     pub async fn connect(url: &str, ack_wait: Duration) -> Result<Self, WebhookError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(10))
-            .connect(url)
+        let client = crate::transport::nats::connect_client(url)
             .await
             .map_err(|e| err(&format!("cannot connect to NATS at {url}"), e))?;
         let js = jetstream::new(client);

@@ -246,6 +246,27 @@ pub fn python() -> String {
     py
 }
 
+/// Runs the script `tests/py/<script>` with `args` and `body` on stdin, under
+/// [`python`]: (exit 0, stdout trimmed followed by stderr).
+pub fn py_script(script: &str, args: &[&str], body: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(python())
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string()
+        + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Every event of the event log files (`events/events_*.log`) under `logs`.
 pub fn logged(logs: &std::path::Path) -> Vec<serde_json::Value> {
     let Ok(rd) = std::fs::read_dir(logs.join("events")) else {
