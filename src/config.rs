@@ -101,15 +101,12 @@ pub struct Config {
 }
 
 /// The specification's webhook URL variables.
-pub const ROUTE_VARIABLES: [&str; 7] = [
-    "FILE_CHANGE_WEBHOOK_URL",
-    "REPORT_READY_WEBHOOK_URL",
-    "CRITICAL_ALERT_WEBHOOK_URL",
-    "HIGH_ALERT_WEBHOOK_URL",
-    "MEDIUM_ALERT_WEBHOOK_URL",
-    "LOW_ALERT_WEBHOOK_URL",
-    "DEFAULT_RISK_WEBHOOK_URL",
-];
+pub const ROUTE_VARIABLES: [&str; 7] = {
+    let t = crate::webhook::route::ROUTE_TABLE;
+    [
+        t[0].name, t[1].name, t[2].name, t[3].name, t[4].name, t[5].name, t[6].name,
+    ]
+};
 
 /// Prefix of the route variables for other event types.
 pub const CUSTOM_WEBHOOK_PREFIX: &str = "PM_WEBHOOK_URL_";

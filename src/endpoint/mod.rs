@@ -422,20 +422,12 @@ pub fn env_endpoints(routes: &Routes) -> Vec<Endpoint> {
         .collect()
 }
 
-/// The types (and filter) a route variable takes.
+/// The types (and filter) a route variable takes: its entry of the route table, or
+/// the type of a `PM_WEBHOOK_URL_<TYPE>` (lower-cased).
 fn env_selection(var: &str) -> (Vec<String>, Option<Value>) {
-    match var {
-        "FILE_CHANGE_WEBHOOK_URL" => (vec!["file_change".into()], None),
-        "REPORT_READY_WEBHOOK_URL" => (vec!["report_ready".into()], None),
-        "DEFAULT_RISK_WEBHOOK_URL" => (vec!["risk_alert".into()], None),
-        _ => {
-            if let Some(sev) = var.strip_suffix("_ALERT_WEBHOOK_URL") {
-                let sev = sev.to_ascii_lowercase();
-                return (
-                    vec!["risk_alert".into()],
-                    Some(json!({"data.severity": sev})),
-                );
-            }
+    match crate::webhook::route::table_entry(var) {
+        Some(v) => (vec![v.event_type.to_string()], v.filter()),
+        None => {
             let t = var
                 .strip_prefix(crate::config::CUSTOM_WEBHOOK_PREFIX)
                 .unwrap_or(var)

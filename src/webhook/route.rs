@@ -1,15 +1,63 @@
-//! Which URL an event's webhook goes to.
+//! Which route variable's URL an event's webhook goes to.
+//!
+//! The variables are data ([`ROUTE_TABLE`]): each names the event type it takes and,
+//! for risk alerts, the severity, as an endpoint's `event_types` and `filter` would
+//! ([`crate::endpoint::env_endpoints`] shows them so). An event goes to the first
+//! variable of the table that is set and takes it, else to `PM_WEBHOOK_URL_<TYPE>`:
 //!
 //! | event | variable(s), first set wins |
 //! | --- | --- |
 //! | `file_change` | `FILE_CHANGE_WEBHOOK_URL`, `PM_WEBHOOK_URL_FILE_CHANGE` |
 //! | `report_ready` | `REPORT_READY_WEBHOOK_URL`, `PM_WEBHOOK_URL_REPORT_READY` |
 //! | `risk_alert` | `<SEVERITY>_ALERT_WEBHOOK_URL` (`CRITICAL`, `HIGH`, `MEDIUM`, `LOW`), `DEFAULT_RISK_WEBHOOK_URL`, `PM_WEBHOOK_URL_RISK_ALERT` |
-//! | any other type `t` | `PM_WEBHOOK_URL_<T>`: `t` upper-cased, `-` as `_` (`deployment` → `PM_WEBHOOK_URL_DEPLOYMENT`) |
+//! | any other type `t` | `PM_WEBHOOK_URL_<T>`: `t` upper-cased, `-` and `.` as `_` (`deployment` → `PM_WEBHOOK_URL_DEPLOYMENT`) |
 
 use crate::config::{CUSTOM_WEBHOOK_PREFIX, Config};
+use crate::endpoint::filter::Filter;
 use crate::event::Event;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
+
+/// One route variable of the specification and the events it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteVariable {
+    /// The variable.
+    pub name: &'static str,
+    /// The event type it takes.
+    pub event_type: &'static str,
+    /// For risk alerts: the `data.severity` it takes (`None`: any).
+    pub severity: Option<&'static str>,
+}
+
+impl RouteVariable {
+    /// The payload filter it amounts to (`{"data.severity": ...}`), if any.
+    pub fn filter(&self) -> Option<Value> {
+        self.severity.map(|s| json!({ "data.severity": s }))
+    }
+}
+
+const fn var(
+    name: &'static str,
+    event_type: &'static str,
+    severity: Option<&'static str>,
+) -> RouteVariable {
+    RouteVariable {
+        name,
+        event_type,
+        severity,
+    }
+}
+
+/// The route variables, in the order they are tried.
+pub const ROUTE_TABLE: [RouteVariable; 7] = [
+    var("FILE_CHANGE_WEBHOOK_URL", "file_change", None),
+    var("REPORT_READY_WEBHOOK_URL", "report_ready", None),
+    var("CRITICAL_ALERT_WEBHOOK_URL", "risk_alert", Some("critical")),
+    var("HIGH_ALERT_WEBHOOK_URL", "risk_alert", Some("high")),
+    var("MEDIUM_ALERT_WEBHOOK_URL", "risk_alert", Some("medium")),
+    var("LOW_ALERT_WEBHOOK_URL", "risk_alert", Some("low")),
+    var("DEFAULT_RISK_WEBHOOK_URL", "risk_alert", None),
+];
 
 /// One destination: the variable that named it and its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +68,20 @@ pub struct Route {
     pub url: String,
 }
 
+/// A set variable of the table, ready to match.
+#[derive(Debug, Clone)]
+struct Matcher {
+    route: Route,
+    event_type: &'static str,
+    filter: Option<Filter>,
+}
+
 /// The webhook routes of a configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     urls: BTreeMap<String, String>,
+    /// The set variables of [`ROUTE_TABLE`], in its order.
+    table: Vec<Matcher>,
 }
 
 /// The `PM_WEBHOOK_URL_<TYPE>` variable of an event type.
@@ -34,19 +92,34 @@ pub fn custom_var(event_type: &str) -> String {
     )
 }
 
+/// The table entry of the variable `name`, if it is one of the table's.
+pub fn table_entry(name: &str) -> Option<&'static RouteVariable> {
+    ROUTE_TABLE.iter().find(|v| v.name == name)
+}
+
 impl Routes {
     /// The routes configured in `config`.
     pub fn from_config(config: &Config) -> Self {
-        Routes {
-            urls: config.webhook_urls.clone(),
-        }
+        Self::from_pairs(config.webhook_urls.clone())
     }
 
     /// Routes from `(variable, url)` pairs.
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        Routes {
-            urls: pairs.into_iter().collect(),
-        }
+        let urls: BTreeMap<String, String> = pairs.into_iter().collect();
+        let table = ROUTE_TABLE
+            .iter()
+            .filter_map(|v| {
+                Some(Matcher {
+                    route: Route {
+                        name: v.name.to_string(),
+                        url: urls.get(v.name)?.clone(),
+                    },
+                    event_type: v.event_type,
+                    filter: v.filter().and_then(|f| Filter::compile(&f).ok()),
+                })
+            })
+            .collect();
+        Routes { urls, table }
     }
 
     /// Every route: `(variable, url)`, by variable name.
@@ -70,36 +143,23 @@ impl Routes {
     }
 
     /// The route of the alerts of `severity` (`critical`, `high`, `medium`, `low`),
-    /// falling back to `DEFAULT_RISK_WEBHOOK_URL`.
+    /// falling back to `DEFAULT_RISK_WEBHOOK_URL`, then `PM_WEBHOOK_URL_RISK_ALERT`
+    /// (the risk handler's escalation asks for the next severity's).
     pub fn for_severity(&self, severity: &str) -> Option<Route> {
-        let var = format!("{}_ALERT_WEBHOOK_URL", severity.to_ascii_uppercase());
-        self.first(&[
-            &var,
-            "DEFAULT_RISK_WEBHOOK_URL",
-            "PM_WEBHOOK_URL_RISK_ALERT",
-        ])
+        self.for_event(&Event::new("risk_alert", json!({ "severity": severity })))
     }
 
-    /// The route of `event`, if one is configured.
+    /// The route of `event`, if one is configured: the first variable of the table
+    /// that is set and takes it, else its `PM_WEBHOOK_URL_<TYPE>`.
     pub fn for_event(&self, event: &Event) -> Option<Route> {
-        let custom = custom_var(&event.event_type);
-        match event.event_type.as_str() {
-            "file_change" => self.first(&["FILE_CHANGE_WEBHOOK_URL", &custom]),
-            "report_ready" => self.first(&["REPORT_READY_WEBHOOK_URL", &custom]),
-            "risk_alert" => {
-                let sev = event
-                    .data
-                    .get("severity")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("");
-                if ["critical", "high", "medium", "low"].contains(&sev) {
-                    self.for_severity(sev)
-                } else {
-                    self.first(&["DEFAULT_RISK_WEBHOOK_URL", &custom])
-                }
-            }
-            _ => self.first(&[&custom]),
-        }
+        self.table
+            .iter()
+            .find(|m| {
+                m.event_type == event.event_type
+                    && m.filter.as_ref().is_none_or(|f| f.matches(event))
+            })
+            .map(|m| m.route.clone())
+            .or_else(|| self.first(&[&custom_var(&event.event_type)]))
     }
 }
 
