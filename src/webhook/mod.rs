@@ -219,12 +219,29 @@ impl WebhookHandler {
         let Some(eps) = self.engine.endpoints() else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        for m in eps.matching(event) {
-            let id = self.trigger_endpoint(event, &m).await?;
-            out.push((m.endpoint.id.clone(), id));
+        let ms = eps.matching(event);
+        if ms.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let hand_off = self.engine.uses_jetstream() && !self.engine.takes_from_queue();
+        let ids = self
+            .engine
+            .enqueue_endpoints(event, &ms, self.queued.is_some() && !hand_off)
+            .await?;
+        self.note(&ids, hand_off);
+        Ok(ms.iter().map(|m| m.endpoint.id.clone()).zip(ids).collect())
+    }
+
+    /// Counts deliveries handed to the work queue, or tracks queued ones.
+    fn note(&self, ids: &[String], hand_off: bool) {
+        if hand_off {
+            self.handed_off
+                .fetch_add(ids.len(), std::sync::atomic::Ordering::Relaxed);
+        } else if let Some(q) = &self.queued {
+            q.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(ids.iter().cloned());
+        }
     }
 
     /// Queues `event` for the managed endpoint `m` only (as `fan_out` does for each).
@@ -238,14 +255,7 @@ impl WebhookHandler {
             .engine
             .enqueue_endpoint(event, m, self.queued.is_some() && !hand_off)
             .await?;
-        if hand_off {
-            self.handed_off
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else if let Some(q) = &self.queued {
-            q.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(id.clone());
-        }
+        self.note(std::slice::from_ref(&id), hand_off);
         Ok(id)
     }
 

@@ -94,6 +94,9 @@ pub struct Outbox {
     /// Operations the writer has finished (committed or failed), in sending order.
     done: Arc<AtomicU64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, unparked by each operation someone waits for, so that a
+    /// writer lingering over removals commits it at once.
+    writer: std::thread::Thread,
 }
 
 type Reply = oneshot::Sender<Result<usize, String>>;
@@ -103,9 +106,10 @@ type Reply = oneshot::Sender<Result<usize, String>>;
 pub const KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 enum Op {
-    /// A new delivery; with `once`, none if its key has one already.
+    /// New deliveries (of one event, to several endpoints: one transaction); with
+    /// `once`, each only if its key has none yet. Answers how many were stored.
     Insert {
-        record: Box<DeliveryRecord>,
+        records: Vec<DeliveryRecord>,
         once: bool,
         reply: Reply,
     },
@@ -184,27 +188,31 @@ fn connect(path: &Path, fsync: FsyncPolicy) -> rusqlite::Result<Connection> {
 
 fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
     match op {
-        Op::Insert {
-            record: r, once, ..
-        } => {
+        Op::Insert { records, once, .. } => {
             let key = if *once {
                 "INSERT OR IGNORE INTO delivery_keys (event_id, route, delivery_id, created_at) VALUES (?1, ?2, ?3, ?4)"
             } else {
                 "INSERT OR REPLACE INTO delivery_keys (event_id, route, delivery_id, created_at) VALUES (?1, ?2, ?3, ?4)"
             };
-            if c.prepare_cached(key)?
-                .execute(params![r.event_id, r.route, r.id, r.created_at])?
-                == 0
-            {
-                return Ok(0);
+            let mut stored = 0;
+            for r in records {
+                if c.prepare_cached(key)?.execute(params![
+                    r.event_id,
+                    r.route,
+                    r.id,
+                    r.created_at
+                ])? == 0
+                {
+                    continue;
+                }
+                stored += c.prepare_cached(
+                    &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                )?.execute(params![
+                    r.id, r.event_id, r.event_type, r.route, r.url, &r.body[..], r.attempt, r.next_at,
+                    r.created_at, r.state.as_str(), r.last_error
+                ])?;
             }
-            c.prepare_cached(
-            &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-        )?.execute(params![
-                r.id, r.event_id, r.event_type, r.route, r.url, &r.body[..], r.attempt, r.next_at,
-                r.created_at, r.state.as_str(), r.last_error
-            ],
-        )
+            Ok(stored)
         }
         Op::Reschedule {
             id,
@@ -276,6 +284,13 @@ fn drain(rx: &std_mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
     }
 }
 
+/// Waits up to [`LAZY_LINGER`] for more removals (parked: a removal does not wake
+/// the writer, an operation someone waits for does), then takes what came.
+fn linger(rx: &std_mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+    std::thread::park_timeout(LAZY_LINGER);
+    drain(rx, batch);
+}
+
 fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf, done: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(256);
     while let Ok(first) = rx.recv() {
@@ -283,10 +298,9 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Op>, path: PathBuf, done: Arc
         drain(&rx, &mut batch);
         if batch.iter().all(|op| matches!(op, Op::Remove(_))) && batch.len() < LAZY_BATCH {
             // Only removals of delivered deliveries, which nobody waits for: let
-            // more gather while asleep (a sleeping writer is not woken by each
-            // send), and commit them together.
-            std::thread::sleep(LAZY_LINGER);
-            drain(&rx, &mut batch);
+            // more gather, and commit them together; an operation someone waits
+            // for (a new delivery) ends the wait at once.
+            linger(&rx, &mut batch);
         }
         let mut results = Vec::with_capacity(batch.len());
         let committed = (|| -> rusqlite::Result<()> {
@@ -358,7 +372,9 @@ impl Outbox {
             .name("pm-events-outbox".into())
             .spawn(move || writer(write, rx, p, done2))
             .map_err(|e| WebhookError::outbox("start the outbox writer", e))?;
+        let writer_thread = thread.thread().clone();
         Ok(Outbox {
+            writer: writer_thread,
             path,
             read: Mutex::new(read),
             tx: Mutex::new(Some(tx)),
@@ -395,6 +411,7 @@ impl Outbox {
     async fn call(&self, make: impl FnOnce(Reply) -> Op) -> Result<usize, WebhookError> {
         let (reply, wait) = oneshot::channel();
         self.send(make(reply))?;
+        self.writer.unpark();
         match wait.await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(WebhookError::outbox(self.path.display().to_string(), e)),
@@ -412,9 +429,9 @@ impl Outbox {
 
     /// Stores a new delivery and its key; returns once it is committed.
     pub async fn insert(&self, r: &DeliveryRecord) -> Result<(), WebhookError> {
-        let record = Box::new(r.clone());
+        let records = vec![r.clone()];
         self.call(|reply| Op::Insert {
-            record,
+            records,
             once: false,
             reply,
         })
@@ -425,26 +442,41 @@ impl Outbox {
     /// Stores a new delivery unless its key (event id and route) has one
     /// already; returns the id of the delivery made before, if so.
     pub async fn insert_once(&self, r: &DeliveryRecord) -> Result<Option<String>, WebhookError> {
-        let record = Box::new(r.clone());
-        let inserted = self
+        let mut earlier = self.insert_all_once(std::slice::from_ref(r)).await?;
+        Ok(earlier.pop().flatten())
+    }
+
+    /// Stores each of `records` unless its key has a delivery already, in one
+    /// transaction; per record, `None` when stored, else the earlier delivery's id.
+    pub async fn insert_all_once(
+        &self,
+        records: &[DeliveryRecord],
+    ) -> Result<Vec<Option<String>>, WebhookError> {
+        let batch = records.to_vec();
+        let stored = self
             .call(|reply| Op::Insert {
-                record,
+                records: batch,
                 once: true,
                 reply,
             })
             .await?;
-        if inserted > 0 {
-            return Ok(None);
+        if stored == records.len() {
+            return Ok(vec![None; records.len()]);
         }
         self.with(|c| {
-            c.query_row(
+            let mut st = c.prepare_cached(
                 "SELECT delivery_id FROM delivery_keys WHERE event_id = ?1 AND route = ?2",
-                params![r.event_id, r.route],
-                |row| row.get(0),
-            )
-            .optional()
+            )?;
+            records
+                .iter()
+                .map(|r| {
+                    let id: Option<String> = st
+                        .query_row(params![r.event_id, r.route], |row| row.get(0))
+                        .optional()?;
+                    Ok(id.filter(|id| *id != r.id))
+                })
+                .collect()
         })
-        .map(|id| Some(id.unwrap_or_default()))
     }
 
     /// Records a failed attempt and when the next one is due (committed shortly;

@@ -161,6 +161,25 @@ pub struct AttemptNotice {
     pub timestamp: String,
 }
 
+/// A new pending delivery of `event` to `route` at `url`, due now.
+fn record_of(event: &Event, route: &str, url: &str, body: Vec<u8>) -> DeliveryRecord {
+    let now = now_unix();
+    DeliveryRecord {
+        // Time-ordered (UUID v7): new rows go to the end of the outbox's index.
+        id: uuid::Uuid::now_v7().to_string(),
+        event_id: event.event_id.clone(),
+        event_type: event.event_type.clone(),
+        route: route.to_string(),
+        url: url.to_string(),
+        body: body.into(),
+        attempt: 0,
+        next_at: now,
+        created_at: now,
+        state: DeliveryState::Pending,
+        last_error: None,
+    }
+}
+
 /// Why a delivery cannot be sent again by hand.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -489,6 +508,24 @@ impl WebhookEngine {
             .await
     }
 
+    /// Queues `event` for each of the managed endpoints `ms`, once each, in one
+    /// outbox transaction. Returns the delivery ids in the order of `ms`.
+    pub async fn enqueue_endpoints(
+        &self,
+        event: &Event,
+        ms: &[std::sync::Arc<Managed>],
+        watched: bool,
+    ) -> Result<Vec<String>, WebhookError> {
+        let records: Vec<DeliveryRecord> = ms
+            .iter()
+            .map(|m| {
+                let body = super::payload::build_body(event, m.signers().body_signer());
+                record_of(event, &m.endpoint.id, &m.endpoint.url, body)
+            })
+            .collect();
+        self.store(records, true, watched).await
+    }
+
     async fn enqueue_inner(
         &self,
         event: &Event,
@@ -522,52 +559,67 @@ impl WebhookEngine {
         once: bool,
         watched: bool,
     ) -> Result<String, WebhookError> {
+        let mut ids = self
+            .store(vec![record_of(event, route, url, body)], once, watched)
+            .await?;
+        ids.pop()
+            .ok_or_else(|| WebhookError::outbox_state("a delivery was not stored"))
+    }
+
+    /// Stores `records` (in the JetStream work queue, or in the outbox in one
+    /// transaction) and, in the owner, starts delivering them. With `once`, a record
+    /// whose event has a delivery for its route already is not stored: the earlier
+    /// id stands in for it. Returns the ids in order.
+    async fn store(
+        &self,
+        records: Vec<DeliveryRecord>,
+        once: bool,
+        watched: bool,
+    ) -> Result<Vec<String>, WebhookError> {
         let i = &self.inner;
-        let now = now_unix();
-        let record = DeliveryRecord {
-            // Time-ordered (UUID v7): new rows go to the end of the outbox's index.
-            id: uuid::Uuid::now_v7().to_string(),
-            event_id: event.event_id.clone(),
-            event_type: event.event_type.clone(),
-            route: route.to_string(),
-            url: url.to_string(),
-            body: body.into(),
-            attempt: 0,
-            next_at: now,
-            created_at: now,
-            state: DeliveryState::Pending,
-            last_error: None,
-        };
-        if let Some((q, _)) = i.jetstream.get() {
-            // Any node (this one too, if it takes) delivers it from the work queue; a
-            // watched one is settled in memory if this process is the one.
-            if watched && self.takes_from_queue() {
-                lock(&i.watched).insert(record.id.clone(), None);
-                i.watched_pending
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            }
-            q.publish(&record).await?;
-            return Ok(record.id);
-        }
-        if once {
-            // Dispatched again after a crash, or a repeat: the delivery made before stands.
-            if let Some(earlier) = i.outbox.insert_once(&record).await? {
-                tracing::debug!(event_id = %event.event_id, route, delivery = %earlier, "the event has a delivery to this endpoint already");
-                return Ok(earlier);
-            }
-        } else {
-            i.outbox.insert(&record).await?;
-        }
-        let id = record.id.clone();
-        if watched && self.is_owner() {
-            lock(&i.watched).insert(id.clone(), None);
+        let watch = |id: &str| {
+            lock(&i.watched).insert(id.to_string(), None);
             i.watched_pending
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        };
+        if let Some((q, _)) = i.jetstream.get() {
+            // Any node (this one too, if it takes) delivers them from the work queue;
+            // a watched one is settled in memory if this process is the one.
+            let mut ids = Vec::with_capacity(records.len());
+            for record in records {
+                if watched && self.takes_from_queue() {
+                    watch(&record.id);
+                }
+                q.publish(&record).await?;
+                ids.push(record.id);
+            }
+            return Ok(ids);
         }
-        if self.is_owner() && !i.cancel.is_cancelled() {
-            self.spawn(record);
+        let earlier = if once {
+            // Dispatched again after a crash, or a repeat: the delivery made before stands.
+            i.outbox.insert_all_once(&records).await?
+        } else {
+            for r in &records {
+                i.outbox.insert(r).await?;
+            }
+            vec![None; records.len()]
+        };
+        let mut ids = Vec::with_capacity(records.len());
+        for (record, earlier) in records.into_iter().zip(earlier) {
+            if let Some(e) = earlier {
+                tracing::debug!(event_id = %record.event_id, route = %record.route, delivery = %e, "the event has a delivery for this route already");
+                ids.push(e);
+                continue;
+            }
+            ids.push(record.id.clone());
+            if watched && self.is_owner() {
+                watch(&record.id);
+            }
+            if self.is_owner() && !i.cancel.is_cancelled() {
+                self.spawn(record);
+            }
         }
-        Ok(id)
+        Ok(ids)
     }
 
     /// Moves dead letters (all, or those of one event) back to pending and delivers
