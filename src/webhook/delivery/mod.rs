@@ -18,9 +18,11 @@
 //!   beyond that waits in the outbox, oldest first, and is taken as room is made
 //!   (at half the window), so a dead endpoint's backlog neither fills the memory
 //!   nor holds up the other endpoints.
-//! - **Scale-out**: with a [`JetStreamQueue`] attached ([`WebhookEngine::use_jetstream`];
-//!   the CLI does it when `PM_NATS_URL` is set), deliveries are queued in JetStream
-//!   instead of the outbox and any node's engine delivers them (see [`super::jetstream`]).
+//! - **Stores**: deliveries wait in a [`store`] — the outbox, or with a [`JetStreamQueue`]
+//!   attached ([`WebhookEngine::use_jetstream`]; the CLI does it when `PM_NATS_URL` is
+//!   set) the JetStream work queue, from which any node's engine delivers (see
+//!   [`super::jetstream`]). The engine puts, settles, holds and gives back through
+//!   the store's trait and does not branch on which it has.
 //!
 //! # `webhooks/webhook_attempts.jsonl`
 //!
@@ -43,8 +45,8 @@
 mod config;
 mod lines;
 mod policy;
-mod queue;
 mod sender;
+pub(crate) mod store;
 mod wait;
 
 pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
@@ -53,6 +55,7 @@ pub use policy::Outcome;
 pub use policy::{backoff, parse_retry_after};
 use sender::Destination;
 pub use sender::EXCERPT_LIMIT;
+use store::{DeliveryStore, Kept, OutboxStore, QueueStore, Settle};
 pub use wait::WaitOutcome;
 
 use super::WebhookError;
@@ -93,7 +96,11 @@ struct EngineInner {
     cfg: DeliveryConfig,
     signer: Option<Signer>,
     client: reqwest::Client,
-    outbox: Outbox,
+    /// The outbox: the local store of pending and dead deliveries (shared with the
+    /// queue store, which keeps its dead rows there).
+    outbox: Arc<Outbox>,
+    /// The outbox as the store deliveries wait in, unless a queue is attached.
+    local: OutboxStore,
     attempts: JsonlWriter,
     dead: JsonlWriter,
     /// One queue per endpoint origin, created on first use.
@@ -125,11 +132,9 @@ struct EngineInner {
     eager_waiters: std::sync::atomic::AtomicUsize,
     /// Watched deliveries not settled yet (of every waiter).
     watched_pending: std::sync::atomic::AtomicUsize,
-    /// The JetStream work queue, when deliveries are shared by the nodes of a NATS cluster.
-    jetstream: std::sync::OnceLock<(JetStreamQueue, bool)>,
-    /// The JetStream messages of the deliveries this process holds, by delivery id:
-    /// acknowledged when the delivery settles, handed back for a retry or at shutdown.
-    js_held: Mutex<HashMap<String, async_nats::jetstream::Message>>,
+    /// The JetStream work queue as the store, when deliveries are shared by the
+    /// nodes of a NATS cluster (set once, before `start`).
+    queue: std::sync::OnceLock<QueueStore>,
     /// The managed endpoints, once attached ([`WebhookEngine::attach_endpoints`]):
     /// their keys, settings and state are read at each attempt.
     endpoints: std::sync::OnceLock<Endpoints>,
@@ -243,7 +248,7 @@ impl WebhookEngine {
     ) -> Result<Self, WebhookError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = cfg.log_dir.join("webhooks");
-        let outbox = Outbox::open(dir.join("outbox.sqlite3"), cfg.fsync)?;
+        let outbox = Arc::new(Outbox::open(dir.join("outbox.sqlite3"), cfg.fsync)?);
         let attempts = JsonlWriter::open(
             dir.join("webhook_attempts.jsonl"),
             cfg.log_max_bytes,
@@ -299,6 +304,7 @@ impl WebhookEngine {
                 cfg,
                 signer,
                 client,
+                local: OutboxStore(outbox.clone()),
                 outbox,
                 attempts,
                 dead,
@@ -314,8 +320,7 @@ impl WebhookEngine {
                 eager_waiters: std::sync::atomic::AtomicUsize::new(0),
                 settled_recently: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
-                jetstream: std::sync::OnceLock::new(),
-                js_held: Mutex::new(HashMap::new()),
+                queue: std::sync::OnceLock::new(),
                 endpoints: std::sync::OnceLock::new(),
                 notices: tokio::sync::broadcast::channel(1024).0,
             }),
@@ -363,19 +368,27 @@ impl WebhookEngine {
     /// Call before `start`; a second queue is refused.
     pub fn use_jetstream(&self, q: JetStreamQueue, take: bool) -> Result<(), WebhookError> {
         self.inner
-            .jetstream
-            .set((q, take))
+            .queue
+            .set(QueueStore::new(q, take, self.inner.outbox.clone()))
             .map_err(|_| WebhookError::config_state("a JetStream queue is attached already"))
+    }
+
+    /// Where deliveries wait: the work queue if attached, else the outbox.
+    fn store(&self) -> &dyn DeliveryStore {
+        match self.inner.queue.get() {
+            Some(q) => q,
+            None => &self.inner.local,
+        }
     }
 
     /// Whether deliveries go through a JetStream work queue.
     pub fn uses_jetstream(&self) -> bool {
-        self.inner.jetstream.get().is_some()
+        self.store().is_shared()
     }
 
     /// Whether this process takes deliveries from the JetStream work queue.
     pub fn takes_from_queue(&self) -> bool {
-        self.is_owner() && self.inner.jetstream.get().is_some_and(|(_, take)| *take)
+        self.is_owner() && self.store().is_shared() && self.store().takes()
     }
 
     /// Starts delivering: resumes every pending delivery of the outbox and watches
@@ -389,7 +402,7 @@ impl WebhookEngine {
             let me = self.clone();
             self.inner
                 .tasks
-                .spawn(async move { me.consume_jetstream().await });
+                .spawn(async move { me.store().consume(me.clone()).await });
         }
         let resumed = self.resume(true)?;
         if resumed > 0 {
@@ -523,7 +536,7 @@ impl WebhookEngine {
                 record_of(event, &m.endpoint.id, &m.endpoint.url, body)
             })
             .collect();
-        self.store(records, true, watched).await
+        self.put_records(records, true, watched).await
     }
 
     async fn enqueue_inner(
@@ -560,7 +573,7 @@ impl WebhookEngine {
         watched: bool,
     ) -> Result<String, WebhookError> {
         let mut ids = self
-            .store(vec![record_of(event, route, url, body)], once, watched)
+            .put_records(vec![record_of(event, route, url, body)], once, watched)
             .await?;
         ids.pop()
             .ok_or_else(|| WebhookError::outbox_state("a delivery was not stored"))
@@ -570,7 +583,7 @@ impl WebhookEngine {
     /// transaction) and, in the owner, starts delivering them. With `once`, a record
     /// whose event has a delivery for its route already is not stored: the earlier
     /// id stands in for it. Returns the ids in order.
-    async fn store(
+    async fn put_records(
         &self,
         records: Vec<DeliveryRecord>,
         once: bool,
@@ -582,28 +595,10 @@ impl WebhookEngine {
             i.watched_pending
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         };
-        if let Some((q, _)) = i.jetstream.get() {
-            // Any node (this one too, if it takes) delivers them from the work queue;
-            // a watched one is settled in memory if this process is the one.
-            let mut ids = Vec::with_capacity(records.len());
-            for record in records {
-                if watched && self.takes_from_queue() {
-                    watch(&record.id);
-                }
-                q.publish(&record).await?;
-                ids.push(record.id);
-            }
-            return Ok(ids);
-        }
-        let earlier = if once {
-            // Dispatched again after a crash, or a repeat: the delivery made before stands.
-            i.outbox.insert_all_once(&records).await?
-        } else {
-            for r in &records {
-                i.outbox.insert(r).await?;
-            }
-            vec![None; records.len()]
-        };
+        // Dispatched again after a crash, or a repeat: with `once`, the delivery made
+        // before stands.
+        let earlier = self.store().put(&records, once).await?;
+        let here = self.store().attempted_where_put();
         let mut ids = Vec::with_capacity(records.len());
         for (record, earlier) in records.into_iter().zip(earlier) {
             if let Some(e) = earlier {
@@ -612,10 +607,18 @@ impl WebhookEngine {
                 continue;
             }
             ids.push(record.id.clone());
-            if watched && self.is_owner() {
+            // A watched delivery is settled in memory if this process attempts it:
+            // the owner of the outbox, or a node that takes from the queue (any node
+            // may be the one that does).
+            let attempts_here = if here {
+                self.is_owner()
+            } else {
+                self.takes_from_queue()
+            };
+            if watched && attempts_here {
                 watch(&record.id);
             }
-            if self.is_owner() && !i.cancel.is_cancelled() {
+            if here && self.is_owner() && !i.cancel.is_cancelled() {
                 self.spawn(record);
             }
         }
@@ -813,11 +816,10 @@ impl WebhookEngine {
                 Reach::Removed => {
                     let why = "its endpoint was removed";
                     self.dead_letter(&r, why);
-                    let seq = self
-                        .inner
-                        .outbox
-                        .mark_dead(&r.id, r.attempt, why)
-                        .unwrap_or(0);
+                    let seq = match self.store().settle(&r, Settle::Dead { reason: why }).await {
+                        Kept::Over(seq) => seq,
+                        _ => 0,
+                    };
                     self.notify(&r, None, Outcome::Dead, Some(why.to_string()));
                     self.release(&r, Some((false, seq)));
                     continue;
@@ -945,31 +947,28 @@ impl WebhookEngine {
             .increment(1);
         metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
             .record(duration_ms / 1000.0);
-        let held = lock(&i.js_held).remove(&r.id);
-        if let Some(msg) = held {
-            return self
-                .settle_in_queue(r, msg, outcome, next_at, &reason)
-                .await;
-        }
-        let stored = match (outcome, next_at) {
-            (Outcome::Delivered, _) => i.outbox.remove(&r.id),
-            (Outcome::Retry, Some(t)) => i.outbox.reschedule(&r.id, r.attempt, t, &reason),
+        let why;
+        let how = match (outcome, next_at) {
+            (Outcome::Delivered, _) => Settle::Delivered,
+            (Outcome::Retry, Some(next_at)) => Settle::Retry {
+                next_at,
+                reason: &reason,
+            },
             _ => {
-                let why = self.dead_reason(r, outcome, &reason);
+                why = self.dead_reason(r, outcome, &reason);
                 self.dead_letter(r, &why);
-                i.outbox.mark_dead(&r.id, r.attempt, &why)
+                Settle::Dead { reason: &why }
             }
         };
-        let seq = stored.unwrap_or_else(|e| {
-            tracing::error!(delivery_id = %r.id, error = %crate::error::chain(&e), "cannot update the webhook outbox");
-            0
-        });
-        match next_at {
-            Some(t) => {
-                r.next_at = t;
+        match self.store().settle(r, how).await {
+            Kept::Over(seq) => Attempted::Settled(outcome == Outcome::Delivered, seq),
+            Kept::RetryHere => {
+                if let Some(t) = next_at {
+                    r.next_at = t;
+                }
                 Attempted::Retry
             }
-            None => Attempted::Settled(outcome == Outcome::Delivered, seq),
+            Kept::HandedBack => Attempted::HandedBack,
         }
     }
 
@@ -993,17 +992,16 @@ impl WebhookEngine {
         matches!(self.destination(route), Reach::Hold)
     }
 
-    /// A delivery taken from the work queue for an endpoint that is disabled goes
-    /// back to the queue for later (any node may take it once it is enabled).
+    /// A delivery not attempted now (its endpoint is disabled) stays pending in its
+    /// store (a queue gets it back for later; any node may take it once it is enabled).
     async fn hold(&self, r: &DeliveryRecord) {
-        let held = lock(&self.inner.js_held).remove(&r.id);
-        if let Some(msg) = held {
-            let _ = msg
-                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                    Duration::from_secs(5),
-                )))
-                .await;
-        }
+        self.store().hold(r).await;
+    }
+
+    /// Takes `r`, handed out by the store, into this process's care whatever the
+    /// window (the store bounds what it hands out).
+    fn take_unbounded(&self, r: DeliveryRecord) {
+        self.spawn_within(r, false);
     }
 
     /// Tells the listeners of [`notices`](Self::notices) about an attempt.
@@ -1041,16 +1039,8 @@ impl WebhookEngine {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        // Deliveries taken from the work queue and not attempted: back to it (after a
-        // second, once this process no longer fetches).
-        let held: Vec<_> = lock(&self.inner.js_held).drain().collect();
-        for (_, msg) in held {
-            let _ = msg
-                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                    Duration::from_secs(1),
-                )))
-                .await;
-        }
+        // Deliveries taken from a queue and not attempted go back to it.
+        self.store().give_back().await;
         if let Err(e) = self.inner.outbox.flush().await {
             tracing::error!(error = %crate::error::chain(&e), "cannot flush the webhook outbox");
         }
