@@ -18,7 +18,7 @@
 //!   beyond that waits in the outbox, oldest first, and is taken as room is made
 //!   (at half the window), so a dead endpoint's backlog neither fills the memory
 //!   nor holds up the other endpoints.
-//! - **Stores**: deliveries wait in a [`store`] — the outbox, or with a [`JetStreamQueue`]
+//! - **Stores**: deliveries wait in a store (`delivery::store`) — the outbox, or with a [`JetStreamQueue`]
 //!   attached ([`WebhookEngine::use_jetstream`]; the CLI does it when `PM_NATS_URL` is
 //!   set) the JetStream work queue, from which any node's engine delivers (see
 //!   [`super::jetstream`]). The engine puts, settles, holds and gives back through
@@ -46,7 +46,7 @@ mod config;
 mod lines;
 mod policy;
 mod sender;
-pub(crate) mod store;
+mod store;
 mod wait;
 
 pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
