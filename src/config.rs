@@ -98,6 +98,10 @@ pub struct Config {
     pub mail_allowed_domains: Option<Vec<String>>,
     /// `PM_NODE_ID`: this process's name in the group (default: host name).
     pub node_id: String,
+    /// `PM_ENDPOINT_ALLOW_NETS`: networks (comma-separated CIDRs) managed endpoints
+    /// may reach although they are loopback, private, link-local, shared,
+    /// unspecified, broadcast or multicast; none by default.
+    pub endpoint_allow_nets: Vec<ipnet::IpNet>,
 }
 
 /// The specification's webhook URL variables.
@@ -137,6 +141,7 @@ impl Default for Config {
             consumer_group: "pm-events".into(),
             node_id: default_node_id(),
             file_roots: Vec::new(),
+            endpoint_allow_nets: Vec::new(),
             mail_allowed_domains: None,
         }
     }
@@ -422,6 +427,16 @@ impl Config {
         }
         if let Some(n) = v.get("PM_NODE_ID") {
             c.node_id = n.to_string();
+        }
+        if let Some(nets) = v.get("PM_ENDPOINT_ALLOW_NETS") {
+            c.endpoint_allow_nets =
+                crate::endpoint::guard::NetGuard::parse_allow(nets).map_err(|e| {
+                    err(
+                        "PM_ENDPOINT_ALLOW_NETS",
+                        &e.0,
+                        "comma-separated CIDR networks such as 127.0.0.0/8,fd00::/8",
+                    )
+                })?;
         }
         if let Some(roots) = v.get("PM_FILE_ROOTS") {
             c.file_roots = std::env::split_paths(roots)

@@ -104,6 +104,7 @@ fn cli(logs: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pm-events"))
         .args(args)
         .env("PM_LOG_DIR", logs)
+        .env("PM_ENDPOINT_ALLOW_NETS", "127.0.0.0/8")
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -824,4 +825,91 @@ async fn the_openapi_document_is_valid_and_names_every_api_route() {
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }
+}
+
+#[tokio::test]
+async fn endpoints_may_not_reach_internal_addresses_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[("PM_ENDPOINT_ALLOW_NETS", "")]);
+    let u = format!("{}/api/v1/endpoints", s.url);
+    for (url, class) in [
+        ("http://127.0.0.1:9/x", "loopback"),
+        ("http://[::1]:9/x", "loopback"),
+        ("http://[::ffff:127.0.0.1]/x", "loopback"),
+        ("http://10.0.0.1/x", "private"),
+        ("http://172.16.5.4/x", "private"),
+        ("http://192.168.0.10/x", "private"),
+        ("http://[fd00::1]/x", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[fe80::1]/x", "link-local"),
+        ("http://100.64.0.1/x", "shared"),
+        ("http://0.0.0.0/x", "unspecified"),
+        ("http://224.0.0.1/x", "multicast"),
+        ("http://255.255.255.255/x", "broadcast"),
+        ("http://localhost:9/x", "loopback"),
+    ] {
+        let (st, v) = call("POST", &u, Some(json!({"url": url}))).await;
+        assert_eq!(st, 400, "{url} → {v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("url: ") && m.contains(class) && m.contains("PM_ENDPOINT_ALLOW_NETS"),
+            "{url} → {m}"
+        );
+    }
+    // A change of URL is checked too.
+    let (st, ep) = call("POST", &u, Some(json!({"url": "http://93.184.216.34/x"}))).await;
+    assert_eq!(st, 201, "{ep}");
+    let (st, v) = call(
+        "PATCH",
+        &format!("{u}/{}", ep["id"].as_str().unwrap()),
+        Some(json!({"url": "http://10.1.1.1/"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+}
+
+#[tokio::test]
+async fn the_guard_holds_at_connect_time_for_names_and_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = TestReceiver::start().await;
+    let port = rx.addr.port();
+    // Made while loopback was allowed…
+    let s = Server::start(
+        dir.path(),
+        &[("PM_ENDPOINT_ALLOW_NETS", "127.0.0.0/8,::1/128")],
+    );
+    let by_name = create(
+        &s,
+        json!({"url": format!("http://localhost:{port}/name"), "event_types": ["probe"], "max_retries": 0}),
+    )
+    .await;
+    let by_ip = create(
+        &s,
+        json!({"url": rx.url("/ip"), "event_types": ["probe"], "max_retries": 0}),
+    )
+    .await;
+    drop(s);
+    // …and delivered by a server that no longer allows it: both are refused when
+    // connecting, and nothing reaches the receiver.
+    let s = Server::start(dir.path(), &[("PM_ENDPOINT_ALLOW_NETS", "")]);
+    publish(&s, "probe", json!({})).await;
+    for ep in [&by_name, &by_ip] {
+        let v = until(
+            &format!(
+                "{}/api/v1/deliveries?status=dead&endpoint_id={}",
+                s.url,
+                ep["id"].as_str().unwrap()
+            ),
+            T,
+            "a refused delivery",
+            |_, l| l["data"].as_array().is_some_and(|d| !d.is_empty()),
+        )
+        .await;
+        let err = v["data"][0]["last_error"].as_str().unwrap();
+        assert!(
+            err.contains("loopback") && err.contains("PM_ENDPOINT_ALLOW_NETS"),
+            "{err}"
+        );
+    }
+    assert!(rx.requests("/name").is_empty() && rx.requests("/ip").is_empty());
 }

@@ -14,6 +14,7 @@
 //! endpoints with `"source": "env"` ([`env_endpoints`]).
 
 pub mod filter;
+pub mod guard;
 pub mod keys;
 pub mod kv;
 pub mod model;
@@ -134,6 +135,8 @@ struct Inner {
     env: Vec<Endpoint>,
     /// Serializes this process's read-modify-write changes.
     write: tokio::sync::Mutex<()>,
+    /// Which addresses endpoint URLs may reach.
+    guard: Arc<guard::NetGuard>,
     /// Ends the watch task (cancelled when the last clone drops, or by `close`).
     cancel: CancellationToken,
 }
@@ -145,10 +148,12 @@ impl Drop for Inner {
 }
 
 impl Endpoints {
-    /// The endpoints kept in `store`, beside the read-only ones of `routes`.
+    /// The endpoints kept in `store`, beside the read-only ones of `routes`; their
+    /// URLs may reach only what `guard` allows.
     pub async fn open(
         store: Box<dyn EndpointStore>,
         routes: &Routes,
+        guard: guard::NetGuard,
     ) -> Result<Self, EndpointError> {
         let me = Endpoints {
             inner: Arc::new(Inner {
@@ -156,6 +161,7 @@ impl Endpoints {
                 current: RwLock::new(Arc::new(Vec::new())),
                 env: env_endpoints(routes),
                 write: tokio::sync::Mutex::new(()),
+                guard: Arc::new(guard),
                 cancel: CancellationToken::new(),
             }),
         };
@@ -167,8 +173,25 @@ impl Endpoints {
     pub async fn open_local(
         log_dir: &std::path::Path,
         routes: &Routes,
+        guard: guard::NetGuard,
     ) -> Result<Self, EndpointError> {
-        Self::open(Box::new(store::SqliteStore::open(log_dir)?), routes).await
+        Self::open(Box::new(store::SqliteStore::open(log_dir)?), routes, guard).await
+    }
+
+    /// The address guard of the endpoints' URLs.
+    pub fn guard(&self) -> Arc<guard::NetGuard> {
+        self.inner.guard.clone()
+    }
+
+    /// Refuses `ep`'s URL if its host is, or resolves to, an address the guard refuses.
+    async fn check_reach(&self, ep: &Endpoint) -> Result<(), EndpointError> {
+        let url = model::check_url(&ep.url)?;
+        self.inner.guard.check_url(&url).await.map_err(|e| {
+            EndpointError::Invalid(FieldError {
+                field: "url".into(),
+                problem: e.to_string(),
+            })
+        })
     }
 
     /// Keeps the set current with changes made by other processes (within a second)
@@ -306,6 +329,7 @@ impl Endpoints {
             now_text(),
         );
         model::apply(&mut ep, fields, Change::Create)?;
+        self.check_reach(&ep).await?;
         if !ep.enabled {
             ep.disabled_reason = Some("created disabled".into());
         }
@@ -338,6 +362,9 @@ impl Endpoints {
         let _w = self.inner.write.lock().await;
         let mut s = self.stored(id).await?;
         model::apply(&mut s.endpoint, fields, Change::Patch)?;
+        if fields.contains_key("url") {
+            self.check_reach(&s.endpoint).await?;
+        }
         s.endpoint.updated_at = now_text();
         self.save(&s).await?;
         Ok(s.endpoint)

@@ -32,6 +32,9 @@ impl Server {
             .env_remove("RUST_LOG")
             .env("PM_LOG_DIR", &logs)
             .env("WEBHOOK_SIGNATURE_SECRET", SECRET)
+            // The tests' receivers listen on loopback, which managed endpoints may
+            // reach only when allowed (a test of the guard sets this to "").
+            .env("PM_ENDPOINT_ALLOW_NETS", "127.0.0.0/8")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         for (k, v) in env {

@@ -146,12 +146,13 @@ impl App {
 /// `PM_NATS_URL`, else in `<log dir>/webhooks/endpoints.sqlite3`.
 pub async fn open_endpoints(cfg: &Config) -> Result<Endpoints> {
     let routes = pm_events::webhook::Routes::from_config(cfg);
+    let guard = pm_events::endpoint::guard::NetGuard::new(cfg.endpoint_allow_nets.clone());
     Ok(match &cfg.nats_url {
         Some(url) => {
             let store = pm_events::endpoint::kv::KvStore::connect(url).await?;
-            Endpoints::open(Box::new(store), &routes).await?
+            Endpoints::open(Box::new(store), &routes, guard).await?
         }
-        None => Endpoints::open_local(&cfg.log_dir, &routes).await?,
+        None => Endpoints::open_local(&cfg.log_dir, &routes, guard).await?,
     })
 }
 

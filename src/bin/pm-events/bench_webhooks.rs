@@ -244,7 +244,10 @@ async fn fan_out_deliveries(cfg: &Config, events: u64, urls: &[String]) -> Resul
     use pm_events::webhook::{EndpointFanOut, Routes, WebhookHandler};
     let mut cfg = cfg.clone();
     cfg.webhook_urls.clear();
-    let eps = Endpoints::open_local(&cfg.log_dir, &Routes::default()).await?;
+    // The receivers are on this machine: let the endpoints reach loopback.
+    let loopback = pm_events::endpoint::guard::NetGuard::parse_allow("127.0.0.0/8")?;
+    let guard = pm_events::endpoint::guard::NetGuard::new(loopback);
+    let eps = Endpoints::open_local(&cfg.log_dir, &Routes::default(), guard).await?;
     for u in urls {
         let mut m = serde_json::Map::new();
         m.insert("url".into(), json!(u));

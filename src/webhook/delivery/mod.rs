@@ -137,7 +137,7 @@ struct EngineInner {
     queue: std::sync::OnceLock<QueueStore>,
     /// The managed endpoints, once attached ([`WebhookEngine::attach_endpoints`]):
     /// their keys, settings and state are read at each attempt.
-    endpoints: std::sync::OnceLock<Endpoints>,
+    endpoints: std::sync::OnceLock<(Endpoints, reqwest::Client)>,
     /// Every attempt's outcome, for whoever listens (the server's event stream);
     /// nothing is built when nobody does.
     notices: tokio::sync::broadcast::Sender<Arc<AttemptNotice>>,
@@ -164,6 +164,19 @@ pub struct AttemptNotice {
     pub error: Option<String>,
     /// When (RFC 3339).
     pub timestamp: String,
+}
+
+/// The HTTP client's settings: the attempt timeout, pooled connections per
+/// endpoint, no redirects.
+fn http_client(cfg: &DeliveryConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(cfg.per_endpoint.max(1))
+        // A webhook goes to the URL configured, nowhere else: a 3xx answer is a
+        // final failure (as with GitHub's and Stripe's webhooks).
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("pm-events/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A new pending delivery of `event` to `route` at `url`, due now.
@@ -289,14 +302,7 @@ impl WebhookEngine {
             ),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(cfg.per_endpoint.max(1))
-            // A webhook goes to the URL configured, nowhere else: a 3xx answer is a
-            // final failure (as with GitHub's and Stripe's webhooks).
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pm-events/", env!("CARGO_PKG_VERSION")))
+        let client = http_client(&cfg)
             .build()
             .map_err(|e| WebhookError::config("HTTP client", e))?;
         Ok(WebhookEngine {
@@ -329,16 +335,33 @@ impl WebhookEngine {
 
     /// Delivers to the managed endpoints of `e` (their keys, headers, settings and
     /// state). Call before `start`; a second set is refused.
+    /// Their deliveries go through an HTTP client of their own, whose resolver
+    /// refuses the addresses the endpoints' guard refuses.
     pub fn attach_endpoints(&self, e: Endpoints) -> Result<(), WebhookError> {
+        let resolver = crate::endpoint::guard::GuardedResolver(e.guard());
+        let client = http_client(&self.inner.cfg)
+            .dns_resolver(std::sync::Arc::new(resolver))
+            .build()
+            .map_err(|e| WebhookError::config("HTTP client", e))?;
         self.inner
             .endpoints
-            .set(e)
+            .set((e, client))
             .map_err(|_| WebhookError::config_state("endpoints are attached already"))
     }
 
     /// The managed endpoints, if attached.
     pub fn endpoints(&self) -> Option<&Endpoints> {
-        self.inner.endpoints.get()
+        self.inner.endpoints.get().map(|(e, _)| e)
+    }
+
+    /// The HTTP client of managed endpoints (guarded) and their guard, if attached.
+    fn guarded(
+        &self,
+    ) -> Option<(
+        &reqwest::Client,
+        std::sync::Arc<crate::endpoint::guard::NetGuard>,
+    )> {
+        self.inner.endpoints.get().map(|(e, c)| (c, e.guard()))
     }
 
     /// The outcome of every attempt from now on (a receiver that lags loses the oldest).
@@ -980,7 +1003,7 @@ impl WebhookEngine {
         let Some(eps) = self.inner.endpoints.get() else {
             return Reach::Hold;
         };
-        match eps.managed(route) {
+        match eps.0.managed(route) {
             Some(m) if m.endpoint.enabled => Reach::Send(Destination::Managed(m)),
             Some(_) => Reach::Hold,
             None => Reach::Removed,

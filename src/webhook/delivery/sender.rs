@@ -42,9 +42,27 @@ impl WebhookEngine {
         to: &Destination,
     ) -> Result<Answer, String> {
         let i = &*self.inner;
-        let req = match &self.target(&r.url).url {
-            Some(u) => i.client.post(u.clone()),
-            None => i.client.post(&r.url),
+        let target = self.target(&r.url);
+        let client = match (to, self.guarded()) {
+            (Destination::Managed(_), Some((guarded, guard))) => {
+                // An address in the URL is not resolved: check it here (the allowed
+                // networks may have changed since the endpoint was made).
+                if let Some(ip) = target.url.as_ref().and_then(|u| {
+                    u.host_str()?
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse()
+                        .ok()
+                }) {
+                    guard.check(ip).map_err(|e| format!("refused: {e}"))?;
+                }
+                guarded
+            }
+            _ => &i.client,
+        };
+        let req = match &target.url {
+            Some(u) => client.post(u.clone()),
+            None => client.post(&r.url),
         };
         let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
         let now = now_unix();
