@@ -913,3 +913,98 @@ async fn the_guard_holds_at_connect_time_for_names_and_addresses() {
     }
     assert!(rx.requests("/name").is_empty() && rx.requests("/ip").is_empty());
 }
+
+#[tokio::test]
+async fn a_rate_limit_spreads_an_endpoints_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let rx = TestReceiver::start().await;
+    create(
+        &s,
+        json!({"url": rx.url("/slow"), "event_types": ["burst"], "rate_limit_per_s": 5}),
+    )
+    .await;
+    create(
+        &s,
+        json!({"url": rx.url("/free"), "event_types": ["burst"]}),
+    )
+    .await;
+    for i in 0..20 {
+        publish(&s, "burst", json!({"i": i})).await;
+    }
+    let free = rx.wait_for("/free", 20, T).await;
+    let got = rx.wait_for("/slow", 20, T).await;
+    let span = got[19].at - got[0].at;
+    assert!(span >= Duration::from_secs(3), "20 at 5/s took {span:?}");
+    let free_span = free[19].at - free[0].at;
+    assert!(
+        free_span < span,
+        "the other endpoint is not held: {free_span:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_endpoint_for_its_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let rx = TestReceiver::start().await;
+    rx.script("/busy", vec![Reply::status(429).header("Retry-After", "2")]);
+    create(&s, json!({"url": rx.url("/busy"), "event_types": ["busy"]})).await;
+    publish(&s, "busy", json!({"n": 0})).await;
+    let first = rx.wait_for("/busy", 1, T).await[0].clone();
+    // Deliveries queued after the 429 wait for the end of the pause too.
+    publish(&s, "busy", json!({"n": 1})).await;
+    publish(&s, "busy", json!({"n": 2})).await;
+    let got = rx.wait_for("/busy", 4, T).await;
+    for r in &got[1..] {
+        let after = r.at - first.at;
+        assert!(
+            after >= Duration::from_millis(1900),
+            "request {} came {after:?} after the 429",
+            r.json()["data"]["n"]
+        );
+    }
+    let mut ns: Vec<u64> = got[1..]
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, vec![0, 1, 2], "the first one again, and the two others");
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_at_once_announces_it_and_keeps_the_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let rx = TestReceiver::start().await;
+    rx.script("/gone", vec![Reply::status(410)]);
+    let ep = create(&s, json!({"url": rx.url("/gone"), "event_types": ["work"]})).await;
+    let id = ep["id"].as_str().unwrap();
+    // Someone is told: an endpoint that takes the announcement.
+    create(
+        &s,
+        json!({"url": rx.url("/ops"), "event_types": ["endpoint_*"]}),
+    )
+    .await;
+    let event = publish(&s, "work", json!({})).await;
+    let url = format!("{}/api/v1/endpoints/{id}", s.url);
+    let off = until(&url, T, "disabled", |_, v| v["enabled"] == false).await;
+    assert_eq!(off["disabled_reason"], "answered 410 Gone");
+    let told = rx.wait_for("/ops", 1, T).await;
+    let body = told[0].json();
+    assert_eq!(body["event_type"], "endpoint_disabled");
+    assert_eq!(body["data"]["endpoint_id"], id);
+    // Kept, not dead: it goes out once the endpoint is enabled again.
+    let pending = until(
+        &format!("{}/api/v1/deliveries?endpoint_id={id}", s.url),
+        T,
+        "the delivery kept",
+        |_, l| l["data"][0]["status"] == "failed",
+    )
+    .await;
+    assert_eq!(pending["data"][0]["event_id"], event);
+    let (st, _) = call("PATCH", &url, Some(json!({"enabled": true}))).await;
+    assert_eq!(st, 200);
+    let got = rx.wait_for("/gone", 2, T).await;
+    assert_eq!(got[1].header("webhook-id"), event);
+}

@@ -73,6 +73,16 @@ impl App {
             if always_webhooks || server || !cfg.webhook_urls.is_empty() || !endpoints.is_empty() {
                 let h = WebhookHandler::from_config(cfg)?;
                 h.engine().attach_endpoints(endpoints.clone())?;
+                // An endpoint the engine disables (410 Gone) is announced on the bus.
+                let weak = bus.downgrade();
+                h.engine().on_endpoint_disabled(move |event| {
+                    let weak = weak.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = weak.publish(event, None).await {
+                            tracing::warn!(error = %e, "cannot publish endpoint_disabled");
+                        }
+                    });
+                })?;
                 if server {
                     // Endpoints created or changed by the CLI or another node reach it.
                     endpoints.watch();

@@ -44,6 +44,7 @@
 
 mod config;
 mod lines;
+mod pace;
 mod policy;
 mod sender;
 mod store;
@@ -138,6 +139,10 @@ struct EngineInner {
     /// The managed endpoints, once attached ([`WebhookEngine::attach_endpoints`]):
     /// their keys, settings and state are read at each attempt.
     endpoints: std::sync::OnceLock<(Endpoints, reqwest::Client)>,
+    /// Called with an `endpoint_disabled` event when the engine disables an endpoint.
+    on_disabled: std::sync::OnceLock<Box<dyn Fn(Event) + Send + Sync>>,
+    /// The turns of rate-limited and paused routes (`rate_limit_per_s`, 429s).
+    pacer: pace::Pacer,
     /// Every attempt's outcome, for whoever listens (the server's event stream);
     /// nothing is built when nobody does.
     notices: tokio::sync::broadcast::Sender<Arc<AttemptNotice>>,
@@ -329,6 +334,8 @@ impl WebhookEngine {
                 queue: std::sync::OnceLock::new(),
                 endpoints: std::sync::OnceLock::new(),
                 notices: tokio::sync::broadcast::channel(1024).0,
+                pacer: pace::Pacer::default(),
+                on_disabled: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -848,6 +855,19 @@ impl WebhookEngine {
                     continue;
                 }
             };
+            let rate = match &to {
+                Destination::Managed(m) => m.endpoint.rate_limit_per_s,
+                Destination::Env => None,
+            };
+            if let Some(at) = self.inner.pacer.take_turn(&r.route, rate) {
+                tokio::select! {
+                    _ = self.inner.cancel.cancelled() => {
+                        self.release(&r, None);
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
             match self.attempt(&mut r, &to).await {
                 Attempted::Settled(delivered, seq) => self.release(&r, Some((delivered, seq))),
                 Attempted::Retry => self.schedule(r),
@@ -949,6 +969,12 @@ impl WebhookEngine {
             (None, Some(e)) => e.clone(),
             (None, None) => "unknown".into(),
         };
+        if status == Some(429) {
+            // Too many requests: the whole endpoint waits, not only this delivery.
+            let pause = retry_after
+                .unwrap_or_else(|| backoff(r.attempt, i.cfg.backoff_base, i.cfg.backoff_cap, 0.0));
+            i.pacer.pause(&r.route, tokio::time::Instant::now() + pause);
+        }
         let next_at = (outcome == Outcome::Retry).then(|| {
             let b = backoff(
                 r.attempt,
@@ -970,6 +996,32 @@ impl WebhookEngine {
             .increment(1);
         metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
             .record(duration_ms / 1000.0);
+        if outcome == Outcome::Gone
+            && let Destination::Managed(m) = to
+        {
+            // The endpoint says it no longer exists: it is disabled, and this
+            // delivery waits with the others until it is enabled again.
+            self.disable(m, "answered 410 Gone").await;
+            let now = now_unix();
+            return match self
+                .store()
+                .settle(
+                    r,
+                    Settle::Retry {
+                        next_at: now,
+                        reason: "HTTP 410 Gone: endpoint disabled",
+                    },
+                )
+                .await
+            {
+                Kept::RetryHere => {
+                    r.next_at = now;
+                    Attempted::Retry
+                }
+                Kept::HandedBack => Attempted::HandedBack,
+                Kept::Over(seq) => Attempted::Settled(false, seq),
+            };
+        }
         let why;
         let how = match (outcome, next_at) {
             (Outcome::Delivered, _) => Settle::Delivered,
@@ -1025,6 +1077,49 @@ impl WebhookEngine {
     /// window (the store bounds what it hands out).
     fn take_unbounded(&self, r: DeliveryRecord) {
         self.spawn_within(r, false);
+    }
+
+    /// Disables the managed endpoint `m` for `reason` and announces it (an
+    /// `endpoint_disabled` event, through the hook of [`on_endpoint_disabled`](Self::on_endpoint_disabled)).
+    async fn disable(&self, m: &Managed, reason: &str) {
+        let Some(eps) = self.endpoints() else { return };
+        if !eps
+            .managed(&m.endpoint.id)
+            .is_some_and(|m| m.endpoint.enabled)
+        {
+            return;
+        }
+        match eps.set_enabled(&m.endpoint.id, false, Some(reason)).await {
+            Ok(ep) => {
+                tracing::warn!(endpoint = %ep.id, url = %redact_url(&ep.url), reason, "webhook endpoint disabled; its deliveries wait until it is enabled");
+                if let Some(hook) = self.inner.on_disabled.get() {
+                    hook(Event::new(
+                        "endpoint_disabled",
+                        serde_json::json!({
+                            "endpoint_id": ep.id,
+                            "url": redact_url(&ep.url),
+                            "reason": reason,
+                        }),
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %m.endpoint.id, error = %crate::error::chain(&e), "cannot disable a webhook endpoint");
+            }
+        }
+    }
+
+    /// Calls `hook` with an `endpoint_disabled` event (`{"endpoint_id","url","reason"}`)
+    /// each time the engine disables an endpoint; the server publishes it on the bus.
+    /// Set once.
+    pub fn on_endpoint_disabled(
+        &self,
+        hook: impl Fn(Event) + Send + Sync + 'static,
+    ) -> Result<(), WebhookError> {
+        self.inner
+            .on_disabled
+            .set(Box::new(hook))
+            .map_err(|_| WebhookError::config_state("a hook is set already"))
     }
 
     /// Tells the listeners of [`notices`](Self::notices) about an attempt.
