@@ -102,6 +102,9 @@ pub struct Config {
     /// may reach although they are loopback, private, link-local, shared,
     /// unspecified, broadcast or multicast; none by default.
     pub endpoint_allow_nets: Vec<ipnet::IpNet>,
+    /// `PM_ENDPOINT_DISABLE_AFTER`: a managed endpoint failing without a success for
+    /// this long is disabled (default 5 days).
+    pub endpoint_disable_after: Duration,
 }
 
 /// The specification's webhook URL variables.
@@ -142,6 +145,7 @@ impl Default for Config {
             node_id: default_node_id(),
             file_roots: Vec::new(),
             endpoint_allow_nets: Vec::new(),
+            endpoint_disable_after: Duration::from_secs(5 * 24 * 3600),
             mail_allowed_domains: None,
         }
     }
@@ -427,6 +431,18 @@ impl Config {
         }
         if let Some(n) = v.get("PM_NODE_ID") {
             c.node_id = n.to_string();
+        }
+        if let Some(d) = v.get("PM_ENDPOINT_DISABLE_AFTER") {
+            c.endpoint_disable_after = humantime::parse_duration(d.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    err(
+                        "PM_ENDPOINT_DISABLE_AFTER",
+                        d,
+                        "a duration such as 5d, 12h or 30m",
+                    )
+                })?;
         }
         if let Some(nets) = v.get("PM_ENDPOINT_ALLOW_NETS") {
             c.endpoint_allow_nets =

@@ -1008,3 +1008,105 @@ async fn a_410_disables_the_endpoint_at_once_announces_it_and_keeps_the_delivery
     let got = rx.wait_for("/gone", 2, T).await;
     assert_eq!(got[1].header("webhook-id"), event);
 }
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let rx = TestReceiver::start().await;
+    rx.script("/flaky", (0..5).map(|_| Reply::status(503)).collect());
+    let ep = create(
+        &s,
+        json!({"url": rx.url("/flaky"), "event_types": ["flaky"], "max_retries": 0}),
+    )
+    .await;
+    let url = format!("{}/api/v1/endpoints/{}", s.url, ep["id"].as_str().unwrap());
+    for i in 0..5 {
+        publish(&s, "flaky", json!({"i": i})).await;
+    }
+    let failed = rx.wait_for("/flaky", 5, T).await;
+    let open = until(&url, T, "the breaker open", |_, v| {
+        v["health"]["breaker"] == "open"
+    })
+    .await;
+    assert_eq!(open["health"]["failures_in_a_row"], 5);
+    assert_eq!(open["health"]["last_error"], "HTTP 503");
+    // While it is open, a new delivery waits for the probe, which goes after the
+    // breaker's first wait (2 s) and closes it.
+    publish(&s, "flaky", json!({"i": 5})).await;
+    let got = rx.wait_for("/flaky", 6, T).await;
+    let waited = got[5].at - failed[4].at;
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the probe came after {waited:?}"
+    );
+    let closed = until(&url, T, "the breaker closed", |_, v| {
+        v["health"]["breaker"] == "closed"
+    })
+    .await;
+    assert_eq!(closed["health"]["failures_in_a_row"], 0);
+    assert_eq!(closed["health"]["attempts_1h"], 6);
+    assert!(closed["health"]["success_rate_1h"].as_f64().unwrap() > 0.16);
+    assert!(closed["health"]["p50_ms"].as_f64().is_some());
+    // The CLI shows the figures from the attempt log.
+    let (code, out, err) = cli(&s.logs, &["endpoints", "show", ep["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("last hour:     6 attempts"), "{out}");
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_past_the_limit_is_disabled_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            ("PM_ENDPOINT_DISABLE_AFTER", "1s"),
+            ("WEBHOOK_BACKOFF_BASE_MS", "200"),
+        ],
+    );
+    let rx = TestReceiver::start().await;
+    rx.set_default("/down", Reply::status(503));
+    let ep = create(
+        &s,
+        json!({"url": rx.url("/down"), "event_types": ["job"], "max_retries": 20}),
+    )
+    .await;
+    create(
+        &s,
+        json!({"url": rx.url("/ops"), "event_types": ["endpoint_disabled"]}),
+    )
+    .await;
+    let id = ep["id"].as_str().unwrap();
+    let event = publish(&s, "job", json!({})).await;
+    let url = format!("{}/api/v1/endpoints/{id}", s.url);
+    let off = until(&url, T, "disabled", |_, v| v["enabled"] == false).await;
+    assert!(
+        off["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("PM_ENDPOINT_DISABLE_AFTER"),
+        "{off}"
+    );
+    let told = rx.wait_for("/ops", 1, T).await;
+    assert_eq!(told[0].json()["data"]["endpoint_id"], id);
+    let (_, d) = call(
+        "GET",
+        &format!("{}/api/v1/deliveries?endpoint_id={id}", s.url),
+        None,
+    )
+    .await;
+    assert_eq!(d["data"][0]["status"], "failed", "kept, not dead: {d}");
+    rx.set_default("/down", Reply::status(200));
+    let (st, _) = call("PATCH", &url, Some(json!({"enabled": true}))).await;
+    assert_eq!(st, 200);
+    until(
+        &format!(
+            "{}/api/v1/deliveries?endpoint_id={id}&status=delivered",
+            s.url
+        ),
+        T,
+        "delivered once enabled",
+        |_, l| l["data"][0]["event_id"] == event.as_str(),
+    )
+    .await;
+}

@@ -259,6 +259,29 @@ pub fn list(
     Ok((page, next))
 }
 
+/// The last hour's figures of `route` (an endpoint id or route variable) from the
+/// attempt log, as `pm-events endpoints show` prints them.
+pub fn figures(log_dir: &Path, route: &str, now: f64) -> super::delivery::HealthView {
+    let path = log_dir.join("webhooks").join("webhook_attempts.jsonl");
+    let lines = jsonl::iter_rotated::<AttemptLine>(&path).filter(|l| l.route == route);
+    super::delivery::figures_from(
+        lines.filter_map(|l| {
+            let t = chrono::DateTime::parse_from_rfc3339(&l.view.timestamp).ok()?;
+            let t = t.timestamp_micros() as f64 / 1e6;
+            let ok = l.view.outcome == "delivered";
+            let failed = matches!(l.view.outcome.as_str(), "retry" | "dead" | "gone").then(|| {
+                l.view
+                    .error
+                    .clone()
+                    .or_else(|| l.view.status.map(|s| format!("HTTP {s}")))
+                    .unwrap_or_default()
+            });
+            (now - t <= 3600.0).then_some((t, ok, failed, l.view.duration_ms))
+        }),
+        now,
+    )
+}
+
 /// One delivery with its attempts, oldest first.
 pub fn get(
     outbox: &Outbox,

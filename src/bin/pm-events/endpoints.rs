@@ -336,7 +336,43 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             } else {
                 None
             };
-            print(&ep, extra.as_ref(), json)?;
+            let figures = pm_events::webhook::history::figures(
+                &cfg.log_dir,
+                &id,
+                pm_events::event::now_unix(),
+            );
+            if json {
+                let mut v = json!(ep);
+                if let (Some(m), Some(Value::Object(x))) = (v.as_object_mut(), extra) {
+                    m.extend(x);
+                }
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("health".into(), json!(figures));
+                }
+                say!("{}", serde_json::to_string(&v)?);
+            } else {
+                print(&ep, extra.as_ref(), false)?;
+                let pct = |v: Option<f64>| v.map(|r| format!("{:.1} %", r * 100.0));
+                let ms = |v: Option<f64>| v.map(|m| format!("{m:.1} ms"));
+                say!(
+                    "last hour:     {} attempts, {} delivered, p50 {}, p99 {}",
+                    figures.attempts_1h,
+                    pct(figures.success_rate_1h).unwrap_or_else(|| "-".into()),
+                    ms(figures.p50_ms).unwrap_or_else(|| "-".into()),
+                    ms(figures.p99_ms).unwrap_or_else(|| "-".into())
+                );
+                say!(
+                    "last error:    {}",
+                    match (&figures.last_error, &figures.last_error_at) {
+                        (Some(e), Some(t)) => format!("{e} ({t})"),
+                        _ => "-".into(),
+                    }
+                );
+                say!(
+                    "last success:  {}",
+                    figures.last_success_at.as_deref().unwrap_or("-")
+                );
+            }
         }
         Cmd::Update {
             id,

@@ -34,6 +34,9 @@ pub struct DeliveryConfig {
     /// or waiting for a retry); the others wait in the outbox until room is made
     /// ([`DEFAULT_WINDOW`]).
     pub window: usize,
+    /// A managed endpoint failing without a success for this long is disabled
+    /// (`PM_ENDPOINT_DISABLE_AFTER`).
+    pub disable_after: Duration,
 }
 
 /// Default of [`DeliveryConfig::window`]: about 10 MB of memory per endpoint.
@@ -57,6 +60,7 @@ impl DeliveryConfig {
             log_max_bytes: c.log_max_bytes,
             log_keep: c.log_keep,
             node: c.node_id.clone(),
+            disable_after: c.endpoint_disable_after,
             window: DEFAULT_WINDOW,
         }
     }

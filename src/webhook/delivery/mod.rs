@@ -43,6 +43,7 @@
 //! never logged.
 
 mod config;
+mod health;
 mod lines;
 mod pace;
 mod policy;
@@ -51,6 +52,7 @@ mod store;
 mod wait;
 
 pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
+pub use health::{Breaker, HealthView};
 pub use lines::redact_url;
 pub use policy::Outcome;
 pub use policy::{backoff, parse_retry_after};
@@ -141,6 +143,8 @@ struct EngineInner {
     endpoints: std::sync::OnceLock<(Endpoints, reqwest::Client)>,
     /// Called with an `endpoint_disabled` event when the engine disables an endpoint.
     on_disabled: std::sync::OnceLock<Box<dyn Fn(Event) + Send + Sync>>,
+    /// Each route's figures and breaker; updated after every attempt.
+    health: health::Health,
     /// The turns of rate-limited and paused routes (`rate_limit_per_s`, 429s).
     pacer: pace::Pacer,
     /// Every attempt's outcome, for whoever listens (the server's event stream);
@@ -169,6 +173,20 @@ pub struct AttemptNotice {
     pub error: Option<String>,
     /// When (RFC 3339).
     pub timestamp: String,
+}
+
+/// The figures of one route from past attempts, oldest first: (Unix time, delivered,
+/// why the endpoint failed if it did, milliseconds). The breaker is shown closed: it
+/// lives in the process that delivers.
+pub fn figures_from(
+    attempts: impl IntoIterator<Item = (f64, bool, Option<String>, f64)>,
+    now: f64,
+) -> HealthView {
+    let h = health::Health::new(Duration::MAX);
+    for (t, ok, failed, ms) in attempts {
+        h.record("r", ok, failed.as_deref(), ms, t, false);
+    }
+    h.view("r", now)
 }
 
 /// The HTTP client's settings: the attempt timeout, pooled connections per
@@ -307,6 +325,7 @@ impl WebhookEngine {
             ),
             None => None,
         };
+        let disable_after = cfg.disable_after;
         let client = http_client(&cfg)
             .build()
             .map_err(|e| WebhookError::config("HTTP client", e))?;
@@ -335,6 +354,7 @@ impl WebhookEngine {
                 endpoints: std::sync::OnceLock::new(),
                 notices: tokio::sync::broadcast::channel(1024).0,
                 pacer: pace::Pacer::default(),
+                health: health::Health::new(disable_after),
                 on_disabled: std::sync::OnceLock::new(),
             }),
         })
@@ -855,6 +875,16 @@ impl WebhookEngine {
                     continue;
                 }
             };
+            if let Destination::Managed(m) = &to
+                && let health::Gate::Wait(at) =
+                    self.inner.health.gate(&r.route, &m.endpoint.updated_at)
+            {
+                // The breaker is open: wait for the probe, without an attempt.
+                let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                r.next_at = now_unix() + wait.as_secs_f64();
+                self.schedule(r);
+                continue;
+            }
             let rate = match &to {
                 Destination::Managed(m) => m.endpoint.rate_limit_per_s,
                 Destination::Env => None,
@@ -969,6 +999,38 @@ impl WebhookEngine {
             (None, Some(e)) => e.clone(),
             (None, None) => "unknown".into(),
         };
+        let failed = matches!(outcome, Outcome::Retry | Outcome::Dead | Outcome::Gone)
+            .then_some(reason.as_str());
+        let managed = match to {
+            Destination::Managed(m) => Some(m),
+            Destination::Env => None,
+        };
+        let change = i.health.record(
+            &r.route,
+            outcome == Outcome::Delivered,
+            failed,
+            duration_ms,
+            now_unix(),
+            managed.is_some(),
+        );
+        if let Some(m) = managed {
+            match change {
+                health::Change::DisableDue => {
+                    let why = format!(
+                        "failing without a success for {} (PM_ENDPOINT_DISABLE_AFTER)",
+                        humantime::format_duration(i.cfg.disable_after)
+                    );
+                    self.disable(m, &why).await;
+                }
+                health::Change::Opened => {
+                    tracing::warn!(endpoint = %r.route, "webhook endpoint keeps failing: its deliveries wait for a probe");
+                }
+                health::Change::Closed => {
+                    tracing::info!(endpoint = %r.route, "webhook endpoint answers again");
+                }
+                health::Change::None => {}
+            }
+        }
         if status == Some(429) {
             // Too many requests: the whole endpoint waits, not only this delivery.
             let pause = retry_after
@@ -992,9 +1054,9 @@ impl WebhookEngine {
             duration_ms,
         };
         self.log_attempt(r, tried, outcome, next_at);
-        metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome.as_str())
+        metrics::counter!("pm_events_webhook_attempts_total", "outcome" => outcome.as_str(), "endpoint" => r.route.clone())
             .increment(1);
-        metrics::histogram!("pm_events_webhook_attempt_duration_seconds")
+        metrics::histogram!("pm_events_webhook_attempt_duration_seconds", "endpoint" => r.route.clone())
             .record(duration_ms / 1000.0);
         if outcome == Outcome::Gone
             && let Destination::Managed(m) = to
@@ -1120,6 +1182,12 @@ impl WebhookEngine {
             .on_disabled
             .set(Box::new(hook))
             .map_err(|_| WebhookError::config_state("a hook is set already"))
+    }
+
+    /// The figures of `route` (an endpoint id or a route variable) in this process:
+    /// the last hour's attempts, latency, last error, and the breaker.
+    pub fn health(&self, route: &str) -> HealthView {
+        self.inner.health.view(route, now_unix())
     }
 
     /// Tells the listeners of [`notices`](Self::notices) about an attempt.

@@ -46,15 +46,18 @@ pub async fn create(State(s): State<Arc<AppState>>, body: Body) -> Result<Respon
     Ok((StatusCode::CREATED, Json(merged(json!(ep), secret))).into_response())
 }
 
-/// `GET /api/v1/endpoints/{id}`.
+/// `GET /api/v1/endpoints/{id}`: the endpoint and its `health` (this server's figures
+/// of the last hour and its breaker).
 pub async fn show(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Endpoint>, ApiError> {
-    s.endpoints
+) -> Result<Json<Value>, ApiError> {
+    let ep = s
+        .endpoints
         .get(&id)
-        .map(Json)
-        .ok_or_else(|| EndpointError::NotFound(id).into())
+        .ok_or_else(|| ApiError::from(EndpointError::NotFound(id.clone())))?;
+    let health = s.webhooks.engine().health(&id);
+    Ok(Json(merged(json!(ep), json!({ "health": health }))))
 }
 
 /// `PATCH /api/v1/endpoints/{id}`: the fields given change; `null` unsets.
