@@ -1110,3 +1110,30 @@ async fn an_endpoint_failing_past_the_limit_is_disabled_and_loses_nothing() {
     )
     .await;
 }
+
+// Multi-threaded: the receiver answers while this thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_backfills_a_new_endpoint_and_does_not_resend_to_one_that_has_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let rx = TestReceiver::start().await;
+    create(&s, json!({"url": rx.url("/old"), "event_types": ["order"]})).await;
+    let event = publish(&s, "order", json!({"n": 1})).await;
+    rx.wait_for("/old", 1, T).await;
+    create(&s, json!({"url": rx.url("/new"), "event_types": ["order"]})).await;
+    let (code, _, err) = cli(&s.logs, &["replay", "--since", "1h", "--type", "order"]);
+    assert_eq!(code, 0, "{err}");
+    // Both of its deliveries are accounted for: the new one sent, the old one standing.
+    assert!(err.contains("webhooks: 2 delivered"), "{err}");
+    let got = rx.wait_for("/new", 1, T).await;
+    assert_eq!(got[0].header("webhook-id"), event);
+    // The endpoint that had it got nothing new: its delivery of the event stands.
+    let (_, d) = call(
+        "GET",
+        &format!("{}/api/v1/deliveries?event_id={event}", s.url),
+        None,
+    )
+    .await;
+    assert_eq!(d["data"].as_array().unwrap().len(), 2, "{d}");
+    assert_eq!(rx.requests("/old").len(), 1);
+}

@@ -63,7 +63,8 @@ enum Command {
 Side effects: replayed events run the built-in handlers again, with their original ids.
 Each writes its handler log line again; report_ready rewrites the .meta.json sidecar and
 e-mails the report again (unless --no-mail); every routed event sends its webhook again
-with the same webhook-id (unless --no-webhooks); risk_alert updates the dashboard and may
+with the same webhook-id (unless --no-webhooks), and a managed endpoint that has no delivery
+of the event yet (one added since) gets one, while one that has gets none; risk_alert updates the dashboard and may
 publish risk_escalated again. Nothing is written to the event log a second time.
 --dry-run lists what would be replayed and does nothing.")]
     Replay(logs::ReplayArgs),
