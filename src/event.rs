@@ -49,6 +49,10 @@ pub struct Event {
     /// for it already. Not part of the JSON form.
     #[serde(skip)]
     pub redelivered: bool,
+    /// The W3C `traceparent` of the event's trace: the one it arrived with, then
+    /// that of its `publish` span (see [`crate::telemetry`]). Not part of the JSON form.
+    #[serde(skip)]
+    pub trace: Option<String>,
 }
 
 fn default_source() -> String {
@@ -74,6 +78,7 @@ impl Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             source: DEFAULT_SOURCE.to_string(),
             redelivered: false,
+            trace: None,
         }
     }
 

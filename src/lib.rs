@@ -56,6 +56,7 @@ pub mod jsonl;
 pub mod recovery;
 pub mod secret;
 pub mod strict_json;
+pub mod telemetry;
 pub mod transport;
 pub mod webhook;
 

@@ -148,10 +148,27 @@ pub(super) async fn run_handlers(
 pub(super) async fn run_one(
     inner: &Inner,
     sub: &Subscription,
-    event: Event,
+    mut event: Event,
     meta: &(String, String),
 ) {
     let (event_id, event_type) = meta;
+    // The handler's span, in the event's trace; what the handler queues (webhooks)
+    // continues from it.
+    let mut span = crate::telemetry::start(
+        "handle",
+        crate::telemetry::Kind::Handle,
+        event.trace.as_deref(),
+        || {
+            vec![
+                opentelemetry::KeyValue::new("pm.handler", sub.handler.name().to_string()),
+                opentelemetry::KeyValue::new("pm.event_type", event_type.clone()),
+                opentelemetry::KeyValue::new("pm.event_id", event_id.clone()),
+            ]
+        },
+    );
+    if let Some(tp) = span.traceparent() {
+        event.trace = Some(tp.to_string());
+    }
     let fut = IN_HANDLER.scope(
         (),
         AssertUnwindSafe(sub.handler.handle(event)).catch_unwind(),
@@ -176,6 +193,9 @@ pub(super) async fn run_one(
             .increment(1);
         metrics::histogram!("pm_events_handler_duration_seconds", "type" => event_type.clone())
             .record(t.elapsed().as_secs_f64());
+    }
+    if !matches!(result, Ok(Ok(Ok(())))) {
+        span.fail(|| "the handler failed, panicked or timed out".to_string());
     }
     match result {
         Ok(Ok(Ok(()))) => {

@@ -255,8 +255,10 @@ impl EventBus {
     /// bus.stop().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn publish_pipelined(&self, event: Event) -> Result<PublishAck, BusError> {
+    pub async fn publish_pipelined(&self, mut event: Event) -> Result<PublishAck, BusError> {
         event.validate().map_err(BusError::InvalidEvent)?;
+        // The span marks the hand-over to the pipeline (its write is shared by a batch).
+        let _span = super::publish::publish_span(&mut event);
         let (run, token) = self.enter()?;
         let permit = super::publish::capacity_unit(&run).await?;
         let event_id = event.event_id.clone();

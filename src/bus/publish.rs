@@ -197,7 +197,13 @@ impl EventBus {
         let mut ids = Vec::with_capacity(events.len());
         let mut rest = events.into_iter().peekable();
         while rest.peek().is_some() {
-            let chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            let mut chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            // One `publish` span per event, when traces are on.
+            let _spans: Vec<_> = if crate::telemetry::enabled() {
+                chunk.iter_mut().map(publish_span).collect()
+            } else {
+                Vec::new()
+            };
             let permit = run
                 .permits
                 .clone()
@@ -264,11 +270,15 @@ impl EventBus {
     pub(super) async fn accept(
         &self,
         run: &Run,
-        event: Event,
+        mut event: Event,
         permit: Permit,
     ) -> Result<EventId, BusError> {
-        if let Some(log) = &run.log {
-            log.append(&event).await?;
+        let mut span = publish_span(&mut event);
+        if let Some(log) = &run.log
+            && let Err(e) = log.append(&event).await
+        {
+            span.fail(|| e.to_string());
+            return Err(e.into());
         }
         self.enqueue(event, permit).await
     }
@@ -299,6 +309,25 @@ impl EventBus {
         }
         Ok(id)
     }
+}
+
+/// The `publish` span of `event` (when traces are on), which becomes the event's trace.
+pub(super) fn publish_span(event: &mut Event) -> crate::telemetry::Span {
+    let span = crate::telemetry::start(
+        "publish",
+        crate::telemetry::Kind::Publish,
+        event.trace.as_deref(),
+        || {
+            vec![
+                opentelemetry::KeyValue::new("pm.event_type", event.event_type.clone()),
+                opentelemetry::KeyValue::new("pm.event_id", event.event_id.clone()),
+            ]
+        },
+    );
+    if let Some(tp) = span.traceparent() {
+        event.trace = Some(tp.to_string());
+    }
+    span
 }
 
 pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Event {

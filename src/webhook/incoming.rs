@@ -178,8 +178,12 @@ impl IncomingWebhooks {
         headers: &BTreeMap<String, String>,
     ) -> Result<IncomingOutcome, IncomingError> {
         self.verify(body, headers)?;
-        let (event, key) = parse(body, headers)?;
+        let (mut event, key) = parse(body, headers)?;
         event.validate().map_err(bad)?;
+        // A trace the sender started is continued.
+        event.trace = headers
+            .get("traceparent")
+            .and_then(|v| crate::telemetry::valid_traceparent(v));
         if let Some(check) = &self.admission {
             check(&event).map_err(IncomingError::Refused)?;
         }

@@ -9,7 +9,7 @@
 //!   the exact body to send (the same bytes the SQLite outbox keeps), and headers
 //!   carry the rest: `Nats-Msg-Id` (the delivery id: JetStream drops a duplicate
 //!   publish), `Pm-Delivery-Id`, `Pm-Event-Id`, `Pm-Event-Type`, `Pm-Route`,
-//!   `Pm-Url`, `Pm-Created-At` (Unix seconds). The URL travels to the NATS server
+//!   `Pm-Url`, `Pm-Created-At` (Unix seconds), `Pm-Traceparent` (the event's trace, if any). The URL travels to the NATS server
 //!   as it is stored in the outbox otherwise: keep secrets out of webhook URLs.
 //! - Every node consumes through one durable pull consumer, `pm-webhooks` (a work-queue
 //!   stream admits one consumer over all its subjects, so every node of every consumer
@@ -86,6 +86,9 @@ impl JetStreamQueue {
         h.insert("Pm-Route", r.route.as_str());
         h.insert("Pm-Url", r.url.as_str());
         h.insert("Pm-Created-At", r.created_at.to_string().as_str());
+        if let Some(tp) = &r.traceparent {
+            h.insert("Pm-Traceparent", tp.as_str());
+        }
         let subject = format!("{SUBJECT_PREFIX}{}", r.event_type);
         let ack = self
             .js
@@ -136,5 +139,8 @@ pub(crate) fn record_of(msg: &jetstream::Message) -> Result<DeliveryRecord, Stri
             .map_err(|e| format!("Pm-Created-At: {e}"))?,
         state: DeliveryState::Pending,
         last_error: None,
+        traceparent: headers
+            .get("Pm-Traceparent")
+            .map(|v| v.as_str().to_string()),
     })
 }

@@ -72,6 +72,9 @@ pub struct DeliveryRecord {
     pub state: DeliveryState,
     /// The last failure (status or error), if any.
     pub last_error: Option<String>,
+    /// The W3C `traceparent` of the event's trace when it was queued, if any: each
+    /// attempt's span continues it.
+    pub traceparent: Option<String>,
 }
 
 /// Handle to the outbox database.
@@ -137,8 +140,7 @@ enum Op {
     Flush(Reply),
 }
 
-const COLUMNS: &str =
-    "id, event_id, event_type, route, url, body, attempt, next_at, created_at, state, last_error";
+const COLUMNS: &str = "id, event_id, event_type, route, url, body, attempt, next_at, created_at, state, last_error, traceparent";
 
 /// What [`Outbox::scan_pending`] does with a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +171,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
             DeliveryState::Pending
         },
         last_error: r.get(10)?,
+        traceparent: r.get(11)?,
     })
 }
 
@@ -206,10 +209,10 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
                     continue;
                 }
                 stored += c.prepare_cached(
-                    &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    &format!("INSERT INTO deliveries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 )?.execute(params![
                     r.id, r.event_id, r.event_type, r.route, r.url, &r.body[..], r.attempt, r.next_at,
-                    r.created_at, r.state.as_str(), r.last_error
+                    r.created_at, r.state.as_str(), r.last_error, r.traceparent
                 ])?;
             }
             Ok(stored)
@@ -348,13 +351,23 @@ impl Outbox {
                     id TEXT PRIMARY KEY, event_id TEXT NOT NULL, event_type TEXT NOT NULL,
                     route TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL,
                     attempt INTEGER NOT NULL, next_at REAL NOT NULL, created_at REAL NOT NULL,
-                    state TEXT NOT NULL, last_error TEXT) WITHOUT ROWID;
+                    state TEXT NOT NULL, last_error TEXT, traceparent TEXT) WITHOUT ROWID;
                  DROP INDEX IF EXISTS deliveries_state;
                  CREATE TABLE IF NOT EXISTS delivery_keys (
                     event_id TEXT NOT NULL, route TEXT NOT NULL, delivery_id TEXT NOT NULL,
                     created_at REAL NOT NULL, PRIMARY KEY (event_id, route)) WITHOUT ROWID;",
             )
             .map_err(err)?;
+        // An outbox made before deliveries kept their trace gains the column.
+        let has_trace: bool = write
+            .prepare("SELECT 1 FROM pragma_table_info('deliveries') WHERE name = 'traceparent'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(err)?;
+        if !has_trace {
+            write
+                .execute_batch("ALTER TABLE deliveries ADD COLUMN traceparent TEXT;")
+                .map_err(err)?;
+        }
         // Keys older than the retention go (a scan; once per open).
         let horizon = crate::event::now_unix() - KEY_RETENTION.as_secs_f64();
         write

@@ -147,6 +147,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when dropped,
+    // after the runtime has run the command.
+    let _telemetry = pm_events::telemetry::init_from_env()?;
     rt.block_on(async move {
         match cli.command {
             Command::Demo => demo::run(cfg, chosen_log_dir).await,

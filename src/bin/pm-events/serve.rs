@@ -296,6 +296,11 @@ async fn publish(
     }
     event.validate().map_err(bad)?;
     admit(&event, &s.access)?;
+    // A trace the caller started is continued.
+    event.trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(pm_events::telemetry::valid_traceparent);
     if key.is_none() {
         let id = s.bus.try_publish(event, None).await?;
         return Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response());

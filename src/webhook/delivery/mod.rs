@@ -218,6 +218,7 @@ fn record_of(event: &Event, route: &str, url: &str, body: Vec<u8>) -> DeliveryRe
         created_at: now,
         state: DeliveryState::Pending,
         last_error: None,
+        traceparent: event.trace.clone(),
     }
 }
 

@@ -64,7 +64,29 @@ impl WebhookEngine {
             Some(u) => client.post(u.clone()),
             None => client.post(&r.url),
         };
-        let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+        // The attempt's span, in the event's trace; the receiver gets its traceparent.
+        let mut span = crate::telemetry::start(
+            "webhook.attempt",
+            crate::telemetry::Kind::Attempt,
+            r.traceparent.as_deref(),
+            || {
+                vec![
+                    opentelemetry::KeyValue::new("pm.delivery_id", r.id.clone()),
+                    opentelemetry::KeyValue::new("pm.endpoint", r.route.clone()),
+                    opentelemetry::KeyValue::new("pm.event_id", r.event_id.clone()),
+                    opentelemetry::KeyValue::new("pm.attempt", i64::from(r.attempt)),
+                    opentelemetry::KeyValue::new("url.full", target.redacted.clone()),
+                ]
+            },
+        );
+        let traceparent = span
+            .traceparent()
+            .map(str::to_string)
+            .or_else(|| r.traceparent.clone())
+            .unwrap_or_else(crate::telemetry::fresh_traceparent);
+        let mut req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("traceparent", traceparent);
         let now = now_unix();
         let ts = now.floor() as i64;
         match to {
@@ -112,8 +134,15 @@ impl WebhookEngine {
                         _ => break,
                     }
                 }
+                let status = resp.status().as_u16();
+                span.set(|| {
+                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(status))
+                });
+                if !(200..300).contains(&status) {
+                    span.fail(|| format!("HTTP {status}"));
+                }
                 Ok(Answer {
-                    status: resp.status().as_u16(),
+                    status,
                     retry_after,
                     excerpt: String::from_utf8_lossy(&head).into_owned(),
                 })
@@ -133,6 +162,7 @@ impl WebhookEngine {
                     msg.push_str(&format!(": {s}"));
                     src = s.source();
                 }
+                span.fail(|| msg.clone());
                 Err(msg)
             }
         }
