@@ -52,6 +52,17 @@ async fn collector() -> (String, Got, tokio::task::JoinHandle<()>) {
     (url, got, task)
 }
 
+/// Creates an endpoint of `s` for `url` taking `ty`.
+async fn endpoint(s: &Server, url: &str, ty: &str) {
+    let r = client()
+        .post(format!("{}/api/v1/endpoints", s.url))
+        .body(json!({"url": url, "event_types": [ty]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_is_one_trace_from_the_callers_span_to_the_delivery_attempt() {
     let (otlp, got, _c) = collector().await;
@@ -64,13 +75,7 @@ async fn one_event_is_one_trace_from_the_callers_span_to_the_delivery_attempt() 
         ],
     );
     let rx = TestReceiver::start().await;
-    let r = client()
-        .post(format!("{}/api/v1/endpoints", s.url))
-        .body(json!({"url": rx.url("/t"), "event_types": ["traced"]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    endpoint(&s, &rx.url("/t"), "traced").await;
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = client()
         .post(format!("{}/events", s.url))
@@ -126,13 +131,7 @@ async fn without_an_endpoint_nothing_is_exported_and_webhooks_still_carry_a_trac
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
     let rx = TestReceiver::start().await;
-    let r = client()
-        .post(format!("{}/api/v1/endpoints", s.url))
-        .body(json!({"url": rx.url("/u"), "event_types": ["plain"]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    endpoint(&s, &rx.url("/u"), "plain").await;
     let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     client()
         .post(format!("{}/events", s.url))
@@ -151,13 +150,7 @@ async fn a_traceparent_on_an_incoming_webhook_is_continued() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
     let rx = TestReceiver::start().await;
-    let r = client()
-        .post(format!("{}/api/v1/endpoints", s.url))
-        .body(json!({"url": rx.url("/in"), "event_types": ["inbound"]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    endpoint(&s, &rx.url("/in"), "inbound").await;
     let body = br#"{"event_type":"inbound","data":{"n":1}}"#;
     let ts = pm_events::event::now_unix() as i64;
     let mut headers = common::server::standard("msg_trace_1", ts, body);
