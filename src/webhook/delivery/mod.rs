@@ -646,10 +646,30 @@ impl WebhookEngine {
             i.watched_pending
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         };
+        let here = self.store().attempted_where_put();
+        // A delivery put in a queue may be taken and settled by this process before
+        // `put` returns: its watch is set up first (and dropped if the put fails).
+        let early = watched && !here && self.takes_from_queue();
+        if early {
+            records.iter().for_each(|r| watch(&r.id));
+        }
         // Dispatched again after a crash, or a repeat: with `once`, the delivery made
         // before stands.
-        let earlier = self.store().put(&records, once).await?;
-        let here = self.store().attempted_where_put();
+        let earlier = match self.store().put(&records, once).await {
+            Ok(e) => e,
+            Err(e) => {
+                if early {
+                    let mut w = lock(&i.watched);
+                    for r in &records {
+                        if let Some(None) = w.remove(&r.id) {
+                            i.watched_pending
+                                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut ids = Vec::with_capacity(records.len());
         for (record, earlier) in records.into_iter().zip(earlier) {
             if let Some(e) = earlier {
@@ -658,19 +678,15 @@ impl WebhookEngine {
                 continue;
             }
             ids.push(record.id.clone());
-            // A watched delivery is settled in memory if this process attempts it:
-            // the owner of the outbox, or a node that takes from the queue (any node
-            // may be the one that does).
-            let attempts_here = if here {
-                self.is_owner()
-            } else {
-                self.takes_from_queue()
-            };
-            if watched && attempts_here {
-                watch(&record.id);
-            }
-            if here && self.is_owner() && !i.cancel.is_cancelled() {
-                self.spawn(record);
+            // A watched delivery of the outbox is settled in memory by its owner,
+            // which starts it here, after its watch.
+            if here && self.is_owner() {
+                if watched {
+                    watch(&record.id);
+                }
+                if !i.cancel.is_cancelled() {
+                    self.spawn(record);
+                }
             }
         }
         Ok(ids)
