@@ -244,7 +244,7 @@ async fn fan_out_deliveries(cfg: &Config, events: u64, urls: &[String]) -> Resul
     use pm_events::webhook::{EndpointFanOut, Routes, WebhookHandler};
     let mut cfg = cfg.clone();
     cfg.webhook_urls.clear();
-    // The receivers are on this machine: let the endpoints reach loopback.
+    // The receivers listen on loopback: let the endpoints reach it.
     let loopback = pm_events::endpoint::guard::NetGuard::parse_allow("127.0.0.0/8")?;
     let guard = pm_events::endpoint::guard::NetGuard::new(loopback);
     let eps = Endpoints::open_local(&cfg.log_dir, &Routes::default(), guard).await?;
