@@ -175,11 +175,7 @@ impl NetGuard {
         let Some(host) = url.host_str() else {
             return Ok(());
         };
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        if let Some(ip) = host_ip(url) {
             return self.check(ip);
         }
         let port = url.port_or_known_default().unwrap_or(80);
@@ -193,6 +189,15 @@ impl NetGuard {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// The address `url`'s host is written as, if it is one (`[::1]` or `127.0.0.1`), not a name.
+pub fn host_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    url.host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// reqwest's resolver for managed endpoints: resolves with the system resolver and

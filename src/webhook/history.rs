@@ -14,6 +14,7 @@
 //! a cursor, the last id shown, and the next page starts after it.
 
 use super::WebhookError;
+use super::delivery::rfc3339;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
 use crate::jsonl;
 use serde::{Deserialize, Serialize};
@@ -129,12 +130,6 @@ pub const MAX_LIMIT: usize = 1000;
 fn id_time(id: &str) -> Option<f64> {
     let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
     Some(secs as f64 + f64::from(nanos) / 1e9)
-}
-
-fn rfc3339(t: f64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// Every delivery known, by id, with its attempts.

@@ -191,24 +191,20 @@ impl WebhookHandler {
 
     /// Queues a delivery of `event` to `route`.
     pub async fn trigger(&self, event: &Event, route: &Route) -> Result<String, WebhookError> {
-        if self.engine.uses_jetstream() && !self.engine.takes_from_queue() {
-            // Delivered by whichever node takes it: nothing to wait for here.
-            let id = self.engine.enqueue(event, route).await?;
-            self.handed_off
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(id);
-        }
-        let id = if self.queued.is_some() {
+        let hand_off = self.hands_off();
+        let id = if self.queued.is_some() && !hand_off {
             self.engine.enqueue_watched(event, route).await?
         } else {
             self.engine.enqueue(event, route).await?
         };
-        if let Some(q) = &self.queued {
-            q.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(id.clone());
-        }
+        self.note(std::slice::from_ref(&id), hand_off);
         Ok(id)
+    }
+
+    /// Whether deliveries queued here go to a work queue another node delivers
+    /// from (nothing to wait for here).
+    fn hands_off(&self) -> bool {
+        self.engine.uses_jetstream() && !self.engine.takes_from_queue()
     }
 
     /// Queues `event` for every managed endpoint that takes it (its types and
@@ -223,7 +219,7 @@ impl WebhookHandler {
         if ms.is_empty() {
             return Ok(Vec::new());
         }
-        let hand_off = self.engine.uses_jetstream() && !self.engine.takes_from_queue();
+        let hand_off = self.hands_off();
         let ids = self
             .engine
             .enqueue_endpoints(event, &ms, self.queued.is_some() && !hand_off)
@@ -250,7 +246,7 @@ impl WebhookHandler {
         event: &Event,
         m: &crate::endpoint::Managed,
     ) -> Result<String, WebhookError> {
-        let hand_off = self.engine.uses_jetstream() && !self.engine.takes_from_queue();
+        let hand_off = self.hands_off();
         let id = self
             .engine
             .enqueue_endpoint(event, m, self.queued.is_some() && !hand_off)

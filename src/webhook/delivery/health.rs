@@ -14,6 +14,7 @@
 //!   (the engine disables managed endpoints). The time is measured by the running
 //!   process: a restart starts it again.
 
+use super::lines::rfc3339;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -111,12 +112,6 @@ pub struct HealthView {
     pub failures_in_a_row: u32,
     /// The breaker.
     pub breaker: Breaker,
-}
-
-fn rfc3339(t: f64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 impl Health {

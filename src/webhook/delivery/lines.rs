@@ -27,7 +27,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub(super) fn rfc3339(t: f64) -> String {
+/// Unix seconds as RFC 3339 (UTC, milliseconds), as the logs and the API write times.
+pub(crate) fn rfc3339(t: f64) -> String {
     DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()

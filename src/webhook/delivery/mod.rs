@@ -54,6 +54,7 @@ mod wait;
 pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
 pub use health::{Breaker, HealthView};
 pub use lines::redact_url;
+pub(crate) use lines::rfc3339;
 pub use policy::Outcome;
 pub use policy::{backoff, parse_retry_after};
 use sender::Destination;

@@ -47,13 +47,11 @@ impl WebhookEngine {
             (Destination::Managed(_), Some((guarded, guard))) => {
                 // An address in the URL is not resolved: check it here (the allowed
                 // networks may have changed since the endpoint was made).
-                if let Some(ip) = target.url.as_ref().and_then(|u| {
-                    u.host_str()?
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse()
-                        .ok()
-                }) {
+                if let Some(ip) = target
+                    .url
+                    .as_ref()
+                    .and_then(crate::endpoint::guard::host_ip)
+                {
                     guard.check(ip).map_err(|e| format!("refused: {e}"))?;
                 }
                 guarded
