@@ -2,7 +2,8 @@
 //!
 //! - [`FileChangeHandler`] (`file_change`) → `file_changes/file_changes.jsonl`
 //! - [`ReportReadyHandler`] (`report_ready`) → `reports/report_generations.jsonl`, e-mail
-//! - [`RiskAlertHandler`] (`risk_alert`) → `risk_alerts/risk_alerts.jsonl`, `dashboard.json`
+//! - [`RiskAlertHandler`] (`risk_alert`, `risk_resolved`) → `risk_alerts/risk_alerts.jsonl`,
+//!   `dashboard.json`
 //!
 //! Each validates its payload as a typed serde struct (unknown fields are kept);
 //! an invalid payload is logged with `"status":"invalid"` and the reason, does not
@@ -367,6 +368,7 @@ pub fn validate_builtin(event_type: &str, data: &Value) -> Result<(), HandleErro
         "file_change" => FileChange::parse(data).map(|_| ()),
         "report_ready" => report_ready::ReportReady::check(data).map(|_| ()),
         "risk_alert" => risk_alert::RiskAlert::parse(data).map(|_| ()),
+        "risk_resolved" => risk_alert::RiskResolution::parse(data).map(|_| ()),
         _ => Ok(()),
     }
 }
@@ -414,6 +416,7 @@ pub fn register_builtins(
     bus.subscribe_arc("file_change", file_change.clone());
     bus.subscribe_arc("report_ready", report_ready.clone());
     bus.subscribe_arc("risk_alert", risk_alert.clone());
+    bus.subscribe_arc("risk_resolved", risk_alert.clone());
     Ok(Builtins {
         file_change,
         report_ready,

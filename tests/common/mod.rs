@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
+pub mod browser;
 pub mod nats;
 pub mod server;
 

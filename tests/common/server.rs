@@ -26,6 +26,15 @@ impl Drop for Server {
 
 impl Server {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::spawn(dir, env, Stdio::null())
+    }
+
+    /// Like `start`, keeping what the server writes to stderr (see [`Server::stderr`]).
+    pub fn start_capturing(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::spawn(dir, env, stderr_file(dir))
+    }
+
+    fn spawn(dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> Server {
         let logs = dir.join("logs");
         let mut c = Command::new(env!("CARGO_BIN_EXE_pm-events"));
         c.args(["serve", "--bind", "127.0.0.1:0"])
@@ -36,7 +45,7 @@ impl Server {
             // reach only when allowed (a test of the guard sets this to "").
             .env("PM_ENDPOINT_ALLOW_NETS", "127.0.0.0/8")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -50,6 +59,11 @@ impl Server {
         Server { child, url, logs }
     }
 
+    /// What the server wrote to stderr so far (its diagnostics).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.with_file_name("serve.stderr")).unwrap_or_default()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -58,6 +72,16 @@ impl Server {
         std::mem::forget(self);
         status
     }
+}
+
+/// `<dir>/serve.stderr`, appended to by each server started on `dir`.
+fn stderr_file(dir: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.stderr"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 pub fn client() -> reqwest::Client {

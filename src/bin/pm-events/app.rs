@@ -131,6 +131,9 @@ impl App {
     /// pending stays in the outbox). Returns the delivery outcome, if any were queued.
     pub async fn stop(self, wait: Duration) -> Result<Option<WaitOutcome>> {
         self.bus.stop().await?;
+        // Every alert handled is on the dashboard file, whoever still holds the handler.
+        let risks = self.builtins.risk_alert.clone();
+        tokio::task::spawn_blocking(move || risks.flush_dashboard()).await?;
         let Some(h) = self.webhooks else {
             return Ok(None);
         };

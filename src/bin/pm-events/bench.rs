@@ -600,14 +600,8 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the server's webhook engine is missing"))?;
-    let state = crate::serve::AppState::new(
-        app.bus.clone(),
-        webhooks,
-        app.endpoints.clone(),
-        &cfg,
-        metrics,
-        Duration::from_secs(30),
-    )?;
+    let state =
+        crate::serve::AppState::new(&app, webhooks, &cfg, metrics, Duration::from_secs(30))?;
     let router = crate::serve::router(state, cfg.max_body_bytes, 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

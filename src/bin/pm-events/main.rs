@@ -13,6 +13,7 @@ mod deliveries;
 mod demo;
 mod endpoints;
 mod logs;
+mod page;
 mod publish;
 mod receiver;
 mod serve;

@@ -71,6 +71,8 @@ pub struct AppState {
     pub(crate) log_dir: std::path::PathBuf,
     /// Accepted events and delivery outcomes, for `/api/v1/stream`.
     pub(crate) stream: Arc<crate::api::stream::StreamHub>,
+    /// The risk handler, whose dashboard `/api/v1/risks` shows.
+    pub(crate) risks: Arc<pm_events::handlers::RiskAlertHandler>,
 }
 
 /// An error answer: status plus JSON `{"error","message"}`.
@@ -314,15 +316,19 @@ async fn publish(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Checks `Authorization: Bearer $PM_API_TOKEN` when a token is set (constant time).
+/// Checks `Authorization: Bearer $PM_API_TOKEN` (constant time), or the
+/// dashboard's session cookie, when a token is set.
 pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(token) = &s.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = match given {
+            Some(g) => bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())),
+            None => crate::api::session::valid(token.expose().as_bytes(), headers),
+        };
+        if !ok {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -409,7 +415,8 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     };
     let route = match route.as_str() {
         "/webhooks/incoming" | "/events" | "/healthz" | "/metrics" | "/subscribers"
-        | "/openapi.json" => route,
+        | "/openapi.json" | "/" => route,
+        r if r.starts_with("/ui/") => "/ui".into(),
         r if r.starts_with("/api/v1/") => crate::api::route_label(r).into(),
         _ => "other".into(),
     };
@@ -426,6 +433,7 @@ pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> 
         .route("/subscribers", get(subscribers))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(crate::page::router())
         .merge(crate::api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -438,11 +446,15 @@ pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> 
 }
 
 impl AppState {
-    /// The state of a server over a started `bus`.
+    /// `PM_API_TOKEN`, if set.
+    pub(crate) fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
+    /// The state of a server over `app`, whose bus is started, delivering through `webhooks`.
     pub fn new(
-        bus: EventBus,
+        app: &App,
         webhooks: Arc<pm_events::webhook::WebhookHandler>,
-        endpoints: pm_events::endpoint::Endpoints,
         cfg: &Config,
         metrics: PrometheusHandle,
         timeout: Duration,
@@ -453,7 +465,7 @@ impl AppState {
             admit(e, &door).map_err(|r| Box::new(r) as Box<dyn std::error::Error + Send + Sync>)
         });
         Ok(Arc::new(AppState {
-            bus,
+            bus: app.bus.clone(),
             incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_admission(admission),
             access,
             token: cfg.api_token.clone(),
@@ -462,9 +474,10 @@ impl AppState {
             timeout,
             node: cfg.node_id.clone(),
             webhooks,
-            endpoints,
+            endpoints: app.endpoints.clone(),
             log_dir: cfg.log_dir.clone(),
             stream: Arc::new(crate::api::stream::StreamHub::new()),
+            risks: app.builtins.risk_alert.clone(),
         }))
     }
 }
@@ -488,14 +501,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .context("the server's webhook engine is missing")?;
-    let state = AppState::new(
-        bus.clone(),
-        webhooks,
-        app.endpoints.clone(),
-        &cfg,
-        metrics,
-        args.request_timeout,
-    )?;
+    let state = AppState::new(&app, webhooks, &cfg, metrics, args.request_timeout)?;
     crate::api::stream::feed(&state);
     let listener = tokio::net::TcpListener::bind(bind)
         .await

@@ -16,7 +16,8 @@ use std::time::Duration;
 /// The longest rotation overlap: 7 days.
 const MAX_OVERLAP_SECS: u64 = 7 * 24 * 3600;
 
-/// `GET /api/v1/endpoints?limit=&cursor=`: environment endpoints first, then by id.
+/// `GET /api/v1/endpoints?limit=&cursor=`: environment endpoints first, then by id,
+/// each with its `health` as in `GET /api/v1/endpoints/{id}`.
 pub async fn list(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
@@ -33,8 +34,17 @@ pub async fn list(
         None => 0,
     };
     let rest = &all[start.min(all.len())..];
-    let shown: Vec<Endpoint> = rest.iter().take(limit).cloned().collect();
-    let next = (rest.len() > limit).then(|| shown.last().map(|e| e.id.clone()).unwrap_or_default());
+    let engine = s.webhooks.engine();
+    let shown: Vec<Value> = rest
+        .iter()
+        .take(limit)
+        .map(|e| merged(json!(e), json!({"health": engine.health(&e.id)})))
+        .collect();
+    let next = (rest.len() > limit).then(|| {
+        rest.get(limit.saturating_sub(1))
+            .map(|e| e.id.clone())
+            .unwrap_or_default()
+    });
     Ok(Json(page(shown, next)))
 }
 

@@ -1,6 +1,8 @@
-//! `/api/v1`: endpoints, deliveries, events and the live stream (docs/http-api.md).
+//! `/api/v1`: endpoints, deliveries, events, the live stream, the risk dashboard
+//! and the dashboard page's session (docs/http-api.md).
 //!
-//! Every route needs `Authorization: Bearer $PM_API_TOKEN` when the token is set.
+//! Every route but `/api/v1/session` needs `Authorization: Bearer $PM_API_TOKEN`,
+//! or the session cookie, when the token is set.
 //! Lists answer `{"data": [...], "next_cursor": "..."|null}`; pass `cursor` to get the
 //! next page. Errors are `{"error","message"}` as on the other routes; a refused
 //! field is named in the message (`filter.data.size.$gt: expected a number or a string`).
@@ -8,6 +10,8 @@
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
+pub mod risks;
+pub mod session;
 pub mod stream;
 
 use crate::serve::{ApiError, AppState, Body, authorize};
@@ -48,7 +52,16 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/events/{id}", get(events::show))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/risks", get(risks::dashboard))
+        .route("/api/v1/risks/{alert_id}/resolve", post(risks::resolve))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
+        // Signing in is how a token is given, so it is outside the check.
+        .route(
+            "/api/v1/session",
+            get(session::status)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
 }
 
 async fn require_token(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -74,6 +87,9 @@ pub fn route_label(path: &str) -> &'static str {
         ["events"] => "/api/v1/events",
         ["events", _] => "/api/v1/events/{id}",
         ["stream"] => "/api/v1/stream",
+        ["risks"] => "/api/v1/risks",
+        ["risks", _, "resolve"] => "/api/v1/risks/{alert_id}/resolve",
+        ["session"] => "/api/v1/session",
         _ => "other",
     }
 }

@@ -1,5 +1,7 @@
 //! `GET /api/v1/stream`: Server-Sent Events of accepted events (`event: event`, the
-//! event as JSON) and delivery attempts (`event: delivery`), live.
+//! event as JSON), delivery attempts (`event: delivery`) and changes of the risk
+//! dashboard (`event: risks`, `{"open_alerts": n}`; read `/api/v1/risks` for the
+//! rest), live.
 //!
 //! Each message has an id `<run>-<n>`. The server keeps the last [`REPLAY`] messages;
 //! a client that reconnects with `Last-Event-ID` first gets those it missed (all
@@ -108,7 +110,11 @@ impl StreamHub {
     }
 }
 
-/// Feeds the hub of `state`: every event the bus dispatches and every delivery attempt.
+/// How often a `risks` message is sent at most while the dashboard keeps changing.
+const RISKS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Feeds the hub of `state`: every event the bus dispatches, every delivery
+/// attempt and every change of the risk dashboard.
 pub fn feed(state: &Arc<AppState>) {
     state
         .bus
@@ -121,6 +127,24 @@ pub fn feed(state: &Arc<AppState>) {
                 Ok(n) => hub.push("delivery", serde_json::to_string(&*n).unwrap_or_default()),
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let hub = state.stream.clone();
+    let risks = state.risks.clone();
+    let mut changes = risks.watch_dashboard();
+    tokio::spawn(async move {
+        // A burst of alerts is one message per interval, not one per alert.
+        loop {
+            tokio::select! {
+                _ = hub.closed.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let open = risks.dashboard().open_alerts.len();
+            hub.push("risks", format!("{{\"open_alerts\":{open}}}"));
+            tokio::select! {
+                _ = hub.closed.cancelled() => return,
+                _ = tokio::time::sleep(RISKS_INTERVAL) => {}
             }
         }
     });

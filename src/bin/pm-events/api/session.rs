@@ -1,0 +1,133 @@
+//! `/api/v1/session`: the dashboard's sign-in. The page posts the API token once
+//! and gets an `HttpOnly`, `SameSite=Strict` cookie that `/api/v1/*` and
+//! `/events` accept as well as the bearer header, so the token is kept neither
+//! in the page nor in a URL (an `EventSource` cannot send headers).
+//!
+//! The cookie is `pm_session=<expiry>.<mac>`: the Unix time it ends and an
+//! HMAC-SHA256 of that time keyed with the token. Nothing is stored on the
+//! server, every node that has the token accepts it, and changing the token ends
+//! every session.
+
+use super::{bad, object};
+use crate::serve::{ApiError, AppState, Body};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The cookie's name.
+pub const COOKIE: &str = "pm_session";
+
+/// How long a session lasts.
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+/// What the MAC covers besides the expiry, so it is of no use as another MAC.
+const DOMAIN: &[u8] = b"pm-events dashboard session v1:";
+
+fn mac(token: &[u8], expiry: i64) -> Option<Hmac<Sha256>> {
+    let mut m = Hmac::<Sha256>::new_from_slice(token).ok()?;
+    m.update(DOMAIN);
+    m.update(expiry.to_string().as_bytes());
+    Some(m)
+}
+
+/// A new cookie value for `token`, ending `SESSION_SECS` from now.
+fn issue(token: &[u8]) -> Option<String> {
+    let expiry = chrono::Utc::now().timestamp() + SESSION_SECS;
+    let tag = mac(token, expiry)?.finalize().into_bytes();
+    Some(format!("{expiry}.{}", hex::encode(tag)))
+}
+
+/// Whether the request carries a live session cookie made with `token`.
+pub fn valid(token: &[u8], headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|value| {
+            let Some((expiry, tag)) = value.split_once('.') else {
+                return false;
+            };
+            let (Ok(expiry), Ok(tag)) = (expiry.parse::<i64>(), hex::decode(tag)) else {
+                return false;
+            };
+            expiry > chrono::Utc::now().timestamp()
+                && mac(token, expiry).is_some_and(|m| m.verify_slice(&tag).is_ok())
+        })
+}
+
+/// `GET /api/v1/session`: `{"token_required", "signed_in"}`. Always 200, so the
+/// page can ask before it has signed in.
+pub async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Json<Value> {
+    let signed_in = match s.token() {
+        None => true,
+        Some(t) => valid(t.expose().as_bytes(), &headers),
+    };
+    Json(json!({"token_required": s.token().is_some(), "signed_in": signed_in}))
+}
+
+/// `POST /api/v1/session` with `{"token"}`: 204 with the cookie, 401 for a wrong
+/// token, 409 when the server has no token (nothing to sign in to).
+pub async fn sign_in(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let mut fields = object(&body)?;
+    let given = match fields.remove("token") {
+        Some(Value::String(t)) => t,
+        Some(_) => return Err(bad("invalid_field", "token: expected a string")),
+        None => return Err(bad("invalid_field", "token: missing")),
+    };
+    if let Some(k) = fields.keys().next() {
+        return Err(bad(
+            "invalid_field",
+            format!("{k}: unknown field (expected token)"),
+        ));
+    }
+    let Some(token) = s.token() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_token",
+            "PM_API_TOKEN is not set: the API needs no sign-in (and answers on loopback only)",
+        ));
+    };
+    if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+        tracing::warn!("dashboard sign-in with a wrong token");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong token (the value of PM_API_TOKEN)",
+        ));
+    }
+    let value = issue(token.expose().as_bytes()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot make a session",
+        )
+    })?;
+    Ok(with_cookie(format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}"
+    )))
+}
+
+/// `DELETE /api/v1/session`: 204, and the cookie is cleared.
+pub async fn sign_out() -> Response {
+    with_cookie(format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    ))
+}
+
+fn with_cookie(cookie: String) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
