@@ -7,7 +7,9 @@
 #     (an independent Ed25519 verifier), `openapi-spec-validator` (checks the OpenAPI
 #     document) and `aiosmtpd`;
 #   - nats-server (Debian's package) for the JetStream scale-out tests, which start
-#     their own server on a free port in a temporary directory.
+#     their own server on a free port in a temporary directory;
+#   - chromium and chromium-driver (Debian's packages) for the dashboard tests, which
+#     drive the page in a headless browser of their own.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -21,14 +23,25 @@ if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography, ope
 fi
 export PM_TEST_PYTHON="$venv/bin/python"
 
+# Debian packages, installed as root or with sudo.
+apt_install() {
+  echo "== installing $*"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 nats=$(command -v nats-server || true)
 [ -n "$nats" ] || { [ -x /usr/sbin/nats-server ] && nats=/usr/sbin/nats-server; } || true
 if [ -z "$nats" ]; then
-  echo "== installing nats-server"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq nats-server >/dev/null; fi
+  apt_install nats-server
   nats=$(command -v nats-server || echo /usr/sbin/nats-server)
 fi
 export PM_TEST_NATS_SERVER="$nats"
+
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  apt_install chromium chromium-driver
+fi
 
 cargo test -j2 --locked "$@"

@@ -491,3 +491,177 @@ async fn every_view_fits_a_390_px_phone_without_horizontal_scroll() {
     b.screenshot("phone-event-detail").await;
     assert_eq!(b.console_errors().await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_published_by_another_process_is_listed_and_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    // The CLI publishes and handles in its own process, on the same log directory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args([
+            "publish",
+            "risk_alert",
+            &risk("R-cli", "critical").to_string(),
+        ])
+        .env("PM_LOG_DIR", &s.logs)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let risks = format!("{}/api/v1/risks", s.url);
+    until(&risks, T, "the CLI's alert on the dashboard", |st, d| {
+        st == 200 && d["open_alerts"][0]["alert_id"] == "R-cli"
+    })
+    .await;
+    let (st, r) = call(
+        "POST",
+        &format!("{risks}/R-cli/resolve"),
+        Some(json!({"note": "rotated", "resolved_by": "alice"})),
+    )
+    .await;
+    assert_eq!((st, &r["resolved"]), (200, &json!(true)), "{r}");
+    let (_, d) = call("GET", &risks, None).await;
+    assert_eq!(d["open_alerts"], json!([]));
+    assert_eq!(d["alerts_resolved"], 1);
+    // The resolution is an event like any other: in the log, with its note.
+    let (_, e) = call(
+        "GET",
+        &format!(
+            "{}/api/v1/events/{}",
+            s.url,
+            r["event_id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(e["event"]["type"], "risk_resolved");
+    assert_eq!(e["event"]["data"]["note"], "rotated");
+    assert_eq!(e["event"]["data"]["resolved_by"], "alice");
+    assert_eq!(e["handlers"][0]["line"]["was_open"], true);
+    // And the file, once the server stops, agrees.
+    assert!(s.terminate().success());
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("logs/risk_alerts/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["open_alerts"], json!([]));
+    assert_eq!(file["alerts_resolved"], 1);
+}
+
+#[tokio::test]
+async fn the_risk_and_session_routes_refuse_bad_input_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    publish(&s, "risk_alert", risk("R-1", "medium")).await;
+    let resolve = format!("{}/api/v1/risks/R-1/resolve", s.url);
+    until(
+        &format!("{}/api/v1/risks", s.url),
+        T,
+        "the alert",
+        |_, d| d["open_alerts"][0]["alert_id"] == "R-1",
+    )
+    .await;
+    for (body, says) in [
+        (json!({"note": 5}), "note: expected a string"),
+        (json!({"reason": "x"}), "reason: unknown field"),
+        (
+            json!({"note": "x".repeat(5000)}),
+            "note: longer than 4096 bytes",
+        ),
+        (json!([1]), "expected a JSON object"),
+    ] {
+        let (st, v) = call("POST", &resolve, Some(body)).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    let r = client()
+        .post(&resolve)
+        .header("content-type", "application/json")
+        .body(r#"{"note":"a","note":"b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "duplicate keys");
+    let (st, v) = call(
+        "POST",
+        &format!("{}/api/v1/risks/R-404/resolve", s.url),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("R-404"));
+    let (st, v) = call("GET", &format!("{}/api/v1/risks?open=1", s.url), None).await;
+    assert_eq!(st, 400, "{v}");
+
+    // A risk_resolved from outside is checked like the built-in types.
+    let (st, v) = call(
+        "POST",
+        &format!("{}/events", s.url),
+        Some(json!({"type": "risk_resolved", "data": {"note": "no id"}})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("data.alert_id"),
+        "{v}"
+    );
+    let (st, v) = call(
+        "POST",
+        &format!("{}/events", s.url),
+        Some(json!({"type": "risk_resolved", "data": {"alert_id": "R-1", "resolved_at": "yesterday"}})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("data.resolved_at"),
+        "{v}"
+    );
+
+    // Without a token there is nothing to sign in to; the form's checks still hold.
+    let session = format!("{}/api/v1/session", s.url);
+    let (st, v) = call("GET", &session, None).await;
+    assert_eq!(
+        (st, v),
+        (200, json!({"token_required": false, "signed_in": true}))
+    );
+    let (st, v) = call("POST", &session, Some(json!({"token": "x"}))).await;
+    assert_eq!(st, 409, "{v}");
+    for (body, says) in [
+        (json!({}), "token: missing"),
+        (json!({"token": 1}), "token: expected a string"),
+        (json!({"token": "x", "user": "y"}), "user: unknown field"),
+    ] {
+        let (st, v) = call("POST", &session, Some(body)).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+
+    // The page and its assets come with a policy that allows this server only.
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = client()
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+}

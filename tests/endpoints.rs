@@ -772,6 +772,12 @@ async fn the_openapi_document_is_valid_and_names_every_api_route() {
         ("/api/v1/events", "get"),
         ("/api/v1/events/{id}", "get"),
         ("/api/v1/stream", "get"),
+        ("/api/v1/risks", "get"),
+        ("/api/v1/risks/{alert_id}/resolve", "post"),
+        ("/api/v1/session", "get"),
+        ("/api/v1/session", "post"),
+        ("/api/v1/session", "delete"),
+        ("/", "get"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }

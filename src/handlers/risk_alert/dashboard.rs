@@ -227,11 +227,23 @@ impl DashboardBook {
         });
     }
 
-    /// Removes an alert; `false` when it was not open (in this process's view).
+    /// Removes an alert; `false` when it was not open, neither in this process's
+    /// view nor in the file (another process may have raised it since the last merge).
     pub(super) fn resolve(&self, alert_id: &str) -> bool {
+        let in_view = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+            .contains_key(alert_id);
+        let in_file = !in_view
+            && read_file(&self.path)
+                .open_alerts
+                .iter()
+                .any(|a| a.alert_id == alert_id);
         let mut was_open = false;
         self.change(|d| {
-            was_open = d.open.remove(alert_id).is_some();
+            was_open = d.open.remove(alert_id).is_some() || in_file;
             d.delta.alerts.remove(alert_id);
             d.delta.resolved.insert(alert_id.to_string());
             if was_open {
@@ -420,4 +432,96 @@ fn merge_into_file(path: &Path, delta: &DashDelta) -> std::io::Result<Dashboard>
         .and_then(|bytes| write_atomic(path, &bytes));
     let _ = lock.unlock();
     written.map(|()| merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: &str, severity: Severity) -> OpenAlert {
+        OpenAlert {
+            alert_id: id.into(),
+            severity,
+            risk_type: RiskType::Security,
+            title: format!("alert {id}"),
+            description: String::new(),
+            risk_score: 0.5,
+            affected_resources: vec![],
+            detected_at: None,
+            escalated_to: None,
+            mitigation: vec![],
+            event_id: format!("ev-{id}"),
+        }
+    }
+
+    fn open_ids(d: &Dashboard) -> Vec<&str> {
+        d.open_alerts.iter().map(|a| a.alert_id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_alert_raised_by_one_process_is_resolved_by_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dashboard.json");
+        let raiser = DashboardBook::open(path.clone());
+        let resolver = DashboardBook::open(path.clone());
+        raiser.record_alert(alert("a", Severity::Critical));
+        raiser.record_alert(alert("b", Severity::Low));
+        raiser.flush();
+        // The resolver never merged the file, yet sees the alert was open.
+        assert!(
+            resolver
+                .current()
+                .open_alerts
+                .iter()
+                .any(|a| a.alert_id == "a")
+        );
+        assert!(resolver.resolve("a"));
+        resolver.flush();
+        let on_disk = read_file(&path);
+        assert_eq!(open_ids(&on_disk), ["b"]);
+        assert_eq!(on_disk.alerts_resolved, 1);
+        assert_eq!(on_disk.alerts_received, 2);
+        assert_eq!(open_ids(&raiser.current()), ["b"]);
+        // Resolving what is not open changes no count.
+        assert!(!resolver.resolve("zzz"));
+        resolver.flush();
+        assert_eq!(read_file(&path).alerts_resolved, 1);
+    }
+
+    #[test]
+    fn an_alert_raised_again_after_its_resolution_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dashboard.json");
+        let book = DashboardBook::open(path.clone());
+        book.record_alert(alert("a", Severity::High));
+        book.flush();
+        assert!(book.resolve("a"));
+        book.record_alert(alert("a", Severity::Critical));
+        book.flush();
+        let d = read_file(&path);
+        assert_eq!(open_ids(&d), ["a"]);
+        assert_eq!(d.open_alerts[0].severity, Severity::Critical);
+        // And resolved again, within one write.
+        assert!(book.resolve("a"));
+        book.flush();
+        assert!(read_file(&path).open_alerts.is_empty());
+        assert!(book.view().open_alerts.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_changes_under_the_newer_ones() {
+        let mut newer = DashDelta::default();
+        newer.resolved.insert("a".into());
+        newer.alerts.insert("b".into(), alert("b", Severity::Low));
+        let mut older = DashDelta::default();
+        older.alerts.insert("a".into(), alert("a", Severity::High));
+        older.resolved.insert("b".into());
+        older.received = 2;
+        newer.restore(older);
+        let mut open = BTreeMap::new();
+        newer.apply_to(&mut open);
+        assert_eq!(open.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(newer.resolved.contains("a") && !newer.resolved.contains("b"));
+        assert_eq!(newer.received, 2);
+    }
 }
