@@ -100,6 +100,10 @@ fn the_readme_walkthrough_runs_as_written() {
         "pm_events_published_total{type=\"deployment\"}",
         // replay
         "replayed",
+        // the page, and a risk alert resolved as its Resolve button does
+        "HTTP/1.1 200 OK",
+        "\"alert_id\":\"sec_002\"",
+        "\"resolved\":true",
     ] {
         assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
     }
