@@ -66,7 +66,38 @@ impl WebDriverCompatibleCommand for ConsoleLog {
     }
 }
 
+/// A Chrome DevTools command (`POST /session/{id}/goog/cdp/execute`).
+#[derive(Debug)]
+struct DevTools(Value);
+
+impl WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(self.0.to_string()))
+    }
+}
+
 impl Browser {
+    /// Slows the page's CPU down `rate` times, as on a slow laptop.
+    pub async fn throttle_cpu(&self, rate: f64) {
+        self.client
+            .issue_cmd(DevTools(
+                json!({"cmd": "Emulation.setCPUThrottlingRate", "params": {"rate": rate}}),
+            ))
+            .await
+            .unwrap();
+    }
+
     /// A desktop window (1280 × 900), or with `phone` a 390 px wide phone screen.
     pub async fn start(phone: bool) -> Browser {
         let driver_bin = program("PM_TEST_CHROMEDRIVER", &["chromedriver"]).expect(
