@@ -674,3 +674,62 @@ async fn the_risk_and_session_routes_refuse_bad_input_naming_the_field() {
         assert_eq!(h["x-content-type-options"], "nosniff");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_page_cannot_change_anything_through_a_visitors_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let endpoints = format!("{}/api/v1/endpoints", s.url);
+
+    // A page of another origin posts to the API as a form or a fetch would
+    // (text/plain, no preflight), in a real browser.
+    let evil = TestReceiver::start().await;
+    let script = format!(
+        r#"<!doctype html><title>loading</title><script>
+        fetch("{endpoints}", {{method: "POST", mode: "no-cors", body: JSON.stringify({{url: "http://127.0.0.1:9/stolen"}})}})
+          .then(() => {{ document.title = "sent"; }}, () => {{ document.title = "sent"; }});
+        </script>"#
+    );
+    evil.set_default(
+        "/page",
+        Reply::status(200)
+            .header("content-type", "text/html")
+            .body(&script),
+    );
+    let b = Browser::start(false).await;
+    b.goto(&evil.url("/page")).await;
+    b.wait_js("return document.title;", json!("sent")).await;
+    let (_, list) = call("GET", &endpoints, None).await;
+    assert_eq!(list["data"], json!([]), "an endpoint made by another site");
+
+    // The same refusals, spelled out.
+    let r = client()
+        .post(&endpoints)
+        .header("origin", evil.url(""))
+        .header("content-type", "application/json")
+        .body(json!({"url": "http://127.0.0.1:9/stolen"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("cross_origin"));
+    // DNS rebinding: a name that is not loopback, while no token is set.
+    let r = client()
+        .get(format!("{}/api/v1/events", s.url))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("loopback names only"));
+    // The page's own requests and programs are not affected.
+    let r = client()
+        .post(&endpoints)
+        .header("origin", &s.url)
+        .header("content-type", "application/json")
+        .body(json!({"url": "http://127.0.0.1:9/own"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}

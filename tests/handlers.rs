@@ -714,7 +714,8 @@ async fn register_builtins_subscribes_the_three_handlers_in_one_call() {
         [
             ("file_change".into(), 1),
             ("report_ready".into(), 1),
-            ("risk_alert".into(), 1)
+            ("risk_alert".into(), 1),
+            ("risk_resolved".into(), 1)
         ]
     );
     assert!(b.report_ready.auto_distribute);

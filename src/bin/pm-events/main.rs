@@ -13,6 +13,7 @@ mod deliveries;
 mod demo;
 mod endpoints;
 mod logs;
+mod origin;
 mod page;
 mod publish;
 mod receiver;

@@ -392,9 +392,15 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Refuses new requests while stopping, bounds each request's time, counts answers by status.
+/// Refuses new requests while stopping and what another site's page could send
+/// (`origin.rs`), bounds each request's time, counts answers by status.
 async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
+    let browser_check = if route == "/webhooks/incoming" {
+        Ok(())
+    } else {
+        crate::origin::check(s.token.is_some(), req.method(), req.headers())
+    };
     let resp = if s.stopping.load(Ordering::Acquire) {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -402,6 +408,8 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             "the server is shutting down",
         )
         .into_response()
+    } else if let Err(refused) = browser_check {
+        refused.into_response()
     } else {
         match tokio::time::timeout(s.timeout, next.run(req)).await {
             Ok(r) => r,

@@ -209,12 +209,23 @@ function connect() {
     live.textContent = "reconnecting";
     live.className = "live off";
     // A closed stream is not retried by the browser (a 401, say): ask again.
-    if (es.readyState === EventSource.CLOSED) { state.stream = null; setTimeout(boot, 3000); }
+    if (es.readyState === EventSource.CLOSED) { state.stream = null; setTimeout(reconnect, 3000); }
   };
   es.addEventListener("event", (m) => addEvent(JSON.parse(m.data), true));
   es.addEventListener("delivery", (m) => onDelivery(JSON.parse(m.data)));
   es.addEventListener("risks", () => soon("risks", 300, () => { loadRiskCount(); if (state.view === "risks") loadRisks(); }));
   es.addEventListener("lagged", () => soon("lagged", 1000, loadEvents));
+}
+
+/** After the server closed the stream: sign in again if the session ended, else reopen it. */
+async function reconnect() {
+  try {
+    const s = (await api("/api/v1/session")).data;
+    if (!s.signed_in) { showSignIn(); return; }
+    if (!state.stream && state.started) { connect(); loadEvents(); }
+  } catch (e) {
+    setTimeout(reconnect, 3000);
+  }
 }
 
 function onDelivery() {
