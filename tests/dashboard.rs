@@ -361,7 +361,8 @@ async fn with_a_token_the_page_signs_in_through_a_form_and_an_http_only_cookie()
     let s = Server::start_capturing(dir.path(), &[("PM_API_TOKEN", TOKEN)]);
     let b = Browser::start(false).await;
     b.goto(&s.url).await;
-    b.wait_for("#signin-form").await;
+    let form_shown = "return !document.getElementById('view-signin').hidden;";
+    b.wait_js(form_shown, json!(true)).await;
     assert!(b.shown("#token").await);
     assert!(
         !b.shown("#nav").await,
@@ -445,8 +446,9 @@ async fn with_a_token_the_page_signs_in_through_a_form_and_an_http_only_cookie()
 
     // Signing out ends it in the browser.
     b.click("#sign-out").await;
-    b.wait_for("#signin-form").await;
+    b.wait_js(form_shown, json!(true)).await;
     assert!(b.shown("#token").await);
+    assert!(!b.shown("#nav").await);
     drop(b);
     let stderr = s.stderr();
     assert!(!stderr.contains(TOKEN), "the token in the server's log");

@@ -45,45 +45,30 @@ fn program(var: &str, names: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The browser's console log (`POST /session/{id}/se/log`, which chromedriver keeps).
+/// A chromedriver command of the session beyond the W3C set: `POST
+/// /session/{id}/<path>` with a JSON body — `se/log` (the console log it keeps),
+/// `goog/cdp/execute` (a DevTools command).
 #[derive(Debug)]
-struct ConsoleLog;
-
-impl WebDriverCompatibleCommand for ConsoleLog {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
-    }
+struct SessionCommand {
+    path: &'static str,
+    body: Value,
 }
 
-/// A Chrome DevTools command (`POST /session/{id}/goog/cdp/execute`).
-#[derive(Debug)]
-struct DevTools(Value);
-
-impl WebDriverCompatibleCommand for DevTools {
+impl WebDriverCompatibleCommand for SessionCommand {
     fn endpoint(
         &self,
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
         base_url.join(&format!(
-            "session/{}/goog/cdp/execute",
-            session_id.unwrap_or_default()
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
         ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(self.0.to_string()))
+        (http::Method::POST, Some(self.body.to_string()))
     }
 }
 
@@ -91,9 +76,10 @@ impl Browser {
     /// Slows the page's CPU down `rate` times, as on a slow laptop.
     pub async fn throttle_cpu(&self, rate: f64) {
         self.client
-            .issue_cmd(DevTools(
-                json!({"cmd": "Emulation.setCPUThrottlingRate", "params": {"rate": rate}}),
-            ))
+            .issue_cmd(SessionCommand {
+                path: "goog/cdp/execute",
+                body: json!({"cmd": "Emulation.setCPUThrottlingRate", "params": {"rate": rate}}),
+            })
             .await
             .unwrap();
     }
@@ -258,7 +244,14 @@ impl Browser {
 
     /// The console messages of level SEVERE (errors, failed loads, refused content) so far.
     pub async fn console_errors(&self) -> Vec<String> {
-        let log = self.client.issue_cmd(ConsoleLog).await.unwrap();
+        let log = self
+            .client
+            .issue_cmd(SessionCommand {
+                path: "se/log",
+                body: json!({"type": "browser"}),
+            })
+            .await
+            .unwrap();
         log.as_array()
             .into_iter()
             .flatten()

@@ -684,7 +684,7 @@ function drawOutcomes() {
   const kids = [svgEl("desc", { id: "chart-deliveries-desc", text: entries.map(([k, n]) => `${n} ${k}`).join(", ") || "No deliveries yet" })];
   entries.forEach(([k, n], i) => {
     const y = 6 + i * rowH;
-    const w = ((W - left - 40) * n) / max;
+    const w = ((W - left - 80) * n) / max;
     kids.push(svgEl("text", { x: 0, y: y + 13, text: k }));
     kids.push(svgEl("rect", { x: left, y, width: Math.max(w, n ? 2 : 0).toFixed(1), height: rowH - 8, fill: colors[k] || "#64748b", rx: 2 }));
     kids.push(svgEl("text", { x: left + w + 4, y: y + 13, text: total ? `${n} (${Math.round((n * 100) / total)} %)` : "0" }));
