@@ -29,7 +29,7 @@ fn risk(alert_id: &str, severity: &str) -> Value {
 }
 
 /// The dead deliveries of `endpoint` once there are `n`.
-async fn dead(s: &Server, endpoint: &str, n: usize) -> Vec<Value> {
+async fn dead_deliveries(s: &Server, endpoint: &str, n: usize) -> Vec<Value> {
     let url = format!(
         "{}/api/v1/deliveries?status=dead&endpoint_id={endpoint}",
         s.url
@@ -238,7 +238,7 @@ async fn a_dead_delivery_is_retried_from_the_page_and_the_receiver_gets_the_seco
         json!({"invoice": "INV-1042", "amount": 120}),
     )
     .await;
-    let dead = dead(&s, ep_id, 1).await;
+    let dead = dead_deliveries(&s, ep_id, 1).await;
     let delivery = dead[0]["id"].as_str().unwrap().to_string();
     assert_eq!(rx.requests("/flaky").len(), 1);
 
@@ -268,6 +268,29 @@ async fn a_dead_delivery_is_retried_from_the_page_and_the_receiver_gets_the_seco
     b.wait_text(&card, "50.0 % of 2").await;
     b.wait_text(&card, "HTTP 500").await;
     b.screenshot("endpoints").await;
+
+    // Recover: the endpoint's dead deliveries of the last hour go out again.
+    rx.script("/flaky", vec![Reply::status(500)]);
+    publish(
+        &s,
+        "invoice_paid",
+        json!({"invoice": "INV-1043", "amount": 80}),
+    )
+    .await;
+    dead_deliveries(&s, ep_id, 1).await;
+    b.goto(&format!("{}/#deliveries", s.url)).await;
+    // The only endpoint is the one chosen.
+    b.wait_js(
+        "return document.getElementById('recover-endpoint').value;",
+        json!(ep_id),
+    )
+    .await;
+    let since = b.wait_for("#recover-since").await;
+    since.clear().await.unwrap();
+    since.send_keys("1h").await.unwrap();
+    b.click("#recover-form button[type=submit]").await;
+    b.wait_text("#toast", "1 delivery sent again").await;
+    rx.wait_for("/flaky", 4, T).await;
     assert_eq!(b.console_errors().await, Vec::<String>::new());
 }
 
@@ -475,7 +498,7 @@ async fn every_view_fits_a_390_px_phone_without_horizontal_scroll() {
         json!({"artifact": "s3://builds/acme-billing-service/2026-12-01/build-000000000000000000000000000000000042.tar.gz"}),
     )
     .await;
-    dead(&s, ep["id"].as_str().unwrap(), 2).await;
+    dead_deliveries(&s, ep["id"].as_str().unwrap(), 2).await;
 
     let b = Browser::start(true).await;
     for (view, ready) in [

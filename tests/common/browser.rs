@@ -221,8 +221,23 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css`; found again if the page re-drew it meanwhile.
     pub async fn click(&self, css: &str) {
-        self.wait_for(css).await.click().await.unwrap();
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.click().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "cannot click {css} within {PAGE_WAIT:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Runs `script` (a function body; `return` gives the value) in the page.
