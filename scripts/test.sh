@@ -9,17 +9,20 @@
 #   - nats-server (Debian's package) for the JetStream scale-out tests, which start
 #     their own server on a free port in a temporary directory;
 #   - chromium and chromium-driver (Debian's packages) for the dashboard tests, which
-#     drive the page in a headless browser of their own.
+#     drive the page in a headless browser of their own;
+#   - pytest, and the Python package itself: `pip install ./python` builds its wheel
+#     (maturin, release profile, into target/) and installs it in the virtualenv,
+#     and pytest runs python/tests against it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 venv="$root/target/test-venv"
-if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography, openapi_spec_validator" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import standardwebhooks, aiosmtpd, cryptography, openapi_spec_validator, pytest" 2>/dev/null; then
   echo "== installing the Python test helpers into $venv"
   mkdir -p "$root/target"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd cryptography openapi-spec-validator
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks aiosmtpd cryptography openapi-spec-validator pytest
 fi
 export PM_TEST_PYTHON="$venv/bin/python"
 
@@ -45,3 +48,8 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
 fi
 
 cargo test -j2 --locked "$@"
+
+echo "== the Python package: pip install ./python, then pytest python/tests"
+CARGO_TARGET_DIR="$root/target" CARGO_BUILD_JOBS=2 \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
+PM_EVENTS_BIN="$root/target/debug/pm-events" "$venv/bin/python" -m pytest -q python/tests

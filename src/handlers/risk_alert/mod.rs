@@ -62,8 +62,9 @@ pub struct RiskAlertHandler {
     pub escalation_enabled: bool,
     ctx: Context,
     /// Where escalations are published; weak, so the bus that holds this
-    /// handler is not kept alive by it.
-    bus: Option<WeakEventBus>,
+    /// handler is not kept alive by it. Set once, at construction or by
+    /// [`publish_escalations_on`](Self::publish_escalations_on).
+    bus: std::sync::OnceLock<WeakEventBus>,
     log: JsonlWriter,
     mitigation: RwLock<MitigationExecutor>,
     /// The dashboard; writes its last changes when the handler is dropped.
@@ -92,11 +93,20 @@ impl RiskAlertHandler {
         Ok(RiskAlertHandler {
             escalation_enabled,
             ctx,
-            bus: bus.map(EventBus::downgrade),
+            bus: bus
+                .map(|b| std::sync::OnceLock::from(b.downgrade()))
+                .unwrap_or_default(),
             log,
             mitigation: RwLock::new(MitigationExecutor::default()),
             dash,
         })
+    }
+
+    /// Publishes escalations on `bus` from now on, if no bus was given before
+    /// (the bus a handler made with [`new`](Self::new) is subscribed on); `false`
+    /// if one was.
+    pub fn publish_escalations_on(&self, bus: &EventBus) -> bool {
+        self.bus.set(bus.downgrade()).is_ok()
     }
 
     /// Registers the implementation of the mitigation step `name`.
@@ -204,7 +214,7 @@ impl RiskAlertHandler {
         }
         webhooks.retain(|v| !v.is_null());
 
-        if let (Some(next), Some(bus)) = (escalated_to, &self.bus) {
+        if let (Some(next), Some(bus)) = (escalated_to, self.bus.get()) {
             let reason = if alert.severity >= Severity::High {
                 format!("severity {}", alert.severity.as_str())
             } else {
