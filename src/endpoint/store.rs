@@ -65,12 +65,23 @@ impl SqliteStore {
         let conn = Connection::open(&path).map_err(sql_err(&path))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(sql_err(&path))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;",
-        )
-        .map_err(sql_err(&path))?;
+        // Two processes creating the file at once: switching a new database to
+        // WAL needs it alone, and SQLite answers `database is locked` at once
+        // rather than through the busy handler, so that step is tried again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;",
+            ) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(sql_err(&path)(e)),
+            }
+        }
         restrict_permissions(&path);
         let version = data_version(&conn).map_err(sql_err(&path))?;
         Ok(SqliteStore {
@@ -100,6 +111,14 @@ fn restrict_permissions(path: &Path) {
             let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
         }
     }
+}
+
+/// Whether `e` is SQLite's "busy" or "locked": another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn data_version(c: &Connection) -> rusqlite::Result<i64> {
