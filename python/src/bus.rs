@@ -48,13 +48,12 @@ impl Ready {
     }
 }
 
+/// How an engine result becomes the Python value an awaitable gives.
+pub type ToPython<T> = fn(Python<'_>, T) -> PyResult<Py<PyAny>>;
+
 /// Runs `fut` to its end: at once on this thread if it need not wait, else on the
 /// engine's runtime. The awaitable gives `done`'s conversion of its output.
-pub fn drive<F, T>(
-    py: Python<'_>,
-    fut: F,
-    done: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
-) -> PyResult<Py<PyAny>>
+pub fn drive<F, T>(py: Python<'_>, fut: F, done: ToPython<T>) -> PyResult<Py<PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + 'static,
@@ -77,11 +76,7 @@ where
 /// runtime, settles with `done`'s conversion of its output (or its error).
 /// Cancelling the Python future does not stop `fut`: an event being accepted
 /// is accepted all the same.
-pub fn spawn_awaitable<F, T>(
-    py: Python<'_>,
-    fut: F,
-    done: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
-) -> PyResult<Py<PyAny>>
+pub fn spawn_awaitable<F, T>(py: Python<'_>, fut: F, done: ToPython<T>) -> PyResult<Py<PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + 'static,
