@@ -337,6 +337,27 @@ impl PyEventBus {
         self.bus.queue_len()
     }
 
+    /// The engine's counters: `published`, `dispatched`, `unhandled` (no subscriber),
+    /// and handler runs `handled`, `failed` (raised), `panicked`, `timed_out`;
+    /// `redelivered` (dispatched again after a crash).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.bus.stats();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("published", s.published),
+            ("dispatched", s.dispatched),
+            ("unhandled", s.unhandled),
+            ("handled", s.handled),
+            ("failed", s.failed),
+            ("panicked", s.panicked),
+            ("timed_out", s.timed_out),
+            ("redelivered", s.redelivered),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     /// Whether the bus is started and not stopped.
     fn is_running(&self) -> bool {
         self.bus.is_running()

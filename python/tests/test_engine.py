@@ -38,12 +38,14 @@ def test_python_handlers_run_on_the_loop_that_started_the_bus_and_errors_do_not_
             for n in range(50):
                 await bus.publish('job', {'n': n})
             await bus.stop()
-            print(json.dumps([len(threads), threads == {threading.get_ident()}, len(order)]))
+            s = bus.stats()
+            print(json.dumps([len(threads), threads == {threading.get_ident()}, len(order), s['handled'], s['failed']]))
         asyncio.run(main())
         """
     )
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) == [1, True, 100]
+    # 100 runs of the two good handlers; the 50 that raised are counted as failed.
+    assert json.loads(p.stdout) == [1, True, 100, 100, 50]
     # Each of the 50 failures was logged by the engine, under pm.events, with the exception.
     failures = [l for l in p.stderr.splitlines() if "handler failed" in l and "KeyError: 'missing'" in l]
     assert len(failures) == 50, p.stderr
@@ -186,3 +188,42 @@ def test_a_python_process_and_pm_events_serve_share_one_log_directory(run_script
     # One event log, one line for the event, whole.
     logged = lines(next((logs / "events").glob("events_*.log")))
     assert [e["type"] for e in logged] == ["risk_alert"]
+
+
+def test_unsubscribe_and_publish_sync(run_script):
+    p, logs = run_script(
+        """
+        import asyncio, json, threading
+        from pm.events.bus import EventBus
+        seen = []
+        async def keep(event):
+            seen.append(event.data['n'])
+        async def main():
+            bus = EventBus()
+            bus.subscribe('job', keep)
+            await bus.start()
+            await bus.publish('job', {'n': 1})
+            # From a thread, as code that is not async would.
+            ids = []
+            t = threading.Thread(target=lambda: ids.append(bus.publish_sync('job', {'n': 2})))
+            t.start()
+            t.join()
+            for _ in range(500):
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            removed = bus.unsubscribe('job', keep)
+            again = bus.unsubscribe('job', keep)
+            await bus.publish('job', {'n': 3})
+            await bus.stop()
+            print(json.dumps([sorted(seen), removed, again, bus.get_subscribers(), len(ids[0])]))
+        asyncio.run(main())
+        """
+    )
+    assert p.returncode == 0, p.stderr
+    seen, removed, again, subs, id_len = json.loads(p.stdout)
+    assert seen == [1, 2], "the third came after unsubscribe"
+    assert (removed, again, subs) == (True, False, {})
+    assert id_len == 36
+    logged = lines(next((logs / "events").glob("events_*.log")))
+    assert [e["data"]["n"] for e in logged] == [1, 2, 3]
