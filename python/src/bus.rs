@@ -197,7 +197,7 @@ impl PyEventBus {
         }
         pm_events::event::validate_type(&event_type)
             .map_err(crate::errors::InvalidEventError::new_err)?;
-        let id = match native_handler(py, bound, &self.bus)? {
+        let id = match native_handler(bound, &self.bus)? {
             // A built-in handler's method runs in the engine, with no Python in between.
             Some(native) => self.bus.subscribe_arc(&event_type, native),
             None => {

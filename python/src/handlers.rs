@@ -44,10 +44,10 @@ fn shared_webhooks(cfg: &Config) -> PyResult<Option<Arc<WebhookHandler>>> {
     Ok(SHARED.get_or_init(|| made).clone())
 }
 
-fn context() -> PyResult<Context> {
-    let cfg = config()?;
-    let mut ctx = Context::from_config(&cfg);
-    ctx.webhooks = shared_webhooks(&cfg)?;
+/// The built-in handlers' context for `cfg`, with the shared webhook handler.
+fn context(cfg: &Config) -> PyResult<Context> {
+    let mut ctx = Context::from_config(cfg);
+    ctx.webhooks = shared_webhooks(cfg)?;
     Ok(ctx)
 }
 
@@ -78,7 +78,8 @@ impl PyFileChangeHandler {
     #[pyo3(signature = (log_changes=true))]
     fn new(log_changes: bool) -> PyResult<Self> {
         Ok(Self(Arc::new(
-            FileChangeHandler::with_context(log_changes, context()?).map_err(setup_error)?,
+            FileChangeHandler::with_context(log_changes, context(&config()?)?)
+                .map_err(setup_error)?,
         )))
     }
 
@@ -116,7 +117,7 @@ impl PyReportReadyHandler {
         let cfg = config()?;
         let mailer = Mailer::from_config(&cfg).map_err(setup_error)?;
         Ok(Self(Arc::new(
-            ReportReadyHandler::with_context(auto_distribute, context()?, mailer)
+            ReportReadyHandler::with_context(auto_distribute, context(&cfg)?, mailer)
                 .map_err(setup_error)?,
         )))
     }
@@ -152,7 +153,7 @@ impl PyRiskAlertHandler {
     #[pyo3(signature = (escalation_enabled=true))]
     fn new(escalation_enabled: bool) -> PyResult<Self> {
         Ok(Self(Arc::new(
-            RiskAlertHandler::with_context(escalation_enabled, context()?, None)
+            RiskAlertHandler::with_context(escalation_enabled, context(&config()?)?, None)
                 .map_err(setup_error)?,
         )))
     }
@@ -304,7 +305,6 @@ impl PyWebhookHandler {
 /// (`FileChangeHandler().handle_file_change` and the like); a risk handler then
 /// publishes its escalations on `bus`.
 pub fn native_handler(
-    py: Python<'_>,
     callable: &Bound<'_, PyAny>,
     bus: &EventBus,
 ) -> PyResult<Option<Arc<dyn Handler>>> {
@@ -316,7 +316,6 @@ pub fn native_handler(
     ) else {
         return Ok(None);
     };
-    let _ = py;
     Ok(match name.as_str() {
         "handle_file_change" => owner
             .cast::<PyFileChangeHandler>()
