@@ -43,6 +43,9 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// The default of `PM_MAX_BODY_BYTES`: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every setting of pm-events, with the defaults of docs/configuration.md.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -136,7 +139,7 @@ impl Default for Config {
             webhook_urls: BTreeMap::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_token: None,
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             smtp_url: None,
             mail_from: "pm-events <pm-events@localhost>".into(),
             report_auto_distribute: true,

@@ -121,9 +121,7 @@ impl Event {
         if !self.timestamp.is_finite() || self.timestamp < 0.0 {
             return Err("timestamp must be a finite, non-negative number of seconds".into());
         }
-        if self.event_id.is_empty() || self.event_id.len() > 256 {
-            return Err("event_id must be 1 to 256 characters".into());
-        }
+        validate_id("event_id", &self.event_id)?;
         if self.source.is_empty() || self.source.len() > 256 {
             return Err("source must be 1 to 256 characters".into());
         }
@@ -157,6 +155,29 @@ pub fn validate_type(event_type: &str) -> Result<(), String> {
     if event_type.starts_with('.') || event_type.ends_with('.') || event_type.contains("..") {
         return Err(format!(
             "event type {event_type:?} has an empty part between dots"
+        ));
+    }
+    Ok(())
+}
+
+/// The longest id accepted, in characters.
+pub const MAX_ID_LEN: usize = 256;
+
+/// The one rule for ids that reach a file, a header or a subject (an event's
+/// `event_id`, an `Idempotency-Key`, an incoming `webhook-id` or CloudEvents
+/// `id`): 1 to [`MAX_ID_LEN`] visible ASCII characters, `!` (0x21) to `~`
+/// (0x7E) — no space, no control character, no newline that could split a line
+/// of a log or a header. `field` names the id in the error.
+pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "{field}: must be 1 to {MAX_ID_LEN} characters, got {}",
+            id.len()
+        ));
+    }
+    if let Some((i, c)) = id.char_indices().find(|(_, c)| !('!'..='~').contains(c)) {
+        return Err(format!(
+            "{field}: contains {c:?} at byte {i}; an id is visible ASCII characters ('!' to '~')"
         ));
     }
     Ok(())
@@ -215,5 +236,28 @@ mod tests {
         );
         let e = Event::new("x", json!([1]));
         assert!(e.validate().unwrap_err().contains("an array"));
+    }
+
+    #[test]
+    fn ids_are_visible_ascii() {
+        for bad in [
+            "",
+            "line1\nline2",
+            "a\rb",
+            "nul\0",
+            "with space",
+            "é",
+            "\u{202e}x",
+        ] {
+            let mut e = Event::new("x", serde_json::json!({}));
+            e.event_id = bad.into();
+            let err = e.validate().unwrap_err();
+            assert!(err.starts_with("event_id"), "{bad:?}: {err}");
+        }
+        let mut e = Event::new("x", serde_json::json!({}));
+        e.event_id = "a".repeat(257);
+        assert!(e.validate().is_err());
+        e.event_id = "msg_2Kx:9/a+b=c~!".into();
+        assert!(e.validate().is_ok());
     }
 }

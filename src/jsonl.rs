@@ -14,7 +14,7 @@ use crate::config::{BATCH_FSYNC_INTERVAL, FsyncPolicy};
 use crate::error::LogError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -26,9 +26,10 @@ use std::time::Instant;
 /// line (no final `\n`) gets a `\n` first. Returns the file and its length.
 pub(crate) fn open_append(path: &Path) -> Result<(File, u64), LogError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io("create directory", dir, e))?;
+        crate::private_files::create_dir_all(dir)
+            .map_err(|e| LogError::io("create directory", dir, e))?;
     }
-    let mut file = OpenOptions::new()
+    let mut file = crate::private_files::open_options()
         .read(true)
         .append(true)
         .create(true)

@@ -32,11 +32,13 @@
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
 //! - [`idempotency`]: an event published twice with one `event_id` is accepted once.
 //! - [`recovery`]: which accepted events are done, and dispatching the others again after a crash.
+//! - [`private_files`]: files created 0600 and directories 0700: they hold payloads, URLs and secrets.
 //! - [`jsonl`]: the shared JSON Lines writer (size rotation) and reader of the handler logs.
 //! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
 //!   (and, with NATS, the JetStream work queue of deliveries).
 //! - [`config`]: settings from the environment, validated once.
 //! - [`secret`]: secrets that never print themselves, and their signing keys.
+//! - [`timespec`]: durations and points in time as users write them, parsed without panicking.
 //! - [`strict_json`]: the JSON parser of untrusted input (duplicate keys refused, paths named).
 //! - [`error`]: the error types of each area.
 //!
@@ -53,10 +55,12 @@ pub mod idempotency;
 pub mod input;
 pub mod journal;
 pub mod jsonl;
+pub mod private_files;
 pub mod recovery;
 pub mod secret;
 pub mod strict_json;
 pub mod telemetry;
+pub mod timespec;
 pub mod transport;
 pub mod webhook;
 

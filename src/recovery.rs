@@ -127,7 +127,7 @@ fn write_checkpoint(log_dir: &Path, at: Position) -> Result<(), LogError> {
     let path = checkpoint_path(log_dir);
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
     let bytes = serde_json::to_vec(&at).unwrap_or_default();
-    std::fs::write(&tmp, bytes)
+    crate::private_files::write(&tmp, &bytes)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| LogError::io("write", &path, e))
 }
@@ -302,9 +302,10 @@ fn other_runs(log_dir: &Path, own: &Path) -> Vec<PathBuf> {
 /// Holds `recovery.lock` while a run registers and plans.
 fn lock_recovery(log_dir: &Path) -> Result<File, LogError> {
     let dir = recovery_dir(log_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    crate::private_files::create_dir_all(&dir)
+        .map_err(|e| LogError::io("create directory", &dir, e))?;
     let path = dir.join("recovery.lock");
-    let f = OpenOptions::new()
+    let f = crate::private_files::open_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -337,9 +338,10 @@ pub struct Plan {
 pub fn start(log_dir: &Path) -> Result<(Ledger, Option<Plan>), LogError> {
     let _lock = lock_recovery(log_dir)?;
     let dir = handled_dir(log_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
+    crate::private_files::create_dir_all(&dir)
+        .map_err(|e| LogError::io("create directory", &dir, e))?;
     let path = dir.join(format!("{}.{RUNNING}", uuid::Uuid::now_v7()));
-    let file = OpenOptions::new()
+    let file = crate::private_files::open_options()
         .create_new(true)
         .append(true)
         .open(&path)

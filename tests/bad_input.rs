@@ -106,7 +106,12 @@ fn bad_payloads() -> Vec<(&'static str, Value, &'static str)> {
         (
             "risk_alert",
             json!({"alert_id": " ", "risk_type": "security", "severity": "low", "title": "t", "risk_score": 0.1}),
-            "data.alert_id: must not be empty",
+            "data.alert_id: contains ' '",
+        ),
+        (
+            "risk_alert",
+            json!({"alert_id": "a", "risk_type": "security", "severity": "low", "title": "t", "risk_score": 0.1, "metadata": "not an object"}),
+            "data.metadata",
         ),
         (
             "report_ready",

@@ -514,6 +514,7 @@ async fn bad_endpoint_input_is_refused_naming_the_field() {
     }
     let r = client()
         .post(&u)
+        .header("content-type", "application/json")
         .body(r#"{"url":"http://h/","url":"http://i/"}"#)
         .send()
         .await

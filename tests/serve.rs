@@ -210,7 +210,8 @@ async fn every_error_has_its_status_and_a_json_body() {
         (
             "too big",
             u("/webhooks/incoming"),
-            json_ct(),
+            // Signature headers first: without them, 401 comes before the size.
+            standard("e5", now, b"x"),
             vec![b'x'; 4096],
             413,
             "larger than the limit",

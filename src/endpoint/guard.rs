@@ -70,8 +70,30 @@ fn class_v4(ip: Ipv4Addr) -> Option<AddressClass> {
     })
 }
 
-fn class_v6(ip: Ipv6Addr) -> Option<AddressClass> {
+/// The IPv4 address an IPv6 address carries, in the forms that reach it:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`), 6to4 (`2002:aabb:ccdd::`)
+/// and Teredo (`2001:0:…`, the client's address inverted in the last 32 bits).
+pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let last =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // ::a.b.c.d, but not :: or ::1 (their own classes).
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(last(hi, lo)),
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(last(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(last(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(last(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(last(!hi, !lo)),
+        _ => None,
+    }
+}
+
+fn class_v6(ip: Ipv6Addr) -> Option<AddressClass> {
+    if let Some(v4) = embedded_v4(ip) {
         return class_v4(v4);
     }
     let first = ip.segments()[0];
@@ -156,8 +178,9 @@ impl NetGuard {
 
     /// Whether `ip` may be reached.
     pub fn check(&self, ip: IpAddr) -> Result<(), Refused> {
+        // An IPv6 form that carries an IPv4 address is judged by that address.
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
         match class_of(ip) {
@@ -245,6 +268,18 @@ mod tests {
         assert_eq!(refused("127.0.0.1"), Err(AddressClass::Loopback));
         assert_eq!(refused("::1"), Err(AddressClass::Loopback));
         assert_eq!(refused("::ffff:127.0.0.1"), Err(AddressClass::Loopback));
+        // IPv6 forms that carry an IPv4 address are judged by that address.
+        for embedded in [
+            "::127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "2002:7f00:1::",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        ] {
+            assert_eq!(refused(embedded), Err(AddressClass::Loopback), "{embedded}");
+        }
+        assert_eq!(refused("64:ff9b::10.0.0.1"), Err(AddressClass::Private));
+        assert_eq!(refused("2002:a9fe:a9fe::"), Err(AddressClass::LinkLocal));
         assert_eq!(refused("10.1.2.3"), Err(AddressClass::Private));
         assert_eq!(refused("172.16.0.1"), Err(AddressClass::Private));
         assert_eq!(refused("192.168.1.1"), Err(AddressClass::Private));
@@ -264,6 +299,8 @@ mod tests {
             "172.32.0.1",
             "2001:db8::1",
             "8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
         ] {
             assert_eq!(refused(ok), Ok(()), "{ok}");
         }

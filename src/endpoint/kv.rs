@@ -89,6 +89,20 @@ impl EndpointStore for KvStore {
         Ok(out)
     }
 
+    async fn get(&self, id: &str) -> Result<Option<StoredEndpoint>, EndpointError> {
+        let Some(v) = self
+            .kv
+            .get(id)
+            .await
+            .map_err(|e| err(&format!("read {id} of {BUCKET}"), e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| EndpointError::store(format!("endpoint {id} in {BUCKET}"), e))
+    }
+
     async fn put(&self, e: &StoredEndpoint) -> Result<(), EndpointError> {
         let doc =
             serde_json::to_vec(e).map_err(|err| EndpointError::store("encode an endpoint", err))?;

@@ -219,8 +219,10 @@ impl Endpoints {
         self.inner.cancel.cancel();
     }
 
-    /// Reads the store again.
+    /// Reads the store again (after another process changed it). Holds the
+    /// write lock, so a change made here meanwhile is not overwritten.
     pub async fn reload(&self) -> Result<(), EndpointError> {
+        let _w = self.inner.write.lock().await;
         let mut all: Vec<Arc<Managed>> = self
             .inner
             .store
@@ -297,16 +299,40 @@ impl Endpoints {
         }
         self.inner
             .store
-            .load()
+            .get(id)
             .await?
-            .into_iter()
-            .find(|s| s.endpoint.id == id)
             .ok_or_else(|| EndpointError::NotFound(id.to_string()))
     }
 
+    /// Stores `s` and puts it in the set in memory: one row written, one
+    /// endpoint prepared, whatever the number of endpoints.
     async fn save(&self, s: &StoredEndpoint) -> Result<(), EndpointError> {
         self.inner.store.put(s).await?;
-        self.reload().await
+        let one = Arc::new(Managed::new(s));
+        self.change_in_memory(&s.endpoint.id, Some(one));
+        Ok(())
+    }
+
+    /// Replaces (`Some`) or removes (`None`) endpoint `id` in the set in memory.
+    fn change_in_memory(&self, id: &str, new: Option<Arc<Managed>>) {
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<Arc<Managed>> = current.as_ref().clone();
+        match (
+            all.binary_search_by(|m| m.endpoint.id.as_str().cmp(id)),
+            new,
+        ) {
+            (Ok(i), Some(m)) => all[i] = m,
+            (Err(i), Some(m)) => all.insert(i, m),
+            (Ok(i), None) => {
+                all.remove(i);
+            }
+            (Err(_), None) => {}
+        }
+        *current = Arc::new(all);
     }
 
     /// Creates an endpoint from `fields` (see [`model::apply`]; besides, an HMAC
@@ -392,7 +418,7 @@ impl Endpoints {
         let _w = self.inner.write.lock().await;
         let s = self.stored(id).await?;
         self.inner.store.remove(id).await?;
-        self.reload().await?;
+        self.change_in_memory(id, None);
         Ok(s.endpoint)
     }
 

@@ -151,6 +151,9 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, FieldError> {
     if u.host_str().is_none_or(str::is_empty) {
         return Err(field("url", "the URL has no host"));
     }
+    if u.port() == Some(0) {
+        return Err(field("url", "port 0 cannot be connected to"));
+    }
     Ok(u)
 }
 
@@ -400,6 +403,7 @@ mod tests {
         assert!(e(json!({})).starts_with("url: required"));
         assert!(e(json!({"url": "ftp://h/x"})).starts_with("url: the scheme"));
         assert!(e(json!({"url": "not a url"})).starts_with("url: not an absolute URL"));
+        assert!(e(json!({"url": "http://h.example:0/"})).starts_with("url: port 0"));
         assert!(
             e(json!({"url": "http://h/", "event_types": ["a*b"]})).starts_with("event_types[0]:")
         );

@@ -30,6 +30,8 @@ pub struct StoredEndpoint {
 pub trait EndpointStore: Send + Sync + 'static {
     /// Every stored endpoint.
     async fn load(&self) -> Result<Vec<StoredEndpoint>, EndpointError>;
+    /// The stored endpoint `id`, if there is one.
+    async fn get(&self, id: &str) -> Result<Option<StoredEndpoint>, EndpointError>;
     /// Stores `e` (replacing the one with its id).
     async fn put(&self, e: &StoredEndpoint) -> Result<(), EndpointError>;
     /// Removes the endpoint `id`; `false` if there was none.
@@ -59,9 +61,12 @@ impl SqliteStore {
     /// Opens (creating) the store under `log_dir`.
     pub fn open(log_dir: &Path) -> Result<Self, EndpointError> {
         let dir = log_dir.join("webhooks");
-        std::fs::create_dir_all(&dir)
+        crate::private_files::create_dir_all(&dir)
             .map_err(|e| EndpointError::store(format!("create {}", dir.display()), e))?;
         let path = dir.join("endpoints.sqlite3");
+        // Created 0600 before SQLite opens it: its -wal and -shm take its mode.
+        crate::private_files::touch(&path)
+            .map_err(|e| EndpointError::store(format!("create {}", path.display()), e))?;
         let conn = Connection::open(&path).map_err(sql_err(&path))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(sql_err(&path))?;
@@ -82,7 +87,7 @@ impl SqliteStore {
                 Err(e) => return Err(sql_err(&path)(e)),
             }
         }
-        restrict_permissions(&path);
+        crate::private_files::restrict_database(&path);
         let version = data_version(&conn).map_err(sql_err(&path))?;
         Ok(SqliteStore {
             path,
@@ -95,21 +100,6 @@ impl SqliteStore {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The file holds signing secrets: only its owner may read it.
-fn restrict_permissions(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        for p in [
-            path.to_path_buf(),
-            path.with_extension("sqlite3-wal"),
-            path.with_extension("sqlite3-shm"),
-        ] {
-            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
-        }
     }
 }
 
@@ -149,6 +139,23 @@ impl EndpointStore for SqliteStore {
         Ok(out)
     }
 
+    async fn get(&self, id: &str) -> Result<Option<StoredEndpoint>, EndpointError> {
+        let c = self.conn();
+        let err = sql_err(&self.path);
+        let doc: Option<String> = c
+            .prepare_cached("SELECT doc FROM endpoints WHERE id = ?1")
+            .map_err(&err)?
+            .query_row(params![id], |r| r.get(0))
+            .optional()
+            .map_err(&err)?;
+        doc.map(|d| {
+            serde_json::from_str(&d).map_err(|e| {
+                EndpointError::store(format!("endpoint {id} in {}", self.path.display()), e)
+            })
+        })
+        .transpose()
+    }
+
     async fn put(&self, e: &StoredEndpoint) -> Result<(), EndpointError> {
         let doc = serde_json::to_string(e)
             .map_err(|err| EndpointError::store("encode an endpoint", err))?;
@@ -158,7 +165,6 @@ impl EndpointStore for SqliteStore {
                 params![e.endpoint.id, doc],
             )
             .map_err(sql_err(&self.path))?;
-        restrict_permissions(&self.path);
         Ok(())
     }
 

@@ -109,8 +109,7 @@ impl Mailer {
                 .map(|_| server.clone())
                 .map_err(|e| format!("SMTP {server}: {e}")),
             Mailer::Files { transport, dir } => {
-                tokio::fs::create_dir_all(dir)
-                    .await
+                crate::private_files::create_dir_all(dir)
                     .map_err(|e| format!("create {}: {e}", dir.display()))?;
                 transport
                     .send(message)

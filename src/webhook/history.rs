@@ -230,7 +230,8 @@ fn join(outbox: &Outbox, log_dir: &Path, only_id: Option<&str>) -> Result<Joined
 }
 
 /// The deliveries `q` asks for, newest first, and the cursor of the next page
-/// (`None`: this is the last).
+/// (`None`: this is the last). A cursor that names no delivery is refused
+/// ([`WebhookError::UnknownCursor`]) rather than read as the first page.
 pub fn list(
     outbox: &Outbox,
     log_dir: &Path,
@@ -238,6 +239,11 @@ pub fn list(
 ) -> Result<(Vec<DeliveryView>, Option<String>), WebhookError> {
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIMIT);
     let j = join(outbox, log_dir, None)?;
+    if let Some(c) = &q.cursor
+        && !j.views.iter().any(|v| &v.id == c)
+    {
+        return Err(WebhookError::UnknownCursor(c.clone()));
+    }
     let mut page: Vec<DeliveryView> = j
         .views
         .into_iter()

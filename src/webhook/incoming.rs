@@ -170,6 +170,37 @@ impl IncomingWebhooks {
         }
     }
 
+    /// What the headers alone show, before any body byte is read: a secret to
+    /// verify with, and a signature header of the right shape (for Standard
+    /// Webhooks, an id and a timestamp within the tolerance). A request that
+    /// fails here cannot pass [`verify`](Self::verify), so the server answers
+    /// 401 without reading its body.
+    pub fn precheck(&self, headers: &BTreeMap<String, String>) -> Result<(), VerifyError> {
+        if self.secrets.is_empty() {
+            return Err(VerifyError::Missing(
+                "secret on this server (WEBHOOK_SIGNATURE_SECRET is not set), so no webhook can be verified",
+            ));
+        }
+        let h = |k: &str| headers.get(k).map(String::as_str);
+        match (h("webhook-signature"), h("x-webhook-signature")) {
+            (Some(sig), _) => crate::webhook::sign::standard_headers(
+                &self.secrets,
+                h("webhook-id").unwrap_or(""),
+                h("webhook-timestamp").unwrap_or(""),
+                sig,
+                now_unix().floor() as i64,
+                self.tolerance,
+            )
+            .map(drop),
+            (None, Some(sig)) => {
+                crate::webhook::sign::hex_signature_header(&self.secrets, sig).map(drop)
+            }
+            (None, None) => Err(VerifyError::Missing(
+                "signature: send X-Webhook-Signature, or webhook-id, webhook-timestamp and webhook-signature",
+            )),
+        }
+    }
+
     /// Verifies, parses and publishes one incoming webhook (see the module docs).
     pub async fn handle(
         &self,

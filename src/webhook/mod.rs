@@ -59,6 +59,9 @@ pub enum WebhookError {
         #[source]
         source: Option<BoxError>,
     },
+    /// A list was asked to continue after a delivery it does not hold.
+    #[error("cursor: no delivery {0:?} (pass the next_cursor of a previous page)")]
+    UnknownCursor(String),
     /// The JetStream work queue could not be used.
     #[error("webhook queue: {context}")]
     Queue {

@@ -340,9 +340,13 @@ impl Outbox {
     pub fn open(path: impl Into<PathBuf>, fsync: FsyncPolicy) -> Result<Self, WebhookError> {
         let path = path.into();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::private_files::create_dir_all(dir)
                 .map_err(|e| WebhookError::outbox(format!("create {}", dir.display()), e))?;
         }
+        // Created 0600 before SQLite opens it: its -wal and -shm take its mode.
+        crate::private_files::touch(&path)
+            .map_err(|e| WebhookError::outbox(format!("create {}", path.display()), e))?;
+        crate::private_files::restrict_database(&path);
         let err = |e: rusqlite::Error| WebhookError::outbox(path.display().to_string(), e);
         let write = connect(&path, fsync).map_err(err)?;
         write

@@ -146,12 +146,60 @@ impl Signer {
     }
 }
 
-/// Verifies a hex `sha256=<hex>` signature of `body` against every secret.
-pub fn verify_hex_signature(
+/// What the Standard Webhooks headers say on their own, before any body byte is
+/// read: an id, a timestamp within `tolerance` of `now`, and at least one
+/// `v1,<base64>` signature (decoded). A request that fails here is refused
+/// without reading its body.
+pub fn standard_headers(
     secrets: &[Secret],
-    body: &[u8],
-    signature: &str,
-) -> Result<(), VerifyError> {
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    now: i64,
+    tolerance: Duration,
+) -> Result<(i64, Vec<Vec<u8>>), VerifyError> {
+    if id.trim().is_empty() {
+        return Err(VerifyError::Missing("webhook-id"));
+    }
+    if signatures.trim().is_empty() {
+        return Err(VerifyError::Missing("webhook-signature"));
+    }
+    if secrets.is_empty() {
+        return Err(VerifyError::Missing(
+            "secret (WEBHOOK_SIGNATURE_SECRET is not set)",
+        ));
+    }
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::Malformed("webhook-timestamp (expected Unix seconds)".into()))?;
+    let skew = now.abs_diff(ts);
+    if skew > tolerance.as_secs() {
+        return Err(VerifyError::Expired {
+            timestamp: ts,
+            skew_secs: i64::try_from(skew).unwrap_or(i64::MAX),
+            tolerance_secs: tolerance.as_secs(),
+        });
+    }
+    let mut candidates = Vec::new();
+    for entry in signatures.split_whitespace() {
+        if let Some(b64) = entry.strip_prefix("v1,")
+            && let Ok(raw) = B64.decode(b64)
+        {
+            candidates.push(raw);
+        }
+    }
+    if candidates.is_empty() {
+        return Err(VerifyError::Malformed(
+            "webhook-signature (expected one or more `v1,<base64>` entries)".into(),
+        ));
+    }
+    Ok((ts, candidates))
+}
+
+/// What an `X-Webhook-Signature` header says on its own, before the body is
+/// read: `sha256=<hex>`, decoded.
+pub fn hex_signature_header(secrets: &[Secret], signature: &str) -> Result<Vec<u8>, VerifyError> {
     let signature = signature.trim();
     if signature.is_empty() {
         return Err(VerifyError::Missing("X-Webhook-Signature"));
@@ -166,8 +214,16 @@ pub fn verify_hex_signature(
         .ok_or_else(|| {
             VerifyError::Malformed("X-Webhook-Signature (expected sha256=<hex>)".into())
         })?;
-    let expected = hex::decode(hexpart)
-        .map_err(|_| VerifyError::Malformed("X-Webhook-Signature (not hex)".into()))?;
+    hex::decode(hexpart).map_err(|_| VerifyError::Malformed("X-Webhook-Signature (not hex)".into()))
+}
+
+/// Verifies a hex `sha256=<hex>` signature of `body` against every secret.
+pub fn verify_hex_signature(
+    secrets: &[Secret],
+    body: &[u8],
+    signature: &str,
+) -> Result<(), VerifyError> {
+    let expected = hex_signature_header(secrets, signature)?;
     for s in secrets {
         let mut m = mac(s.expose().as_bytes());
         m.update(body);
@@ -190,42 +246,7 @@ pub fn verify_standard(
     now: i64,
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    if id.trim().is_empty() {
-        return Err(VerifyError::Missing("webhook-id"));
-    }
-    if signatures.trim().is_empty() {
-        return Err(VerifyError::Missing("webhook-signature"));
-    }
-    if secrets.is_empty() {
-        return Err(VerifyError::Missing(
-            "secret (WEBHOOK_SIGNATURE_SECRET is not set)",
-        ));
-    }
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::Malformed("webhook-timestamp (expected Unix seconds)".into()))?;
-    let skew = (now - ts).abs();
-    if skew as u64 > tolerance.as_secs() {
-        return Err(VerifyError::Expired {
-            timestamp: ts,
-            skew_secs: skew,
-            tolerance_secs: tolerance.as_secs(),
-        });
-    }
-    let mut candidates = Vec::new();
-    for entry in signatures.split_whitespace() {
-        if let Some(b64) = entry.strip_prefix("v1,")
-            && let Ok(raw) = B64.decode(b64)
-        {
-            candidates.push(raw);
-        }
-    }
-    if candidates.is_empty() {
-        return Err(VerifyError::Malformed(
-            "webhook-signature (expected one or more `v1,<base64>` entries)".into(),
-        ));
-    }
+    let (ts, candidates) = standard_headers(secrets, id, timestamp, signatures, now, tolerance)?;
     let mut keys = Vec::with_capacity(secrets.len());
     for s in secrets {
         keys.push(standard_key(s)?);

@@ -26,18 +26,24 @@ impl Drop for Server {
 
 impl Server {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Self::spawn(dir, env, Stdio::null())
+        Self::spawn(dir, env, &[], Stdio::null())
+    }
+
+    /// Like `start`, with more `serve` flags (`--body-timeout 1s`), keeping stderr.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)], flags: &[&str]) -> Server {
+        Self::spawn(dir, env, flags, stderr_file(dir))
     }
 
     /// Like `start`, keeping what the server writes to stderr (see [`Server::stderr`]).
     pub fn start_capturing(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Self::spawn(dir, env, stderr_file(dir))
+        Self::spawn(dir, env, &[], stderr_file(dir))
     }
 
-    fn spawn(dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> Server {
+    fn spawn(dir: &Path, env: &[(&str, &str)], flags: &[&str], stderr: Stdio) -> Server {
         let logs = dir.join("logs");
         let mut c = Command::new(env!("CARGO_BIN_EXE_pm-events"));
         c.args(["serve", "--bind", "127.0.0.1:0"])
+            .args(flags)
             .env_remove("RUST_LOG")
             .env("PM_LOG_DIR", &logs)
             .env("WEBHOOK_SIGNATURE_SECRET", SECRET)

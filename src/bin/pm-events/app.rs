@@ -191,16 +191,8 @@ pub fn report(outcome: Option<WaitOutcome>, log_dir: &std::path::Path) -> bool {
 }
 
 /// Parses a duration: `60s`, `2m`, `500ms`, `1h 30m`, or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Ok(Duration::from_secs_f64(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {t:?}: {e} (examples: 30s, 2m, 500ms)"))
+pub fn parse_duration(s: &str) -> Result<Duration, pm_events::timespec::TimeError> {
+    pm_events::timespec::parse_duration(s)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -600,9 +600,19 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the server's webhook engine is missing"))?;
-    let state =
-        crate::serve::AppState::new(&app, webhooks, &cfg, metrics, Duration::from_secs(30))?;
-    let router = crate::serve::router(state, cfg.max_body_bytes, 1024);
+    let state = crate::serve::AppState::new(
+        &app,
+        webhooks,
+        &cfg,
+        metrics,
+        Duration::from_secs(30),
+        crate::admission::Limits {
+            max_body: cfg.max_body_bytes,
+            ..Default::default()
+        },
+        crate::api::stream::StreamLimits::default(),
+    )?;
+    let router = crate::serve::router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let limits = crate::serve::ConnLimits {

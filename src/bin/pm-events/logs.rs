@@ -3,7 +3,7 @@
 use crate::app::{App, describe, parse_duration, report, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use pm_events::event::now_unix;
 use pm_events::{Config, Event, journal, jsonl};
 use serde_json::{Value, json};
@@ -15,20 +15,8 @@ use std::time::Duration;
 
 /// A point in time: a duration ago (`90m`, `2h`, `7d`), a date (`2025-01-15`, UTC
 /// midnight), or an RFC 3339 time.
-pub fn parse_when(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        let dt = d.and_hms_opt(0, 0, 0).map(|n| Utc.from_utc_datetime(&n));
-        return dt
-            .map(|d| d.timestamp() as f64)
-            .ok_or_else(|| format!("invalid date {t:?}"));
-    }
-    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
-        return Ok(d.timestamp_micros() as f64 / 1e6);
-    }
-    parse_duration(t)
-        .map(|d| now_unix() - d.as_secs_f64())
-        .map_err(|_| format!("invalid time {t:?}: give a duration ago (30m, 2h, 7d), a date (2025-01-15) or an RFC 3339 time"))
+pub fn parse_when(s: &str) -> Result<f64, pm_events::timespec::TimeError> {
+    pm_events::timespec::parse_when(s, now_unix())
 }
 
 fn rfc3339(t: f64) -> String {

@@ -4,6 +4,7 @@
 //! subcommand lives in its own module. Exit codes: 0 success, 1 runtime
 //! failure, 2 usage or configuration error.
 
+mod admission;
 mod api;
 mod app;
 mod bench;

@@ -15,9 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pm_events::config::Secret;
 use pm_events::error::chain;
 use pm_events::handlers::{Access, Refusal, admit};
-use pm_events::webhook::incoming::{
-    Admission, IncomingError, IncomingOutcome, IncomingWebhooks, media_type,
-};
+use pm_events::webhook::incoming::{Admission, IncomingError, IncomingOutcome, IncomingWebhooks};
 use pm_events::{BusError, Config, Event, EventBus, strict_json};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -35,25 +33,45 @@ pub struct Args {
     /// 127.0.0.1:8787; port 0 picks a free one).
     #[arg(long, value_name = "ADDR", value_parser = pm_events::config::resolve_bind)]
     bind: Option<SocketAddr>,
-    /// Time limit of one request.
+    /// Time limit of one request's handling, once its body has arrived.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
-    /// Requests handled at once (more wait).
+    /// Requests handled at once (more wait); /healthz is not counted.
     #[arg(long, default_value_t = 1024)]
     max_concurrency: usize,
+    /// Handler slots kept, beyond --max-concurrency, for requests that show PM_API_TOKEN.
+    #[arg(long, default_value_t = 64)]
+    reserved: usize,
     /// Open connections at most; more wait in the listen backlog until one closes.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 4096)]
     max_connections: usize,
     /// Time a client has to send a request's headers (and an idle kept-alive
-    /// connection its next request) before the connection is closed.
+    /// connection its next request) before the connection is closed; a quarter
+    /// of it (at most 2 s) once more than half of --max-connections are open.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
+    /// Time a request's whole body has to arrive, before the handler's own time starts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Bodies of unauthenticated requests (incoming webhooks; every request when
+    /// PM_API_TOKEN is not set) read at once; more are answered 503 at once.
+    #[arg(long, default_value_t = 256)]
+    max_pending_bodies: usize,
+    /// Live streams (GET /api/v1/stream) open at once (at most half of --max-connections).
+    #[arg(long, default_value_t = 256)]
+    max_streams: usize,
+    /// Live streams open at once from one client address.
+    #[arg(long, default_value_t = 16)]
+    max_streams_per_client: usize,
 }
 
 /// Shared by every request.
 pub struct AppState {
     pub(crate) bus: EventBus,
-    incoming: IncomingWebhooks,
+    /// Verifies and publishes incoming webhooks.
+    pub(crate) incoming: IncomingWebhooks,
+    /// Credentials, body deadline and handler slots (`admission.rs`).
+    pub(crate) admission: crate::admission::Admission,
     /// What events from outside may name (PM_FILE_ROOTS, PM_MAIL_ALLOWED_DOMAINS).
     access: Access,
     token: Option<Secret>,
@@ -71,6 +89,8 @@ pub struct AppState {
     pub(crate) log_dir: std::path::PathBuf,
     /// Accepted events and delivery outcomes, for `/api/v1/stream`.
     pub(crate) stream: Arc<crate::api::stream::StreamHub>,
+    /// Wrong dashboard sign-ins per client, to slow guessing down.
+    pub(crate) sign_ins: crate::api::session::SignInThrottle,
     /// The risk handler, whose dashboard `/api/v1/risks` shows.
     pub(crate) risks: Arc<pm_events::handlers::RiskAlertHandler>,
 }
@@ -81,6 +101,8 @@ pub struct ApiError {
     error: &'static str,
     message: String,
     retry_after: Option<u32>,
+    /// Whether the answer closes the connection.
+    close: bool,
 }
 
 impl ApiError {
@@ -91,7 +113,22 @@ impl ApiError {
             error,
             message: message.into(),
             retry_after: None,
+            close: false,
         }
+    }
+}
+
+impl ApiError {
+    /// The same answer with `Retry-After: secs`.
+    pub(crate) fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The same answer with `Connection: close`: the connection is not kept.
+    pub(crate) fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 }
 
@@ -105,6 +142,10 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -148,6 +189,11 @@ impl From<Refusal> for ApiError {
 pub struct Body(Bytes);
 
 impl Body {
+    /// A body of `bytes` already read.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        Body(bytes)
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.0
@@ -173,7 +219,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-fn lower_headers(h: &HeaderMap) -> BTreeMap<String, String> {
+/// The headers with lower-case names, as the incoming-webhook checks take them.
+pub(crate) fn lower_headers(h: &HeaderMap) -> BTreeMap<String, String> {
     h.iter()
         .filter_map(|(k, v)| {
             v.to_str()
@@ -236,15 +283,6 @@ async fn publish(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
-    let media = media_type(&lower_headers(&headers));
-    if media != "application/json" {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("send application/json, not {media:?}"),
-        ));
-    }
     let v: Value = strict_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m);
@@ -341,7 +379,7 @@ pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let ready = s.bus.is_running() && !s.stopping.load(Ordering::Acquire);
-    let body = json!({"status": if ready { "ok" } else { "stopping" }, "node": s.node, "queue_len": s.bus.queue_len(), "capacity": s.bus.capacity()});
+    let body = json!({"status": if ready { "ok" } else { "stopping" }, "node": s.node, "queue_len": s.bus.queue_len(), "capacity": s.bus.capacity(), "streams": s.stream.open_streams()});
     let status = if ready {
         StatusCode::OK
     } else {
@@ -393,7 +431,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Refuses new requests while stopping and what another site's page could send
-/// (`origin.rs`), bounds each request's time, counts answers by status.
+/// (`origin.rs`), marks every answer `nosniff` (and
+/// `/api/v1` answers `no-store`: some carry secrets), counts answers by status.
 async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
     let browser_check = if route == "/webhooks/incoming" {
@@ -401,7 +440,7 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     } else {
         crate::origin::check(s.token.is_some(), req.method(), req.headers())
     };
-    let resp = if s.stopping.load(Ordering::Acquire) {
+    let mut resp = if s.stopping.load(Ordering::Acquire) {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -411,16 +450,16 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     } else if let Err(refused) = browser_check {
         refused.into_response()
     } else {
-        match tokio::time::timeout(s.timeout, next.run(req)).await {
-            Ok(r) => r,
-            Err(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                "the request took longer than the time limit",
-            )
-            .into_response(),
-        }
+        next.run(req).await
     };
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if route.starts_with("/api/v1/") || route == "/events" {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     let route = match route.as_str() {
         "/webhooks/incoming" | "/events" | "/healthz" | "/metrics" | "/subscribers"
         | "/openapi.json" | "/" => route,
@@ -432,8 +471,57 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     resp
 }
 
+/// Answers 500 (JSON) for a request whose handling panicked, instead of
+/// dropping the connection; the panic hook ([`log_panics`]) logs it in one line.
+pub async fn catch_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request failed inside the server; the server log has the cause",
+        )
+        .into_response(),
+    }
+}
+
+/// Bounds a request's handling, once its body has arrived, by `--request-timeout`.
+async fn deadline(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took longer than the time limit",
+        )
+        .into_response(),
+    }
+}
+
+/// Makes a panic one log line (with where it happened), instead of a
+/// backtrace on stderr; `guard` answers the request 500.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at = %at, "panic: {what}");
+    }));
+}
+
 /// The HTTP application over `state`.
-pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> Router {
+pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
         .route("/webhooks/incoming", post(incoming))
         .route("/events", post(publish))
@@ -442,14 +530,22 @@ pub fn router(state: Arc<AppState>, max_body: usize, max_concurrency: usize) -> 
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(crate::page::router())
-        .merge(crate::api::router(state.clone()))
+        .merge(crate::api::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        // Innermost first: the handler's time limit, then the credentials, the
+        // body and a handler slot, then the checks every answer passes.
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            max_concurrency.max(1),
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admission::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::middleware::from_fn(catch_panics))
         .with_state(state)
 }
 
@@ -466,6 +562,8 @@ impl AppState {
         cfg: &Config,
         metrics: PrometheusHandle,
         timeout: Duration,
+        limits: crate::admission::Limits,
+        streams: crate::api::stream::StreamLimits,
     ) -> Result<Arc<Self>, pm_events::ConfigError> {
         let access = Access::server(cfg)?;
         let door = access.clone();
@@ -475,6 +573,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             bus: app.bus.clone(),
             incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_admission(admission),
+            admission: crate::admission::Admission::new(limits),
             access,
             token: cfg.api_token.clone(),
             metrics,
@@ -484,8 +583,9 @@ impl AppState {
             webhooks,
             endpoints: app.endpoints.clone(),
             log_dir: cfg.log_dir.clone(),
-            stream: Arc::new(crate::api::stream::StreamHub::new()),
+            stream: Arc::new(crate::api::stream::StreamHub::new(streams)),
             risks: app.builtins.risk_alert.clone(),
+            sign_ins: Default::default(),
         }))
     }
 }
@@ -509,7 +609,28 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .context("the server's webhook engine is missing")?;
-    let state = AppState::new(&app, webhooks, &cfg, metrics, args.request_timeout)?;
+    let limits = crate::admission::Limits {
+        body_timeout: args.body_timeout,
+        max_body: cfg.max_body_bytes,
+        max_pending_bodies: args.max_pending_bodies,
+        max_concurrency: args.max_concurrency,
+        reserved: args.reserved,
+    };
+    // Streams stay below the connection limit: at most half of it.
+    let streams = crate::api::stream::StreamLimits {
+        total: args.max_streams.min(args.max_connections / 2).max(1),
+        per_client: args.max_streams_per_client,
+    };
+    log_panics();
+    let state = AppState::new(
+        &app,
+        webhooks,
+        &cfg,
+        metrics,
+        args.request_timeout,
+        limits,
+        streams,
+    )?;
     crate::api::stream::feed(&state);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -521,7 +642,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             "WEBHOOK_SIGNATURE_SECRET is not set: POST /webhooks/incoming answers 401 to everything"
         );
     }
-    let app_router = router(state.clone(), cfg.max_body_bytes, args.max_concurrency);
+    let app_router = router(state.clone(), cfg.max_body_bytes);
     let limits = ConnLimits {
         max_connections: args.max_connections,
         header_timeout: args.header_timeout,
@@ -577,11 +698,17 @@ pub async fn serve_http(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.max(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // Under pressure (more than half the connections open), a new connection
+    // gets a shorter time for its headers and between its requests, so idle
+    // and trickling clients give their slots back sooner.
+    let mut pressed = http.clone();
+    pressed.header_read_timeout((limits.header_timeout / 4).min(Duration::from_secs(2)));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -591,7 +718,7 @@ pub async fn serve_http(
             },
             () = &mut shutdown => break,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -604,8 +731,20 @@ pub async fn serve_http(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let builder = if permits.available_permits() < max / 2 {
+            &pressed
+        } else {
+            &http
+        };
+        let client = crate::admission::ClientAddr(peer);
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                req
+            })
+            .service(app.clone());
         let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _permit = permit;
@@ -620,5 +759,41 @@ pub async fn serve_http(
         .is_err()
     {
         tracing::warn!("open connections did not finish within 10 s; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_answered_500_in_json() {
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a test panic");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(axum::middleware::from_fn(catch_panics));
+        let r = app
+            .oneshot(
+                Request::builder()
+                    .uri("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap_or_default(),
+            )
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(v["error"], "internal");
     }
 }

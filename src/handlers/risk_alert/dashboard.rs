@@ -402,11 +402,11 @@ fn write_dashboard(dash: &Mutex<DashState>, path: &Path) -> bool {
 /// Under the file's lock: reads the dashboard, adds `delta`, writes it; the result.
 fn merge_into_file(path: &Path, delta: &DashDelta) -> std::io::Result<Dashboard> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::private_files::create_dir_all(dir)?;
     }
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
-    let lock = std::fs::OpenOptions::new()
+    let lock = crate::private_files::open_options()
         .create(true)
         .truncate(false)
         .write(true)

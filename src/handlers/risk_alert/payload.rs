@@ -85,9 +85,9 @@ pub struct RiskAlert {
     /// Steps to mitigate.
     #[serde(default)]
     pub mitigation_steps: Vec<String>,
-    /// Metadata.
+    /// Metadata: a JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    pub metadata: Option<Map<String, Value>>,
     /// Fields the specification does not name, kept.
     #[serde(flatten, skip_deserializing)]
     pub extra: Map<String, Value>,
@@ -114,9 +114,7 @@ impl RiskAlert {
             ],
         );
         let bad = |m: String| HandleError::invalid("risk_alert", m);
-        if a.alert_id.trim().is_empty() {
-            return Err(bad("data.alert_id: must not be empty".into()));
-        }
+        crate::event::validate_id("data.alert_id", &a.alert_id).map_err(bad)?;
         if !(0.0..=1.0).contains(&a.risk_score) {
             return Err(bad(format!(
                 "data.risk_score: expected a number from 0 to 1, got {}",
@@ -156,12 +154,8 @@ impl RiskResolution {
     pub fn parse(data: &Value) -> Result<Self, HandleError> {
         let mut r: RiskResolution = decode("risk_resolved", data)?;
         r.extra = extra_fields(data, &["alert_id", "resolved_by", "note", "resolved_at"]);
-        if r.alert_id.trim().is_empty() {
-            return Err(HandleError::invalid(
-                "risk_resolved",
-                "data.alert_id: must not be empty".to_string(),
-            ));
-        }
+        crate::event::validate_id("data.alert_id", &r.alert_id)
+            .map_err(|m| HandleError::invalid("risk_resolved", m))?;
         check_time("resolved_at", &r.resolved_at)
             .map_err(|m| HandleError::invalid("risk_resolved", m))?;
         Ok(r)

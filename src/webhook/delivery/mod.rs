@@ -300,7 +300,7 @@ impl WebhookEngine {
             cfg.fsync,
         )?;
         let lock_path = dir.join("outbox.lock");
-        let lock_file = std::fs::OpenOptions::new()
+        let lock_file = crate::private_files::open_options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -39,9 +39,11 @@ pub async fn list(
     let (data, next) = tokio::task::spawn_blocking(move || {
         // The newest `limit + 1` before the cursor, in one pass over the range.
         let mut keep: VecDeque<Event> = VecDeque::with_capacity(limit + 1);
+        let mut met = cursor.is_none();
         for e in journal::iter_range(&log_dir, since, until) {
             let e = e?;
             if cursor.as_deref() == Some(e.event_id.as_str()) {
+                met = true;
                 break;
             }
             if ty.as_deref().is_some_and(|t| t != e.event_type) {
@@ -52,17 +54,26 @@ pub async fn list(
             }
             keep.push_back(e);
         }
+        if !met {
+            return Ok(Err(bad(
+                "invalid_query",
+                format!(
+                    "cursor: no event {:?} in the range (pass the next_cursor of a previous page)",
+                    cursor.unwrap_or_default()
+                ),
+            )));
+        }
         let more = keep.len() > limit;
         if more {
             keep.pop_front();
         }
         let data: Vec<Value> = keep.iter().rev().map(Event::to_value).collect();
         let next = more.then(|| keep.front().map(|e| e.event_id.clone()).unwrap_or_default());
-        Ok::<_, pm_events::error::LogError>((data, next))
+        Ok::<_, pm_events::error::LogError>(Ok((data, next)))
     })
     .await
     .map_err(|e| internal(&e))?
-    .map_err(|e| internal(&e))?;
+    .map_err(|e| internal(&e))??;
     Ok(Json(page(data, next)))
 }
 

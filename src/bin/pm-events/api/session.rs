@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// The cookie's name.
@@ -73,9 +75,93 @@ pub async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Json<
     Json(json!({"token_required": s.token().is_some(), "signed_in": signed_in}))
 }
 
+/// Wrong sign-ins a client may make before it is slowed down.
+const FREE_FAILURES: u32 = 5;
+
+/// The longest a client is made to wait between wrong sign-ins.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// Clients remembered at most; past that, those not slowed down are forgotten.
+const MAX_CLIENTS: usize = 10_000;
+
+/// Wrong sign-ins per client address. After [`FREE_FAILURES`], each next try
+/// waits twice as long as the one before (1 s, 2 s, 4 s … at most
+/// [`MAX_WAIT_SECS`]); a try before then is answered 429 with `Retry-After`,
+/// without looking at the token. A right token forgets the client. Owned by
+/// the server's `AppState`.
+#[derive(Default)]
+pub struct SignInThrottle {
+    failures: std::sync::Mutex<std::collections::HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl SignInThrottle {
+    /// `Err(seconds to wait)` when `client` must wait before its next try.
+    fn check(&self, client: IpAddr) -> Result<(), u64> {
+        let map = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(&client) {
+            Some(&(n, last)) if n >= FREE_FAILURES => {
+                let wait = Duration::from_secs(wait_secs(n));
+                let ready = last + wait;
+                let now = Instant::now();
+                if now < ready {
+                    Err((ready - now).as_secs().max(1))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, client: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_CLIENTS && !map.contains_key(&client) {
+            let now = Instant::now();
+            map.retain(|_, (n, last)| {
+                *n >= FREE_FAILURES && now < *last + Duration::from_secs(wait_secs(*n))
+            });
+        }
+        let e = map.entry(client).or_insert((0, Instant::now()));
+        e.0 = e.0.saturating_add(1);
+        e.1 = Instant::now();
+    }
+
+    fn succeeded(&self, client: IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&client);
+    }
+}
+
+fn wait_secs(failures: u32) -> u64 {
+    1u64.checked_shl(failures.saturating_sub(FREE_FAILURES))
+        .unwrap_or(MAX_WAIT_SECS)
+        .min(MAX_WAIT_SECS)
+}
+
 /// `POST /api/v1/session` with `{"token"}`: 204 with the cookie, 401 for a wrong
-/// token, 409 when the server has no token (nothing to sign in to).
-pub async fn sign_in(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+/// token, 429 while a client that gave wrong ones must wait ([`SignInThrottle`]),
+/// 409 when the server has no token (nothing to sign in to).
+pub async fn sign_in(
+    State(s): State<Arc<AppState>>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let client = crate::admission::ClientAddr::ip_of(&parts);
+    if let Err(wait) = s.sign_ins.check(client) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sign_ins",
+            format!("too many wrong tokens from {client}; try again in {wait} s"),
+        )
+        .retry_after(u32::try_from(wait).unwrap_or(u32::MAX)));
+    }
+    let body = Body::from_bytes(
+        axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| bad("unreadable_body", e.to_string()))?,
+    );
     let mut fields = object(&body)?;
     let given = match fields.remove("token") {
         Some(Value::String(t)) => t,
@@ -96,13 +182,15 @@ pub async fn sign_in(State(s): State<Arc<AppState>>, body: Body) -> Result<Respo
         ));
     };
     if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-        tracing::warn!("dashboard sign-in with a wrong token");
+        s.sign_ins.failed(client);
+        tracing::warn!(client = %client, "dashboard sign-in with a wrong token");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "wrong token (the value of PM_API_TOKEN)",
         ));
     }
+    s.sign_ins.succeeded(client);
     let value = issue(token.expose().as_bytes()).ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,16 +9,17 @@
 //! falls more than the channel's bound behind is told so with an `event: lagged`
 //! message and goes on from the newest.
 
-use crate::serve::AppState;
+use crate::serve::{ApiError, AppState};
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use pm_events::Event;
 use pm_events::handler::{Handler, HandlerError};
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,6 +37,54 @@ struct Item {
 }
 
 /// The messages of the stream: a bounded replay buffer and the live channel.
+/// How many live streams may be open: in all, and from one client address.
+/// Both are kept below `serve --max-connections`, so streams alone cannot hold
+/// every connection.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Streams open at once.
+    pub total: usize,
+    /// Streams open at once from one IP address.
+    pub per_client: usize,
+}
+
+impl Default for StreamLimits {
+    /// The defaults of `serve --max-streams` and `--max-streams-per-client`.
+    fn default() -> Self {
+        StreamLimits {
+            total: 256,
+            per_client: 16,
+        }
+    }
+}
+
+/// The open streams, counted per client address. Owned by the hub; a
+/// [`StreamSlot`] takes one place and gives it back when dropped.
+struct Open {
+    total: usize,
+    by_client: std::collections::HashMap<IpAddr, usize>,
+}
+
+/// One open stream's place, held by the stream's body and dropped with it
+/// (when the client goes away or the server stops).
+pub struct StreamSlot {
+    hub: Arc<StreamHub>,
+    client: IpAddr,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.hub.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
 pub struct StreamHub {
     /// This run's id (the process id and start time), the prefix of message ids.
     run: String,
@@ -47,17 +96,15 @@ pub struct StreamHub {
     live: broadcast::Sender<Item>,
     /// Cancelled when the server stops: every open stream ends.
     closed: tokio_util::sync::CancellationToken,
-}
-
-impl Default for StreamHub {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The caps on open streams.
+    limits: StreamLimits,
+    /// The streams open now; changed by `open_slot` and `StreamSlot::drop`.
+    open: Mutex<Open>,
 }
 
 impl StreamHub {
     /// An empty hub.
-    pub fn new() -> Self {
+    pub fn new(limits: StreamLimits) -> Self {
         StreamHub {
             run: format!(
                 "{}{}",
@@ -68,10 +115,55 @@ impl StreamHub {
             kept: Mutex::new(VecDeque::with_capacity(REPLAY)),
             live: broadcast::channel(4096).0,
             closed: tokio_util::sync::CancellationToken::new(),
+            limits,
+            open: Mutex::new(Open {
+                total: 0,
+                by_client: std::collections::HashMap::new(),
+            }),
         }
     }
 
     /// Ends every open stream (the server is stopping).
+    /// A place for one more stream from `client`, or the answer that refuses it
+    /// (429 with `Retry-After`, and the connection closed).
+    pub fn open_slot(self: &Arc<Self>, client: IpAddr) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = open.by_client.get(&client).copied().unwrap_or(0);
+        let refusal = if open.total >= self.limits.total {
+            Some(format!(
+                "{} live streams are open, the most this server keeps (serve --max-streams)",
+                open.total
+            ))
+        } else if mine >= self.limits.per_client {
+            Some(format!(
+                "{mine} live streams are open from {client}, the most one client may keep (serve --max-streams-per-client)"
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = refusal {
+            return Err(
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", m)
+                    .retry_after(5)
+                    .closing(),
+            );
+        }
+        open.total += 1;
+        *open.by_client.entry(client).or_insert(0) += 1;
+        Ok(StreamSlot {
+            hub: self.clone(),
+            client,
+        })
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+
     pub fn close(&self) {
         self.closed.cancel();
     }
@@ -168,9 +260,12 @@ impl Handler for StreamFeed {
 /// `GET /api/v1/stream`.
 pub async fn stream(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    req: axum::extract::Request,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let (parts, _) = req.into_parts();
+    let headers = &parts.headers;
     let hub = s.stream.clone();
+    let slot = hub.open_slot(crate::admission::ClientAddr::ip_of(&parts))?;
     // Subscribe before reading the buffer: nothing falls between the two.
     let live = hub.live.subscribe();
     let after = hub.resume_after(headers.get("last-event-id").and_then(|v| v.to_str().ok()));
@@ -195,7 +290,7 @@ pub async fn stream(
             .map(Ok),
     );
     let hub2 = hub.clone();
-    let live = stream::unfold((live, hub2), move |(mut rx, hub)| async move {
+    let live = stream::unfold((live, hub2, slot), move |(mut rx, hub, slot)| async move {
         loop {
             let got = tokio::select! {
                 _ = hub.closed.cancelled() => return None,
@@ -205,18 +300,18 @@ pub async fn stream(
                 Ok(item) if item.seq <= last_replayed => continue,
                 Ok(item) => {
                     let ev = hub.sse(&item);
-                    return Some((Ok(ev), (rx, hub)));
+                    return Some((Ok(ev), (rx, hub, slot)));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     let ev = SseEvent::default()
                         .event("lagged")
                         .data(format!("{{\"missed\":{n}}}"));
-                    return Some((Ok(ev), (rx, hub)));
+                    return Some((Ok(ev), (rx, hub, slot)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
     use futures_util::StreamExt as _;
-    Sse::new(replay.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(replay.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
