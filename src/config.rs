@@ -118,6 +118,60 @@ pub const ROUTE_VARIABLES: [&str; 7] = {
     ]
 };
 
+/// `WEBHOOK_MAX_RETRIES`: retries of a delivery after its first attempt.
+pub const WEBHOOK_MAX_RETRIES: &str = "WEBHOOK_MAX_RETRIES";
+
+/// `WEBHOOK_TIMEOUT_SECS`: time limit of one delivery attempt.
+pub const WEBHOOK_TIMEOUT_SECS: &str = "WEBHOOK_TIMEOUT_SECS";
+
+/// Every setting variable read by [`Config::from_vars`] (the route variables and
+/// `PM_WEBHOOK_URL_<TYPE>` aside). A `PM_` or `WEBHOOK_` variable not in it is
+/// a likely typo: [`Config::from_env`] warns of it, naming the nearest.
+pub const SETTING_VARIABLES: &[&str] = &[
+    "PM_LOG_DIR",
+    "PM_QUEUE_CAPACITY",
+    "PM_HANDLER_TIMEOUT_SECS",
+    "PM_FSYNC",
+    "PM_LOG_MAX_BYTES",
+    "PM_LOG_KEEP",
+    "WEBHOOK_SIGNATURE_SECRET",
+    "PM_WEBHOOK_PREVIOUS_SECRET",
+    "PM_FILE_ROOTS",
+    "PM_MAIL_ALLOWED_DOMAINS",
+    "PM_ALLOW_UNSIGNED",
+    "PM_ENDPOINT_DISABLE_AFTER",
+    "PM_ENDPOINT_ALLOW_NETS",
+    WEBHOOK_TIMEOUT_SECS,
+    WEBHOOK_MAX_RETRIES,
+    "WEBHOOK_BACKOFF_BASE_MS",
+    "PM_WEBHOOK_CONCURRENCY",
+    "PM_BIND",
+    "PM_API_TOKEN",
+    "PM_MAX_BODY_BYTES",
+    "PM_SMTP_URL",
+    "PM_MAIL_FROM",
+    "PM_REPORT_AUTO_DISTRIBUTE",
+    "PM_NATS_URL",
+    "PM_CONSUMER_GROUP",
+    "PM_NODE_ID",
+];
+
+/// The known variable nearest to `name`: the same words in another order or
+/// with a prefix more or less (`PM_WEBHOOK_MAX_RETRIES` → `WEBHOOK_MAX_RETRIES`).
+fn nearest_variable(name: &str) -> Option<&'static str> {
+    let words = |n: &str| -> Vec<String> {
+        let mut w: Vec<String> = n
+            .split('_')
+            .filter(|w| !w.is_empty() && *w != "PM" && *w != "SECS")
+            .map(str::to_string)
+            .collect();
+        w.sort();
+        w
+    };
+    let mine = words(name);
+    SETTING_VARIABLES.iter().copied().find(|k| words(k) == mine)
+}
+
 /// Prefix of the route variables for other event types.
 pub const CUSTOM_WEBHOOK_PREFIX: &str = "PM_WEBHOOK_URL_";
 
@@ -270,6 +324,13 @@ impl Config {
             if !is_ours(&k) {
                 continue;
             }
+            if !SETTING_VARIABLES.contains(&k.as_str())
+                && !ROUTE_VARIABLES.contains(&k.as_str())
+                && !k.starts_with(CUSTOM_WEBHOOK_PREFIX)
+                && let Some(near) = nearest_variable(&k)
+            {
+                tracing::warn!(variable = %k, "not a pm-events setting, so it is not used; did you mean {near}?");
+            }
             match v.into_string() {
                 Ok(v) => vars.push((k, v)),
                 Err(_) => return Err(err(&k, "<not UTF-8>", "a UTF-8 value")),
@@ -340,11 +401,11 @@ impl Config {
         if let Some(b) = v.bool("PM_ALLOW_UNSIGNED")? {
             c.allow_unsigned = b;
         }
-        if let Some(d) = v.secs("WEBHOOK_TIMEOUT_SECS")? {
+        if let Some(d) = v.secs(WEBHOOK_TIMEOUT_SECS)? {
             c.webhook_timeout = d;
         }
         if let Some(n) = v.parse(
-            "WEBHOOK_MAX_RETRIES",
+            WEBHOOK_MAX_RETRIES,
             "an integer from 0 to 100",
             |n: &u32| *n <= 100,
         )? {
@@ -519,6 +580,19 @@ pub fn resolve_bind(s: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_setting_is_matched_to_the_real_one() {
+        assert_eq!(
+            nearest_variable("PM_WEBHOOK_MAX_RETRIES"),
+            Some("WEBHOOK_MAX_RETRIES")
+        );
+        assert_eq!(
+            nearest_variable("PM_WEBHOOK_TIMEOUT"),
+            Some("WEBHOOK_TIMEOUT_SECS")
+        );
+        assert_eq!(nearest_variable("PM_TEST_PYTHON"), None);
+    }
 
     #[test]
     fn defaults_match_the_design() {

@@ -108,3 +108,66 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_data_volume() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The install steps in the unit's header, run as written against an empty
+/// root directory (as a fresh machine with systemd has it: `/usr/local/bin` and
+/// `/etc/systemd/system` exist, `/etc/pm-events` does not). Every absolute path
+/// is taken under that root; `useradd` and `systemctl` need the real system and
+/// are only checked to be there.
+#[test]
+fn the_units_install_steps_work_on_a_fresh_machine() {
+    let unit = deploy("pm-events.service");
+    let steps: Vec<String> = unit
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
+        .collect();
+    assert!(steps.iter().any(|s| s.starts_with("useradd ")), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.starts_with("systemctl ")),
+        "{steps:?}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().display().to_string();
+    for d in ["usr/local/bin", "etc/systemd/system"] {
+        std::fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    let mut ran = 0;
+    for step in steps.iter().filter(|s| s.starts_with("install ")) {
+        let cmd = step
+            .replace("target/release/pm-events", env!("CARGO_BIN_EXE_pm-events"))
+            .replace(" /usr/", &format!(" {r}/usr/"))
+            .replace(" /etc/", &format!(" {r}/etc/"))
+            .replace(" /var/", &format!(" {r}/var/"));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 3, "{steps:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &str| {
+        std::fs::metadata(root.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("etc/pm-events/env"), 0o600);
+    assert_eq!(mode("etc/pm-events"), 0o700);
+    assert_eq!(mode("usr/local/bin/pm-events"), 0o755);
+    assert!(
+        root.path()
+            .join("etc/systemd/system/pm-events.service")
+            .is_file()
+    );
+}

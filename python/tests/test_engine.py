@@ -80,6 +80,11 @@ def test_errors_are_python_exceptions_with_the_engines_message(run_script):
             except TypeError as e:
                 out['not_dict'] = str(e)
             try:
+                await bus.publish(Event('x', {}, event_id='line1\\nline2'))
+            except InvalidEventError as e:
+                out['bad_id'] = str(e)
+            out['invalid_builtin_id'] = await bus.publish('risk_alert', {'alert_id': 'a', 'severity': 5})
+            try:
                 await RiskAlertHandler().handle_risk_alert(Event('risk_alert', {'alert_id': 'a', 'severity': 5}))
             except ValueError as e:
                 out['invalid_payload'] = str(e)
@@ -94,6 +99,8 @@ def test_errors_are_python_exceptions_with_the_engines_message(run_script):
     assert out["bad_type"][1] is True and "bad type!" in out["bad_type"][0]
     assert out["not_json"].startswith("data.items[1]: a set is not JSON"), out
     assert "data: expected a dict" in out["not_dict"]
+    assert "event_id: contains '\\n'" in out["bad_id"], out
+    assert len(out["invalid_builtin_id"]) == 36, out
     assert "data.risk_type" in out["invalid_payload"] or "data.severity" in out["invalid_payload"], out
 
 

@@ -54,9 +54,9 @@ pub struct Endpoint {
     pub signing: Signing,
     /// At most this many requests per second (`null`: no limit).
     pub rate_limit_per_s: Option<u32>,
-    /// Retries after the first attempt (`null`: `PM_WEBHOOK_MAX_RETRIES`).
+    /// Retries after the first attempt (`null`: `WEBHOOK_MAX_RETRIES`).
     pub max_retries: Option<u32>,
-    /// Time limit of one attempt in seconds (`null`: `PM_WEBHOOK_TIMEOUT`).
+    /// Time limit of one attempt in seconds (`null`: `WEBHOOK_TIMEOUT_SECS`).
     pub timeout_secs: Option<f64>,
     /// RFC 3339.
     pub created_at: String,

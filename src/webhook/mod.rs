@@ -124,6 +124,10 @@ pub struct WebhookHandler {
     queued: Option<Mutex<Vec<String>>>,
     /// Deliveries put in the JetStream work queue (see [`take_handed_off`](Self::take_handed_off)).
     handed_off: std::sync::atomic::AtomicUsize,
+    /// Deliveries asked for that existed already (a replayed or repeated event
+    /// for a managed endpoint): nothing was sent for them (see
+    /// [`take_repeats`](Self::take_repeats)).
+    repeats: std::sync::atomic::AtomicUsize,
 }
 
 impl WebhookHandler {
@@ -158,6 +162,7 @@ impl WebhookHandler {
             secrets,
             queued: None,
             handed_off: std::sync::atomic::AtomicUsize::new(0),
+            repeats: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -180,6 +185,12 @@ impl WebhookHandler {
     pub fn take_handed_off(&self) -> usize {
         self.handed_off
             .swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many deliveries asked for since the last call existed already, so
+    /// nothing was sent for them (when tracking is on).
+    pub fn take_repeats(&self) -> usize {
+        self.repeats.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The delivery engine.
@@ -237,9 +248,15 @@ impl WebhookHandler {
             self.handed_off
                 .fetch_add(ids.len(), std::sync::atomic::Ordering::Relaxed);
         } else if let Some(q) = &self.queued {
+            // A delivery made before (by an earlier run) stands for a repeat: it
+            // is not this run's to wait for or to count as delivered.
+            let (new, old): (Vec<&String>, Vec<&String>) =
+                ids.iter().partition(|id| !self.engine.take_repeat(id));
+            self.repeats
+                .fetch_add(old.len(), std::sync::atomic::Ordering::Relaxed);
             q.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(ids.iter().cloned());
+                .extend(new.into_iter().cloned());
         }
     }
 

@@ -144,6 +144,12 @@ impl App {
                 pm_events::webhook::jetstream::STREAM
             );
         }
+        let repeats = h.take_repeats();
+        if repeats > 0 {
+            eprintln!(
+                "webhooks: {repeats} not sent again (the endpoint has that event's delivery already; `pm-events deliveries retry ID` sends one again)"
+            );
+        }
         let ids = h.take_queued();
         let outcome = if ids.is_empty() {
             None

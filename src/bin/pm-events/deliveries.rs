@@ -3,7 +3,7 @@
 
 use crate::app::{open_endpoints, parse_duration};
 use crate::endpoints::{engine, wait_for};
-use crate::{UsageError, say};
+use crate::say;
 use anyhow::Result;
 use pm_events::Config;
 use pm_events::webhook::RetryError;
@@ -105,7 +105,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Show { id, json } => {
             let (v, attempts) = history::get(engine.outbox(), &cfg.log_dir, &id)?
-                .ok_or_else(|| UsageError(format!("no delivery {id}")))?;
+                .ok_or_else(|| anyhow::anyhow!("no delivery {id}"))?;
             if json {
                 let mut out = json!(v);
                 if let Some(m) = out.as_object_mut() {
@@ -136,9 +136,11 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             }
         }
         Cmd::Retry { id, wait } => {
+            // An unknown or pending id is not a usage error: the command was
+            // well formed, the delivery is not there to retry (exit 1).
             let r = engine.retry(&id).await.map_err(|e| match e {
                 RetryError::Outbox(e) => anyhow::Error::from(e),
-                other => UsageError(other.to_string()).into(),
+                other => anyhow::anyhow!(other.to_string()),
             })?;
             return wait_for(&engine, &[r.id], wait).await;
         }

@@ -30,11 +30,15 @@ pub struct Fields {
     /// At most this many requests per second.
     #[arg(long, value_name = "N")]
     rate_limit: Option<u32>,
-    /// Retries after the first attempt (default PM_WEBHOOK_MAX_RETRIES).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = format!(
+        "Retries after the first attempt (default: ${})",
+        pm_events::config::WEBHOOK_MAX_RETRIES
+    ))]
     max_retries: Option<u32>,
-    /// Time limit of one attempt (`10s`, `1.5s`; default PM_WEBHOOK_TIMEOUT).
-    #[arg(long, value_name = "S", value_parser = parse_duration)]
+    #[arg(long, value_name = "S", value_parser = parse_duration, help = format!(
+        "Time limit of one attempt (`10s`, `1.5s`; default: ${})",
+        pm_events::config::WEBHOOK_TIMEOUT_SECS
+    ))]
     timeout: Option<Duration>,
 }
 
@@ -298,6 +302,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             json,
         } => {
             let mut m = fields.into_map()?;
+            let given = secret_env.is_some();
             if let Some(var) = secret_env {
                 let s = std::env::var(&var).map_err(|_| {
                     UsageError(format!("--secret-env {var}: that variable is not set"))
@@ -312,7 +317,8 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
                 m.insert("enabled".into(), json!(false));
             }
             let (ep, secret) = eps.create(&m).await.map_err(usage)?;
-            print(&ep, Some(&secret), json)?;
+            // A secret the caller gave is theirs already: not printed back.
+            print(&ep, (!given).then_some(&secret), json)?;
         }
         Cmd::List { json } => {
             let all = eps.list();

@@ -101,11 +101,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo refuses some events on purpose and reports every outcome itself:
     // the handlers' own refusal lines would read as failures there.
-    init_tracing(if matches!(cli.command, Command::Demo) {
-        "pm_events=warn,pm_events::bus::dispatch=off,pm_events::handlers=off"
-    } else {
-        "pm_events=warn"
-    });
+    let long_running = matches!(cli.command, Command::Serve(_) | Command::Watch(_));
+    init_tracing(
+        if matches!(cli.command, Command::Demo) {
+            "pm_events=warn,pm_events::bus::dispatch=off,pm_events::handlers=off"
+        } else {
+            "pm_events=warn"
+        },
+        long_running,
+    );
     // TLS for every HTTP client: rustls with the ring provider (no C toolchain needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli) {
@@ -123,15 +127,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Diagnostics on stderr: `RUST_LOG` when set, else `default`.
-fn init_tracing(default: &str) {
+/// Diagnostics on stderr: `RUST_LOG` when set, else `default`. A server's
+/// lines carry their time and module; a one-shot command's are one short
+/// line each (`pm-events: ERROR handler failed …`).
+fn init_tracing(default: &str, long_running: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(ansi);
+    if long_running {
+        fmt.init();
+    } else {
+        fmt.without_time().with_target(false).init();
+    }
 }
 
 fn config(cli_log_dir: Option<PathBuf>) -> Result<Config> {
@@ -147,6 +158,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let chosen_log_dir =
         cli.log_dir.is_some() || std::env::var_os("PM_LOG_DIR").is_some_and(|v| !v.is_empty());
     let cfg = config(cli.log_dir)?;
+    let writes_logs = matches!(
+        cli.command,
+        Command::Publish(_)
+            | Command::Serve(_)
+            | Command::Watch(_)
+            | Command::Replay(_)
+            | Command::Endpoints(_)
+            | Command::Deliveries(_)
+    ) || (matches!(cli.command, Command::Demo) && chosen_log_dir);
+    if writes_logs {
+        // Named here, before any of its subfolders is: the directory the user chose.
+        pm_events::private_files::create_dir_all(&cfg.log_dir).map_err(|e| {
+            UsageError(format!(
+                "cannot create the log directory {} (--log-dir or PM_LOG_DIR): {e}",
+                cfg.log_dir.display()
+            ))
+        })?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -162,8 +191,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Replay(args) => logs::replay(cfg, args).await,
             Command::Stats(args) => logs::stats(cfg, args).await,
             Command::Completions { shell } => {
+                // Made in memory, then written: a reader that stops early
+                // (`| head`) ends the output quietly.
                 let mut cmd = <Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut cmd, "pm-events", &mut std::io::stdout());
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd, "pm-events", &mut script);
+                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Watch(args) => watch::run(cfg, args).await,

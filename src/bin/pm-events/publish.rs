@@ -121,9 +121,16 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             fatal = outcome.fatal;
         }
     }
+    // One refusal, one exit code: a single event the server refused as invalid
+    // exits 2, as one the CLI refuses itself.
+    let refused_single = args.event_type != "-"
+        && matches!(&sink, Sink::Remote(r) if r.refused.load(std::sync::atomic::Ordering::Relaxed));
     let finished = sink.finish(args.wait).await?;
     if let Some(e) = fatal {
         return Err(e);
+    }
+    if refused_single {
+        return Ok(ExitCode::from(2));
     }
     if bad_lines > 0 {
         eprintln!("pm-events: {bad_lines} line(s) refused, {published} event(s) published");
@@ -326,10 +333,8 @@ impl Sink {
         let outcome = app.stop(wait).await?;
         let delivered = report(outcome, &log_dir);
         let st = bus.stats();
+        // Each failed handler run has said so in its own line.
         let failed = st.failed + st.panicked + st.timed_out;
-        if failed > 0 {
-            eprintln!("pm-events: {failed} handler run(s) failed (see the messages above)");
-        }
         Ok(delivered && failed == 0)
     }
 }
@@ -339,6 +344,8 @@ struct Remote {
     client: reqwest::Client,
     endpoint: String,
     token: Option<pm_events::config::Secret>,
+    /// Set when the server answered 400: it refused an event as invalid.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
@@ -360,6 +367,7 @@ impl Remote {
                 .build()?,
             endpoint: format!("{}/events", url.trim_end_matches('/')),
             token: cfg.api_token.clone(),
+            refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -378,10 +386,17 @@ impl Remote {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {endpoint}: {}", e.without_url()))?;
+        let resp = req.send().await.map_err(|e| {
+            let hint = if e.is_connect() {
+                "; is `pm-events serve` running there?"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "cannot reach {endpoint}: {}{hint}",
+                pm_events::error::chain(&e.without_url())
+            )
+        })?;
         let status = resp.status();
         let v: Value = resp
             .text()
@@ -403,6 +418,11 @@ impl Remote {
                 status.as_u16(),
                 v["message"].as_str().unwrap_or("(no message)")
             );
+            // The server refused the event itself: as the CLI's own refusal, exit 2.
+            if status == reqwest::StatusCode::BAD_REQUEST {
+                self.refused
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             Ok(false)
         }
     }

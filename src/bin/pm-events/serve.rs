@@ -599,6 +599,15 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         ))
         .into());
     }
+    // Bound first: a port in use is reported before anything else starts.
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another program listens there: choose another with --bind or PM_BIND)"
+        } else {
+            ""
+        };
+        UsageError(format!("cannot listen on {bind}: {e}{hint}"))
+    })?;
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("install the Prometheus recorder")?;
@@ -632,9 +641,6 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         streams,
     )?;
     crate::api::stream::feed(&state);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("listen on {bind}"))?;
     let local = listener.local_addr()?;
     say!("pm-events listening on http://{local}");
     if cfg.webhook_secrets.is_empty() {

@@ -104,7 +104,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
             if cfg.webhook_secrets.is_empty() {
                 return Err(UsageError("WEBHOOK_SIGNATURE_SECRET is not set".into()).into());
             }
-            if id.is_none() && signature.trim_start().starts_with("v1") {
+            if id.is_none() && signature.trim_start().starts_with("v1,") {
                 return Err(UsageError(
                     "a Standard Webhooks signature (v1,...) is checked with its headers: give --id (webhook-id) and --timestamp (webhook-timestamp)".into(),
                 )

@@ -136,6 +136,9 @@ struct EngineInner {
     eager_waiters: std::sync::atomic::AtomicUsize,
     /// Watched deliveries not settled yet (of every waiter).
     watched_pending: std::sync::atomic::AtomicUsize,
+    /// Ids a watched put returned for deliveries that existed already (a
+    /// repeat sends nothing); taken by [`WebhookEngine::take_repeat`].
+    repeats: Mutex<std::collections::HashSet<String>>,
     /// The JetStream work queue as the store, when deliveries are shared by the
     /// nodes of a NATS cluster (set once, before `start`).
     queue: std::sync::OnceLock<QueueStore>,
@@ -352,6 +355,7 @@ impl WebhookEngine {
                 eager_waiters: std::sync::atomic::AtomicUsize::new(0),
                 settled_recently: Mutex::new(HashMap::new()),
                 watched_pending: std::sync::atomic::AtomicUsize::new(0),
+                repeats: Mutex::new(std::collections::HashSet::new()),
                 queue: std::sync::OnceLock::new(),
                 endpoints: std::sync::OnceLock::new(),
                 notices: tokio::sync::broadcast::channel(1024).0,
@@ -674,6 +678,13 @@ impl WebhookEngine {
         let mut ids = Vec::with_capacity(records.len());
         for (record, earlier) in records.into_iter().zip(earlier) {
             if let Some(e) = earlier {
+                if early && let Some(None) = lock(&i.watched).remove(&record.id) {
+                    i.watched_pending
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                if watched {
+                    lock(&i.repeats).insert(e.clone());
+                }
                 tracing::debug!(event_id = %record.event_id, route = %record.route, delivery = %e, "the event has a delivery for this route already");
                 ids.push(e);
                 continue;
@@ -691,6 +702,12 @@ impl WebhookEngine {
             }
         }
         Ok(ids)
+    }
+
+    /// Whether a watched put just answered `id` for a delivery that existed
+    /// already (nothing was sent); forgets it.
+    pub fn take_repeat(&self, id: &str) -> bool {
+        lock(&self.inner.repeats).remove(id)
     }
 
     /// Moves dead letters (all, or those of one event) back to pending and delivers
