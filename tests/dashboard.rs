@@ -479,6 +479,28 @@ async fn with_a_token_the_page_signs_in_through_a_form_and_an_http_only_cookie()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_to_left_override_in_user_text_stays_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let mut alert = risk("R-bidi", "high");
+    alert["title"] = json!("\u{202E}reversed title");
+    publish(&s, "risk_alert", alert).await;
+    let b = Browser::start(false).await;
+    b.goto(&format!("{}/#risks", s.url)).await;
+    b.wait_for("[data-alert-id=\"R-bidi\"]").await;
+    let bidi = b
+        .js("const t = [...document.querySelectorAll('[data-alert-id=\"R-bidi\"] strong')].find(e => e.textContent.includes('reversed title')); return t ? getComputedStyle(t).unicodeBidi : 'missing';")
+        .await;
+    assert_eq!(bidi, json!("isolate"));
+    b.goto(&s.url).await;
+    b.wait_for("#events-list .row").await;
+    let isolated = b
+        .js("return [...document.querySelectorAll('#events-list .row .what')].some(e => e.textContent.includes('\\u2068\\u202Ereversed title\\u2069'));")
+        .await;
+    assert_eq!(isolated, json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_view_fits_a_390_px_phone_without_horizontal_scroll() {
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start().await;

@@ -30,12 +30,15 @@ function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
-    if (k === "text") e.textContent = v;
+    // Text is isolated from its neighbours (`dir=auto` implies
+    // `unicode-bidi: isolate`), so its direction marks stay inside it.
+    if (k === "text") { e.textContent = v; if (!attrs.dir) e.dir = "auto"; }
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
   for (const c of kids.flat()) {
-    if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : el("bdi", {}, document.createTextNode(String(c))));
   }
   return e;
 }
@@ -238,15 +241,23 @@ function onDelivery() {
 
 // ---- events ---------------------------------------------------------------
 
+/**
+ * `v` between Unicode isolates (FSI … PDI): a right-to-left override or mark
+ * inside user text cannot reorder the text around it.
+ */
+function iso(v) {
+  return `\u2068${v ?? ""}\u2069`;
+}
+
 function summary(e) {
   const d = e.data || {};
   switch (e.type) {
-    case "file_change": return `${d.change_type ?? ""} ${d.file_path ?? ""}`;
-    case "report_ready": return `${d.report_type ?? ""} report ${d.report_id ?? ""}`;
-    case "risk_alert": return `${d.severity ?? ""} · ${d.title ?? ""} (${d.alert_id ?? ""})`;
-    case "risk_escalated": return `${d.alert_id ?? ""} escalated to ${d.escalated_to ?? ""}`;
-    case "risk_resolved": return `${d.alert_id ?? ""} resolved${d.note ? `: ${d.note}` : ""}`;
-    case "endpoint_disabled": return `${d.endpoint_id ?? ""} disabled: ${d.reason ?? ""}`;
+    case "file_change": return `${iso(d.change_type)} ${iso(d.file_path)}`;
+    case "report_ready": return `${iso(d.report_type)} report ${iso(d.report_id)}`;
+    case "risk_alert": return `${iso(d.severity)} · ${iso(d.title)} (${iso(d.alert_id)})`;
+    case "risk_escalated": return `${iso(d.alert_id)} escalated to ${iso(d.escalated_to)}`;
+    case "risk_resolved": return `${iso(d.alert_id)} resolved${d.note ? `: ${iso(d.note)}` : ""}`;
+    case "endpoint_disabled": return `${iso(d.endpoint_id)} disabled: ${iso(d.reason)}`;
     default: {
       const s = JSON.stringify(d);
       return s.length > 140 ? `${s.slice(0, 140)}…` : s;
