@@ -489,3 +489,77 @@ fn env_selection(var: &str) -> (Vec<String>, Option<Value>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The SQLite store, counting how often every endpoint is read.
+    struct CountingStore {
+        real: store::SqliteStore,
+        loads: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl EndpointStore for CountingStore {
+        async fn load(&self) -> Result<Vec<StoredEndpoint>, EndpointError> {
+            self.loads.fetch_add(1, Ordering::Relaxed);
+            self.real.load().await
+        }
+        async fn get(&self, id: &str) -> Result<Option<StoredEndpoint>, EndpointError> {
+            self.real.get(id).await
+        }
+        async fn put(&self, e: &StoredEndpoint) -> Result<(), EndpointError> {
+            self.real.put(e).await
+        }
+        async fn remove(&self, id: &str) -> Result<bool, EndpointError> {
+            self.real.remove(id).await
+        }
+        async fn changed(&self, max: Duration) -> bool {
+            self.real.changed(max).await
+        }
+        fn describe(&self) -> String {
+            self.real.describe()
+        }
+    }
+
+    /// Creating, changing and removing endpoints reads one row each, never the
+    /// whole set: their cost does not grow with the number of endpoints.
+    #[tokio::test]
+    async fn changes_touch_one_endpoint_not_the_whole_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let store = CountingStore {
+            real: store::SqliteStore::open(dir.path()).unwrap(),
+            loads: loads.clone(),
+        };
+        let eps = Endpoints::open(
+            Box::new(store),
+            &Routes::default(),
+            guard::NetGuard::default(),
+        )
+        .await
+        .unwrap();
+        let at_open = loads.load(Ordering::Relaxed);
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            let fields = serde_json::json!({"url": format!("https://h{i}.example/x")});
+            let (ep, _) = eps.create(fields.as_object().unwrap()).await.unwrap();
+            ids.push(ep.id);
+        }
+        let patch = serde_json::json!({"description": "changed"});
+        eps.update(&ids[7], patch.as_object().unwrap()).await.unwrap();
+        eps.remove(&ids[3]).await.unwrap();
+        assert_eq!(loads.load(Ordering::Relaxed), at_open);
+        // The set in memory is the stored one, in id order.
+        let listed: Vec<String> = eps.list().into_iter().map(|e| e.id).collect();
+        let mut expected = ids.clone();
+        expected.remove(3);
+        assert_eq!(listed, expected);
+        assert_eq!(
+            eps.get(&ids[7]).unwrap().description.as_deref(),
+            Some("changed")
+        );
+    }
+}
