@@ -38,6 +38,7 @@
 //!   (and, with NATS, the JetStream work queue of deliveries).
 //! - [`config`]: settings from the environment, validated once.
 //! - [`secret`]: secrets that never print themselves, and their signing keys.
+//! - [`query`]: the HTTP API's query strings: unknown and repeated names refused, `limit` in range.
 //! - [`timespec`]: durations and points in time as users write them, parsed without panicking.
 //! - [`strict_json`]: the JSON parser of untrusted input (duplicate keys refused, paths named).
 //! - [`error`]: the error types of each area.
@@ -56,6 +57,7 @@ pub mod input;
 pub mod journal;
 pub mod jsonl;
 pub mod private_files;
+pub mod query;
 pub mod recovery;
 pub mod secret;
 pub mod strict_json;

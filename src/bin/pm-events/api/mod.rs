@@ -150,16 +150,7 @@ pub fn when(field: &str, v: &str) -> Result<f64, ApiError> {
 
 /// The `limit` of a list: 1 to 1000, default 50.
 pub fn limit(v: Option<&str>) -> Result<usize, ApiError> {
-    match v {
-        None => Ok(50),
-        Some(t) => match t.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(bad(
-                "invalid_field",
-                "limit: expected a whole number from 1 to 1000",
-            )),
-        },
-    }
+    pm_events::query::limit(v).map_err(|e| bad("invalid_field", e.0))
 }
 
 /// The parameters of a query string, refusing names not in `allowed` and repeats.
@@ -167,22 +158,7 @@ pub fn params(
     raw: Option<&str>,
     allowed: &[&str],
 ) -> Result<std::collections::HashMap<String, String>, ApiError> {
-    let mut out = std::collections::HashMap::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        if !allowed.contains(&k.as_ref()) {
-            return Err(bad(
-                "invalid_query",
-                format!(
-                    "{k}: unknown parameter (expected one of {})",
-                    allowed.join(", ")
-                ),
-            ));
-        }
-        if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(bad("invalid_query", format!("{k}: given twice")));
-        }
-    }
-    Ok(out)
+    pm_events::query::params(raw, allowed).map_err(|e| bad("invalid_query", e.0))
 }
 
 /// A list page.
