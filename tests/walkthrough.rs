@@ -44,24 +44,28 @@ fn the_readme_walkthrough_runs_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = dir.path().join("receiver");
     let port = common::free_port().to_string();
+    let receiver_port = common::free_port().to_string();
     let script: String = blocks
         .join("\n")
         .lines()
         .filter(|l| !l.trim_start().starts_with("pm-events watch"))
         .map(|l| {
             l.replace(":8787", &format!(":{port}"))
+                .replace(":8788", &format!(":{receiver_port}"))
                 .replace("/tmp/receiver", receiver.to_str().unwrap())
                 .replace(
-                    "serve &",
-                    &format!("serve --bind 127.0.0.1:{port} & sleep 0; wait_for_server"),
+                    "pm-events serve &",
+                    &format!("pm-events serve --bind 127.0.0.1:{port} & wait_for_server {port}"),
+                )
+                .replace(
+                    &format!("--bind 127.0.0.1:{receiver_port} &"),
+                    &format!("--bind 127.0.0.1:{receiver_port} & wait_for_server {receiver_port}"),
                 )
         })
         .collect::<Vec<_>>()
         .join("\n");
-    // The server prints its address when it listens; wait for that, not a time.
-    let prelude = format!(
-        "wait_for_server() {{ for _ in $(seq 1 200); do curl -s -o /dev/null 127.0.0.1:{port}/healthz && return 0; sleep 0.05; done; return 1; }}\n"
-    );
+    // A server answers /healthz once it listens; wait for that, not a time.
+    let prelude = "wait_for_server() { for _ in $(seq 1 200); do curl -s -o /dev/null 127.0.0.1:$1/healthz && return 0; sleep 0.05; done; return 1; }\n".to_string();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_pm-events")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -90,7 +94,7 @@ fn the_readme_walkthrough_runs_as_written() {
         "sec_001 escalated to critical",
         "open risks: 1",
         "\"open_alerts\"",
-        // a signed webhook delivered to our own server, which verified it
+        // a signed webhook delivered to the receiver, which verified it
         "webhooks: 1 delivered",
         // an endpoint added while the server runs, and its deliveries
         "signing:       hmac-sha256",
@@ -102,14 +106,14 @@ fn the_readme_walkthrough_runs_as_written() {
         "replayed",
         // the page, and a risk alert resolved as its Resolve button does
         "HTTP/1.1 200 OK",
-        "\"alert_id\":\"sec_002\"",
+        "\"alert_id\":\"sec_001\"",
         "\"resolved\":true",
     ] {
         assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
     }
     // The receiver logged what it was sent and what was posted to it.
     let received = pm_events::journal::read_day(&receiver, pm_events::journal::today()).unwrap();
-    assert!(received.len() >= 3, "{received:?}");
+    assert!(received.len() >= 2, "{received:?}");
     assert!(!all.contains("panicked"), "{all}");
 }
 
