@@ -234,3 +234,17 @@ def test_unsubscribe_and_publish_sync(run_script):
     assert id_len == 36
     logged = lines(next((logs / "events").glob("events_*.log")))
     assert [e["data"]["n"] for e in logged] == [1, 2, 3]
+
+
+def test_the_readme_python_example_runs_as_written(run_script):
+    """The README's example, taken from the README itself: it makes its file, and
+    the file change is handled and logged."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## In Python"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[: code.index("```")]
+    p, logs = run_script(code)
+    assert p.returncode == 0, p.stderr
+    logged = lines(logs / "file_changes" / "file_changes.jsonl")
+    assert [l["status"] for l in logged] == ["ok"], logged
+    assert logged[0]["file_path"] == "/tmp/test.txt"
