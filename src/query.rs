@@ -55,11 +55,24 @@ mod tests {
     fn unknown_repeated_and_out_of_range_parameters_are_named() {
         let ok = params(Some("type=a&limit=5"), &["type", "limit"]).unwrap();
         assert_eq!(ok["type"], "a");
-        assert!(params(Some("x=1"), &["type"]).unwrap_err().0.starts_with("x:"));
-        assert!(params(Some("type=a&type=b"), &["type"]).unwrap_err().0.starts_with("type:"));
+        assert!(
+            params(Some("x=1"), &["type"])
+                .unwrap_err()
+                .0
+                .starts_with("x:")
+        );
+        assert!(
+            params(Some("type=a&type=b"), &["type"])
+                .unwrap_err()
+                .0
+                .starts_with("type:")
+        );
         assert_eq!(limit(None), Ok(DEFAULT_LIMIT));
         for bad in ["0", "1001", "-1", "1e3", "99999999999999999999999"] {
-            assert!(limit(Some(bad)).unwrap_err().0.starts_with("limit:"), "{bad}");
+            assert!(
+                limit(Some(bad)).unwrap_err().0.starts_with("limit:"),
+                "{bad}"
+            );
         }
     }
 }

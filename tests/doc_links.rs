@@ -99,10 +99,7 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
         let dir = page.parent().unwrap();
         for line in prose(&text) {
             for target in links(line) {
-                if target.is_empty()
-                    || target.contains("://")
-                    || target.starts_with("mailto:")
-                {
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
                     continue;
                 }
                 checked += 1;
@@ -128,13 +125,19 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
             }
         }
     }
-    assert!(checked > 20, "only {checked} links found: is the parser right?");
+    assert!(
+        checked > 20,
+        "only {checked} links found: is the parser right?"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
 #[test]
 fn slugs_are_githubs() {
-    assert_eq!(slug(" Run it as a service: `deploy/`"), "run-it-as-a-service-deploy");
+    assert_eq!(
+        slug(" Run it as a service: `deploy/`"),
+        "run-it-as-a-service-deploy"
+    );
     assert_eq!(slug("/api/v1"), "apiv1");
     assert_eq!(slug("What it promises"), "what-it-promises");
 }

@@ -49,6 +49,7 @@ async fn answer(c: &mut TcpStream, within: Duration) -> (String, bool) {
 
 /// A GET on a new connection, which must answer within one second: its status.
 async fn probe_get(url: &str, headers: &[(&str, &str)]) -> Result<u16, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
@@ -194,6 +195,49 @@ async fn idle_connections_and_streams_without_a_token_leave_health_and_the_page_
     .unwrap();
     assert_eq!(h["streams"], 16, "{h}");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_keep_reconnecting_leave_health_answering() {
+    let _one = FLOOD.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let addr = host(&srv);
+    // 1,100 clients, each opening a connection with half a request, dropping it
+    // after half a second and opening the next, for 6 s.
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut clients = Vec::new();
+    for _ in 0..1100 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while tokio::time::Instant::now() < until {
+                if let Some(c) = open(&addr, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").await {
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    drop(c);
+                }
+            }
+            n
+        }));
+    }
+    let mut probes = 0;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            probe_get(&format!("{}/healthz", srv.url), &[]).await,
+            Ok(200)
+        );
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut connections = 0;
+    for c in clients {
+        connections += c.await.unwrap();
+    }
+    assert!(
+        probes >= 10 && connections > 5000,
+        "{probes} probes, {connections} connections"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -549,7 +549,9 @@ mod tests {
             ids.push(ep.id);
         }
         let patch = serde_json::json!({"description": "changed"});
-        eps.update(&ids[7], patch.as_object().unwrap()).await.unwrap();
+        eps.update(&ids[7], patch.as_object().unwrap())
+            .await
+            .unwrap();
         eps.remove(&ids[3]).await.unwrap();
         assert_eq!(loads.load(Ordering::Relaxed), at_open);
         // The set in memory is the stored one, in id order.
