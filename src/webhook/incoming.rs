@@ -175,13 +175,17 @@ impl IncomingWebhooks {
     /// Webhooks, an id and a timestamp within the tolerance). A request that
     /// fails here cannot pass [`verify`](Self::verify), so the server answers
     /// 401 without reading its body.
-    pub fn precheck(&self, headers: &BTreeMap<String, String>) -> Result<(), VerifyError> {
+    /// `header` looks a header up by its lower-case name.
+    pub fn precheck<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> Result<(), VerifyError> {
         if self.secrets.is_empty() {
             return Err(VerifyError::Missing(
                 "secret on this server (WEBHOOK_SIGNATURE_SECRET is not set), so no webhook can be verified",
             ));
         }
-        let h = |k: &str| headers.get(k).map(String::as_str);
+        let h = header;
         match (h("webhook-signature"), h("x-webhook-signature")) {
             (Some(sig), _) => crate::webhook::sign::standard_headers(
                 &self.secrets,

@@ -17,14 +17,15 @@
 //!    `max_pending_bodies` at a time; past that the answer is 503 at once.
 //! 3. **A handler slot.** `max_concurrency` slots are shared; `reserved` more
 //!    are kept for requests that showed the token, so an operator gets through
-//!    while anonymous clients hold every shared slot.
+//!    while anonymous clients hold every shared slot. The handler then runs
+//!    under `--request-timeout`.
 //!
 //! JSON content types are the one rule for request bodies of `/events` and
 //! `/api/v1`: a non-empty body must be `application/json` (or `…+json`).
 
-use crate::serve::{ApiError, AppState, authorize, lower_headers};
+use crate::serve::{ApiError, AppState, authorize};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -141,14 +142,15 @@ pub fn is_json(content_type: &str) -> bool {
             .is_some_and(|sub| sub.ends_with("+json"))
 }
 
-/// The middleware of the module docs.
-pub async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// Lets `req` in as the module docs say, and runs it; called by `serve`'s one
+/// middleware after the checks every request passes.
+pub async fn admit(s: &Arc<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/healthz" {
         return next.run(req).await;
     }
     let token_set = s.token().is_some();
-    let authenticated = token_set && authorize(&s, req.headers()).is_ok();
+    let authenticated = token_set && authorize(s, req.headers()).is_ok();
     match door(path, token_set) {
         Door::Token if token_set && !authenticated => {
             return closing(ApiError::new(
@@ -158,7 +160,11 @@ pub async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
             ));
         }
         Door::Signature => {
-            if let Err(e) = s.incoming.precheck(&lower_headers(req.headers())) {
+            let headers = req.headers();
+            if let Err(e) = s
+                .incoming
+                .precheck(|k| headers.get(k).and_then(|v| v.to_str().ok()))
+            {
                 return closing(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_signature",
@@ -186,7 +192,16 @@ pub async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     } else {
         a.shared.clone().acquire_owned().await
     };
-    next.run(req).await
+    // The handler's own time starts now that its body is in.
+    match tokio::time::timeout(s.request_timeout(), next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took longer than the time limit (serve --request-timeout)",
+        )
+        .into_response(),
+    }
 }
 
 /// Reads the whole body under the body deadline, or answers why not.

@@ -450,7 +450,7 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     } else if let Err(refused) = browser_check {
         refused.into_response()
     } else {
-        next.run(req).await
+        caught(crate::admission::admit(&s, req, next)).await
     };
     let h = resp.headers_mut();
     h.insert(
@@ -471,32 +471,16 @@ async fn guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     resp
 }
 
-/// Answers 500 (JSON) for a request whose handling panicked, instead of
-/// dropping the connection; the panic hook ([`log_panics`]) logs it in one line.
-pub async fn catch_panics(req: Request, next: Next) -> Response {
+/// The answer of `handling`, or 500 (JSON) if it panicked, instead of a
+/// dropped connection; the panic hook ([`log_panics`]) logs it in one line.
+pub async fn caught(handling: impl std::future::Future<Output = Response>) -> Response {
     use futures_util::FutureExt as _;
-    match std::panic::AssertUnwindSafe(next.run(req))
-        .catch_unwind()
-        .await
-    {
+    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the request failed inside the server; the server log has the cause",
-        )
-        .into_response(),
-    }
-}
-
-/// Bounds a request's handling, once its body has arrived, by `--request-timeout`.
-async fn deadline(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(s.timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "the request took longer than the time limit",
         )
         .into_response(),
     }
@@ -533,19 +517,11 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .merge(crate::api::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost first: the handler's time limit, then the credentials, the
-        // body and a handler slot, then the checks every answer passes.
+        // One middleware for every request: the checks every answer passes,
+        // then (admission.rs) the credentials, the body, a handler slot and its
+        // time limit, with a panic answered 500.
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::admission::admit,
-        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .layer(axum::middleware::from_fn(catch_panics))
         .with_state(state)
 }
 
@@ -553,6 +529,11 @@ impl AppState {
     /// `PM_API_TOKEN`, if set.
     pub(crate) fn token(&self) -> Option<&Secret> {
         self.token.as_ref()
+    }
+
+    /// The time limit of a request's handling (`--request-timeout`).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The state of a server over `app`, whose bus is started, delivering through `webhooks`.
@@ -771,30 +752,16 @@ pub async fn serve_http(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt as _;
 
     #[tokio::test]
     async fn a_panicking_request_is_answered_500_in_json() {
-        let app: Router = Router::new()
-            .route(
-                "/boom",
-                get(|| async {
-                    if std::hint::black_box(true) {
-                        panic!("a test panic");
-                    }
-                    "unreachable"
-                }),
-            )
-            .layer(axum::middleware::from_fn(catch_panics));
-        let r = app
-            .oneshot(
-                Request::builder()
-                    .uri("/boom")
-                    .body(axum::body::Body::empty())
-                    .unwrap_or_default(),
-            )
-            .await
-            .unwrap_or_else(|e| match e {});
+        let r = caught(async {
+            if std::hint::black_box(true) {
+                panic!("a test panic");
+            }
+            StatusCode::OK.into_response()
+        })
+        .await;
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(r.into_body(), 1 << 16)
             .await
