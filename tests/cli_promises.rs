@@ -22,12 +22,7 @@ fn pm(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn pm_now(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pm-events"));
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("PM_LOG_DIR", dir.join("logs"))
-        .env("WEBHOOK_SIGNATURE_SECRET", SECRET);
+    let mut c = common::pm_command(dir, args, SECRET);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -36,6 +31,14 @@ fn pm_now(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output 
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `args` in `dir`, checks the exit code is `code`, and returns stderr.
+fn fails(dir: &std::path::Path, args: &[&str], code: i32) -> String {
+    let out = pm(dir, args, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    err
 }
 
 #[test]
@@ -102,38 +105,31 @@ async fn a_payload_refused_by_the_server_exits_2_as_one_refused_here() {
     assert_eq!(there.status.code(), Some(2), "{}", stderr(&there));
     assert!(stderr(&there).contains("data."), "{}", stderr(&there));
     // Nothing listening: the message says so and what to start.
-    let out = pm(
+    let err = fails(
         dir.path(),
         &["publish", "--url", "http://127.0.0.1:9", "x", "{}"],
-        &[],
+        1,
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("Connection refused") && err.contains("pm-events serve"),
         "{err}"
     );
     // An unknown delivery id is not a usage error.
-    let out = pm(dir.path(), &["deliveries", "retry", "nope"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    fails(dir.path(), &["deliveries", "retry", "nope"], 1);
     // A port in use names the flag and the variable that choose another.
     let port = srv.url.rsplit(':').next().unwrap().to_string();
-    let out = pm(
+    let err = fails(
         dir.path(),
         &["serve", "--bind", &format!("127.0.0.1:{port}")],
-        &[],
+        2,
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--bind") && err.contains("PM_BIND"), "{err}");
     // A log directory that cannot be created is named itself.
-    let out = pm(
+    let err = fails(
         dir.path(),
         &["--log-dir", "/proc/no/such/logs", "publish", "x", "{}"],
-        &[],
+        2,
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("/proc/no/such/logs ") && !err.contains("logs/"),
         "{err}"

@@ -13,12 +13,7 @@ use std::time::Duration;
 const SECRET: &str = "cli-test-secret";
 
 fn cmd(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pm-events"));
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("PM_LOG_DIR", dir.join("logs"))
-        .env("WEBHOOK_SIGNATURE_SECRET", SECRET);
+    let mut c = common::pm_command(dir, args, SECRET);
     for (k, v) in env {
         c.env(k, v);
     }

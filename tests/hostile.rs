@@ -366,26 +366,13 @@ async fn ids_with_control_characters_never_reach_a_file() {
     // Nothing refused reached the log or the recovery files.
     drop(srv);
     let mut found = String::new();
-    for e in walk(&dir.path().join("logs")) {
+    for e in common::files_under(&dir.path().join("logs")) {
         found.push_str(&std::fs::read_to_string(e).unwrap_or_default());
     }
     assert!(
         !found.contains("line1") && !found.contains("nul"),
         "{found}"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -314,7 +314,7 @@ async fn network_errors_are_retried_and_logged_without_the_url_query() {
     assert_eq!(log[0]["url"], format!("http://127.0.0.1:{port}/x?…"));
     e.shutdown().await;
     // The outbox (state, not a log) keeps the URL it must deliver to; the logs do not.
-    for f in walk(dir.path())
+    for f in common::files_under(dir.path())
         .into_iter()
         .filter(|f| !f.to_string_lossy().contains("outbox"))
     {
@@ -572,19 +572,6 @@ async fn unsigned_delivery_is_refused_unless_allowed() {
     e.shutdown().await;
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -617,7 +604,7 @@ async fn no_secret_reaches_any_log_file() {
     bus.stop().await.unwrap();
     e.wait(&ids, T).await.unwrap();
     e.shutdown().await;
-    let files = walk(dir.path());
+    let files = common::files_under(dir.path());
     assert!(files.len() >= 4, "{files:?}");
     for f in files {
         let bytes = std::fs::read(&f).unwrap();

@@ -202,6 +202,32 @@ impl TestReceiver {
     }
 }
 
+/// Every file below `dir`, in any folder depth (none if `dir` is missing).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The built binary with `args`, run in `dir` with its log directory
+/// `<dir>/logs`, `secret` as `WEBHOOK_SIGNATURE_SECRET` and no `RUST_LOG`.
+pub fn pm_command(dir: &std::path::Path, args: &[&str], secret: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pm-events"));
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("PM_LOG_DIR", dir.join("logs"))
+        .env("WEBHOOK_SIGNATURE_SECRET", secret);
+    c
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on (bound, noted, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
