@@ -139,17 +139,15 @@ async fn a_payload_refused_by_the_server_exits_2_as_one_refused_here() {
 #[test]
 fn a_failed_handler_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let out = pm(
+    let err = fails(
         dir.path(),
         &[
             "publish",
             "report_ready",
             r#"{"report_id":"r1","report_path":"/nonexistent/r.pdf","report_type":"weekly","report_format":"pdf","generated_at":"2026-01-01T00:00:00Z"}"#,
         ],
-        &[],
+        1,
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/r.pdf"), "{err}");
 }
