@@ -47,6 +47,7 @@ impl App {
     }
 
     async fn build(cfg: &Config, always_webhooks: bool, server: bool, log: bool) -> Result<App> {
+        ensure_log_dir(cfg)?;
         let mut builder = EventBus::builder()
             .config(cfg)
             .priority(builtin_priority)
@@ -161,9 +162,22 @@ impl App {
     }
 }
 
+/// Creates the log directory (mode 0700) if it is missing, so that a directory
+/// that cannot be created is reported by the name the user gave, not by that of
+/// a subfolder. Called once the command's arguments are known to be good.
+pub fn ensure_log_dir(cfg: &Config) -> Result<()> {
+    pm_events::private_files::create_dir_all(&cfg.log_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the log directory {} (--log-dir or PM_LOG_DIR): {e}",
+            cfg.log_dir.display()
+        )
+    })
+}
+
 /// The endpoints of `cfg`: in the JetStream KV bucket `PM_ENDPOINTS` with
 /// `PM_NATS_URL`, else in `<log dir>/webhooks/endpoints.sqlite3`.
 pub async fn open_endpoints(cfg: &Config) -> Result<Endpoints> {
+    ensure_log_dir(cfg)?;
     let routes = pm_events::webhook::Routes::from_config(cfg);
     let guard = pm_events::endpoint::guard::NetGuard::new(cfg.endpoint_allow_nets.clone());
     Ok(match &cfg.nats_url {

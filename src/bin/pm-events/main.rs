@@ -158,24 +158,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let chosen_log_dir =
         cli.log_dir.is_some() || std::env::var_os("PM_LOG_DIR").is_some_and(|v| !v.is_empty());
     let cfg = config(cli.log_dir)?;
-    let writes_logs = matches!(
-        cli.command,
-        Command::Publish(_)
-            | Command::Serve(_)
-            | Command::Watch(_)
-            | Command::Replay(_)
-            | Command::Endpoints(_)
-            | Command::Deliveries(_)
-    ) || (matches!(cli.command, Command::Demo) && chosen_log_dir);
-    if writes_logs {
-        // Named here, before any of its subfolders is: the directory the user chose.
-        pm_events::private_files::create_dir_all(&cfg.log_dir).map_err(|e| {
-            UsageError(format!(
-                "cannot create the log directory {} (--log-dir or PM_LOG_DIR): {e}",
-                cfg.log_dir.display()
-            ))
-        })?;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
