@@ -581,7 +581,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .into());
     }
     // Bound first: a port in use is reported before anything else starts.
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+    let listener = listen(bind, args.max_connections).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (another program listens there: choose another with --bind or PM_BIND)"
         } else {
@@ -658,6 +658,22 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A listener on `bind` whose queue of connections not yet accepted holds
+/// `backlog` (the kernel caps it at `net.core.somaxconn`): a burst of
+/// connections as large as the connection limit waits there instead of having
+/// its SYNs dropped, which would make every client in it, `/healthz` probes
+/// included, wait a second for the retry.
+pub fn listen(bind: SocketAddr, backlog: usize) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX).max(128))
 }
 
 /// The limits on connections that keep slow or idle clients from holding the server.
