@@ -56,6 +56,7 @@ async fn collector() -> (String, Got, tokio::task::JoinHandle<()>) {
 async fn endpoint(s: &Server, url: &str, ty: &str) {
     let r = client()
         .post(format!("{}/api/v1/endpoints", s.url))
+        .header("content-type", "application/json")
         .body(json!({"url": url, "event_types": [ty]}).to_string())
         .send()
         .await
