@@ -303,7 +303,15 @@ async fn every_error_has_its_status_and_a_json_body() {
             .unwrap()["error"],
         "not_found"
     );
+    // The token is checked first: without it, 401 whatever the method.
     let r = c.get(u("/events")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(u("/events"))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(
         r.text()
@@ -325,6 +333,7 @@ async fn every_error_has_its_status_and_a_json_body() {
     assert_eq!(h["node"], "node-a");
     let subs: Value = c
         .get(u("/subscribers"))
+        .bearer_auth("tok-123")
         .send()
         .await
         .unwrap()
@@ -345,6 +354,7 @@ async fn every_error_has_its_status_and_a_json_body() {
     assert!(api["paths"]["/webhooks/incoming"]["post"].is_object());
     let m = c
         .get(u("/metrics"))
+        .bearer_auth("tok-123")
         .send()
         .await
         .unwrap()
@@ -356,7 +366,7 @@ async fn every_error_has_its_status_and_a_json_body() {
         "{m}"
     );
     assert!(
-        m.contains("pm_events_http_requests_total{route=\"/events\",status=\"401\"} 2"),
+        m.contains("pm_events_http_requests_total{route=\"/events\",status=\"401\"} 3"),
         "{m}"
     );
     assert!(m.contains("pm_events_queue_depth"), "{m}");
