@@ -85,6 +85,9 @@ pub(super) async fn dispatch_loop(
             break;
         };
         let items = std::mem::replace(&mut burst, Vec::with_capacity(max_burst));
+        let urgent = items
+            .iter()
+            .any(|(d, _)| d.priority == crate::transport::Priority::High);
         let inner2 = inner.clone();
         let ledger2 = ledger.clone();
         // Made before the spawn: they count the events finished even if the task never runs.
@@ -105,6 +108,12 @@ pub(super) async fn dispatch_loop(
             drop(slot);
             drop(done);
         });
+        if urgent {
+            // The runtime runs the task spawned last first; the bursts spawned
+            // after this one would otherwise start before it whenever handlers
+            // finish quickly. Yielding lets a high-priority burst start now.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
