@@ -25,21 +25,34 @@ pub struct TimeError(String);
 /// A duration: seconds (`1.5`) or a humantime duration (`30s`, `2m`, `500ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, TimeError> {
     let t = s.trim();
+    duration(t).map_err(|r| match r {
+        Refusal::TooLong => too_long(t),
+        Refusal::Invalid(why) => TimeError(format!("invalid duration {t:?}: {why}")),
+    })
+}
+
+/// Why [`duration`] refused its text.
+enum Refusal {
+    /// Longer than [`MAX_DURATION`] (or than a `Duration` holds).
+    TooLong,
+    /// Not a duration; why.
+    Invalid(String),
+}
+
+fn duration(t: &str) -> Result<Duration, Refusal> {
     let d = match t.parse::<f64>() {
         Ok(secs) if !secs.is_finite() || secs < 0.0 => {
-            return Err(TimeError(format!(
-                "invalid duration {t:?}: expected a non-negative number of seconds or a duration such as 30s, 2m, 500ms"
-            )));
+            return Err(Refusal::Invalid(
+                "expected a non-negative number of seconds or a duration such as 30s, 2m, 500ms"
+                    .into(),
+            ));
         }
-        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| too_long(t))?,
-        Err(_) => humantime::parse_duration(t).map_err(|e| {
-            TimeError(format!(
-                "invalid duration {t:?}: {e} (examples: 30s, 2m, 500ms)"
-            ))
-        })?,
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| Refusal::TooLong)?,
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|e| Refusal::Invalid(format!("{e} (examples: 30s, 2m, 500ms)")))?,
     };
     if d > MAX_DURATION {
-        return Err(too_long(t));
+        return Err(Refusal::TooLong);
     }
     Ok(d)
 }
@@ -72,10 +85,10 @@ pub fn parse_when(s: &str, now: f64) -> Result<f64, TimeError> {
         }
         return Ok(secs);
     }
-    match parse_duration(t) {
+    match duration(t) {
         Ok(d) => Ok((now - d.as_secs_f64()).max(0.0)),
-        Err(e) if e.0.contains("100 years") => Err(e),
-        Err(_) => Err(TimeError(format!(
+        Err(Refusal::TooLong) => Err(too_long(t)),
+        Err(Refusal::Invalid(_)) => Err(TimeError(format!(
             "invalid time {t:?}: give a duration ago (30m, 2h, 7d), a date (2025-01-15) or an RFC 3339 time"
         ))),
     }

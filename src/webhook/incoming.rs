@@ -31,7 +31,7 @@
 //! id wait for the first to be published (or refused, in which case the next one
 //! tries), so one id is published once however many copies arrive at once.
 
-use super::sign::{DEFAULT_TOLERANCE, VerifyError, verify_hex_signature, verify_standard};
+use super::sign::{self, DEFAULT_TOLERANCE, VerifyError, verify_hex_signature, verify_standard};
 use crate::bus::EventBus;
 use crate::error::BusError;
 use crate::event::{Event, EventId, json_kind, now_unix};
@@ -118,6 +118,18 @@ fn bad(m: impl Into<String>) -> IncomingError {
     IncomingError::BadRequest(m.into())
 }
 
+/// The signature headers a request presents.
+enum Presented<'h> {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    Standard {
+        id: &'h str,
+        timestamp: &'h str,
+        sig: &'h str,
+    },
+    /// `X-Webhook-Signature: sha256=<hex>`.
+    Hex(&'h str),
+}
+
 impl IncomingWebhooks {
     /// Accepts webhooks signed with any of `secrets`.
     pub fn new(secrets: Vec<Secret>) -> Self {
@@ -147,26 +159,12 @@ impl IncomingWebhooks {
         body: &[u8],
         headers: &BTreeMap<String, String>,
     ) -> Result<(), VerifyError> {
-        if self.secrets.is_empty() {
-            return Err(VerifyError::Missing(
-                "secret on this server (WEBHOOK_SIGNATURE_SECRET is not set), so no webhook can be verified",
-            ));
-        }
-        let h = |k: &str| headers.get(k).map(String::as_str);
-        match (h("webhook-signature"), h("x-webhook-signature")) {
-            (Some(sig), _) => verify_standard(
-                &self.secrets,
-                h("webhook-id").unwrap_or(""),
-                h("webhook-timestamp").unwrap_or(""),
-                body,
-                sig,
-                now_unix().floor() as i64,
-                self.tolerance,
-            ),
-            (None, Some(sig)) => verify_hex_signature(&self.secrets, body, sig),
-            (None, None) => Err(VerifyError::Missing(
-                "signature: send X-Webhook-Signature, or webhook-id, webhook-timestamp and webhook-signature",
-            )),
+        let now = now_unix().floor() as i64;
+        match self.presented(|k| headers.get(k).map(String::as_str))? {
+            Presented::Standard { id, timestamp, sig } => {
+                verify_standard(&self.secrets, id, timestamp, body, sig, now, self.tolerance)
+            }
+            Presented::Hex(sig) => verify_hex_signature(&self.secrets, body, sig),
         }
     }
 
@@ -174,31 +172,44 @@ impl IncomingWebhooks {
     /// verify with, and a signature header of the right shape (for Standard
     /// Webhooks, an id and a timestamp within the tolerance). A request that
     /// fails here cannot pass [`verify`](Self::verify), so the server answers
-    /// 401 without reading its body.
-    /// `header` looks a header up by its lower-case name.
+    /// 401 without reading its body. `header` looks a header up by its
+    /// lower-case name.
     pub fn precheck<'h>(
         &self,
         header: impl Fn(&str) -> Option<&'h str>,
     ) -> Result<(), VerifyError> {
-        if self.secrets.is_empty() {
-            return Err(VerifyError::Missing(
-                "secret on this server (WEBHOOK_SIGNATURE_SECRET is not set), so no webhook can be verified",
-            ));
-        }
-        let h = header;
-        match (h("webhook-signature"), h("x-webhook-signature")) {
-            (Some(sig), _) => crate::webhook::sign::standard_headers(
+        match self.presented(header)? {
+            Presented::Standard { id, timestamp, sig } => sign::standard_headers(
                 &self.secrets,
-                h("webhook-id").unwrap_or(""),
-                h("webhook-timestamp").unwrap_or(""),
+                id,
+                timestamp,
                 sig,
                 now_unix().floor() as i64,
                 self.tolerance,
             )
             .map(drop),
-            (None, Some(sig)) => {
-                crate::webhook::sign::hex_signature_header(&self.secrets, sig).map(drop)
-            }
+            Presented::Hex(sig) => sign::hex_signature_header(&self.secrets, sig).map(drop),
+        }
+    }
+
+    /// Which signature scheme the headers use, and its header values; refused
+    /// when this server has no secret or the request carries no signature.
+    fn presented<'h>(
+        &self,
+        h: impl Fn(&str) -> Option<&'h str>,
+    ) -> Result<Presented<'h>, VerifyError> {
+        if self.secrets.is_empty() {
+            return Err(VerifyError::Missing(
+                "secret on this server (WEBHOOK_SIGNATURE_SECRET is not set), so no webhook can be verified",
+            ));
+        }
+        match (h("webhook-signature"), h("x-webhook-signature")) {
+            (Some(sig), _) => Ok(Presented::Standard {
+                id: h("webhook-id").unwrap_or(""),
+                timestamp: h("webhook-timestamp").unwrap_or(""),
+                sig,
+            }),
+            (None, Some(sig)) => Ok(Presented::Hex(sig)),
             (None, None) => Err(VerifyError::Missing(
                 "signature: send X-Webhook-Signature, or webhook-id, webhook-timestamp and webhook-signature",
             )),

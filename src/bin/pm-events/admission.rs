@@ -39,13 +39,24 @@ use tokio::sync::Semaphore;
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl ClientAddr {
-    /// The client's IP address in `req`, or the unspecified address when the
-    /// request did not come through the connection loop (in-process tests).
-    pub fn ip_of(req: &axum::http::request::Parts) -> IpAddr {
-        req.extensions
-            .get::<ClientAddr>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+/// The client's IP address, as a handler's argument: the unspecified address
+/// when the request did not come through the connection loop (in-process).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ClientAddr>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        ))
     }
 }
 

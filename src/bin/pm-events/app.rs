@@ -47,7 +47,6 @@ impl App {
     }
 
     async fn build(cfg: &Config, always_webhooks: bool, server: bool, log: bool) -> Result<App> {
-        ensure_log_dir(cfg)?;
         let mut builder = EventBus::builder()
             .config(cfg)
             .priority(builtin_priority)
@@ -208,11 +207,6 @@ pub fn report(outcome: Option<WaitOutcome>, log_dir: &std::path::Path) -> bool {
     }
     eprintln!("{msg}");
     o.dead == 0
-}
-
-/// Parses a duration: `60s`, `2m`, `500ms`, `1h 30m`, or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, pm_events::timespec::TimeError> {
-    pm_events::timespec::parse_duration(s)
 }
 
 /// Ctrl-C or SIGTERM.

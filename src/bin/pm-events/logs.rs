@@ -1,10 +1,11 @@
 //! `tail`, `replay` and `stats`: the commands that read the logs.
 
-use crate::app::{App, describe, parse_duration, report, shutdown_signal};
+use crate::app::{App, describe, report, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use pm_events::event::now_unix;
+use pm_events::timespec::parse_duration;
 use pm_events::{Config, Event, journal, jsonl};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};

@@ -1,9 +1,10 @@
 //! `pm-events publish`: publish one event (`TYPE JSON`) or JSON Lines from stdin
 //! (`-`), in-process (handlers run, the bus drains) or to a running server (`--url`).
 
-use crate::app::{App, parse_duration, report};
+use crate::app::{App, report};
 use crate::{UsageError, say};
 use anyhow::Result;
+use pm_events::timespec::parse_duration;
 use pm_events::{Config, Event, strict_json};
 use serde_json::Value;
 use std::io::BufRead;

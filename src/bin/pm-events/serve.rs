@@ -1,7 +1,9 @@
 //! `pm-events serve`: the HTTP face — incoming webhooks, the publish API, health,
 //! subscribers, Prometheus metrics and the OpenAPI document (docs/http-api.md).
 
-use crate::app::{App, parse_duration, shutdown_signal};
+use crate::admission::Limits;
+use crate::api::stream::StreamLimits;
+use crate::app::{App, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use axum::body::Bytes;
@@ -15,6 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pm_events::config::Secret;
 use pm_events::error::chain;
 use pm_events::handlers::{Access, Refusal, admit};
+use pm_events::timespec::parse_duration;
 use pm_events::webhook::incoming::{Admission, IncomingError, IncomingOutcome, IncomingWebhooks};
 use pm_events::{BusError, Config, Event, EventBus, strict_json};
 use serde_json::{Value, json};
@@ -37,10 +40,10 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Requests handled at once (more wait); /healthz is not counted.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = Limits::default().max_concurrency)]
     max_concurrency: usize,
     /// Handler slots kept, beyond --max-concurrency, for requests that show PM_API_TOKEN.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = Limits::default().reserved)]
     reserved: usize,
     /// Open connections at most; more wait in the listen backlog until one closes.
     #[arg(long, default_value_t = 4096)]
@@ -55,13 +58,13 @@ pub struct Args {
     body_timeout: Duration,
     /// Bodies of unauthenticated requests (incoming webhooks; every request when
     /// PM_API_TOKEN is not set) read at once; more are answered 503 at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Limits::default().max_pending_bodies)]
     max_pending_bodies: usize,
     /// Live streams (GET /api/v1/stream) open at once (at most half of --max-connections).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = StreamLimits::default().total)]
     max_streams: usize,
     /// Live streams open at once from one client address.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = StreamLimits::default().per_client)]
     max_streams_per_client: usize,
 }
 
@@ -189,11 +192,6 @@ impl From<Refusal> for ApiError {
 pub struct Body(Bytes);
 
 impl Body {
-    /// A body of `bytes` already read.
-    pub fn from_bytes(bytes: Bytes) -> Self {
-        Body(bytes)
-    }
-
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.0
@@ -543,8 +541,8 @@ impl AppState {
         cfg: &Config,
         metrics: PrometheusHandle,
         timeout: Duration,
-        limits: crate::admission::Limits,
-        streams: crate::api::stream::StreamLimits,
+        limits: Limits,
+        streams: StreamLimits,
     ) -> Result<Arc<Self>, pm_events::ConfigError> {
         let access = Access::server(cfg)?;
         let door = access.clone();
@@ -599,7 +597,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .context("the server's webhook engine is missing")?;
-    let limits = crate::admission::Limits {
+    let limits = Limits {
         body_timeout: args.body_timeout,
         max_body: cfg.max_body_bytes,
         max_pending_bodies: args.max_pending_bodies,
@@ -607,7 +605,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         reserved: args.reserved,
     };
     // Streams stay below the connection limit: at most half of it.
-    let streams = crate::api::stream::StreamLimits {
+    let streams = StreamLimits {
         total: args.max_streams.min(args.max_connections / 2).max(1),
         per_client: args.max_streams_per_client,
     };

@@ -7,7 +7,7 @@
 //! anything matching an `--ignore` glob. A file that vanishes before it is read
 //! is skipped; directories themselves are not reported.
 
-use crate::app::{App, parse_duration, report, shutdown_signal};
+use crate::app::{App, report, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -16,6 +16,7 @@ use notify_debouncer_full::notify::event::{EventKind, ModifyKind, RenameMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use pm_events::Config;
 use pm_events::handlers::file_change::{CHECKSUM_LIMIT, md5_file};
+use pm_events::timespec::parse_duration;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

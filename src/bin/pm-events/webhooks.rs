@@ -1,10 +1,10 @@
 //! `pm-events webhooks ...`: sign and verify by hand, inspect and drive the outbox.
 
-use crate::app::parse_duration;
 use crate::{UsageError, say};
 use anyhow::{Context, Result};
 use pm_events::Config;
 use pm_events::event::now_unix;
+use pm_events::timespec::parse_duration;
 use pm_events::webhook::outbox::DeliveryState;
 use pm_events::webhook::sign::{Signer, verify_hex_signature, verify_standard};
 use pm_events::webhook::{DeliveryConfig, WebhookEngine};

@@ -9,6 +9,7 @@
 //! every session.
 
 use super::{bad, object};
+use crate::admission::ClientIp;
 use crate::serve::{ApiError, AppState, Body};
 use axum::Json;
 use axum::extract::State;
@@ -145,10 +146,9 @@ fn wait_secs(failures: u32) -> u64 {
 /// 409 when the server has no token (nothing to sign in to).
 pub async fn sign_in(
     State(s): State<Arc<AppState>>,
-    req: axum::extract::Request,
+    ClientIp(client): ClientIp,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let client = crate::admission::ClientAddr::ip_of(&parts);
     if let Err(wait) = s.sign_ins.check(client) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -157,11 +157,6 @@ pub async fn sign_in(
         )
         .retry_after(u32::try_from(wait).unwrap_or(u32::MAX)));
     }
-    let body = Body::from_bytes(
-        axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|e| bad("unreadable_body", e.to_string()))?,
-    );
     let mut fields = object(&body)?;
     let given = match fields.remove("token") {
         Some(Value::String(t)) => t,

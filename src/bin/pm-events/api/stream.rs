@@ -12,7 +12,7 @@
 use crate::serve::{ApiError, AppState};
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use pm_events::Event;
@@ -36,7 +36,6 @@ struct Item {
     data: Arc<str>,
 }
 
-/// The messages of the stream: a bounded replay buffer and the live channel.
 /// How many live streams may be open: in all, and from one client address.
 /// Both are kept below `serve --max-connections`, so streams alone cannot hold
 /// every connection.
@@ -85,6 +84,7 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The messages of the stream: a bounded replay buffer and the live channel.
 pub struct StreamHub {
     /// This run's id (the process id and start time), the prefix of message ids.
     run: String,
@@ -123,7 +123,6 @@ impl StreamHub {
         }
     }
 
-    /// Ends every open stream (the server is stopping).
     /// A place for one more stream from `client`, or the answer that refuses it
     /// (429 with `Retry-After`, and the connection closed).
     pub fn open_slot(self: &Arc<Self>, client: IpAddr) -> Result<StreamSlot, ApiError> {
@@ -164,6 +163,7 @@ impl StreamHub {
             .total
     }
 
+    /// Ends every open stream (the server is stopping).
     pub fn close(&self) {
         self.closed.cancel();
     }
@@ -260,12 +260,11 @@ impl Handler for StreamFeed {
 /// `GET /api/v1/stream`.
 pub async fn stream(
     State(s): State<Arc<AppState>>,
-    req: axum::extract::Request,
+    crate::admission::ClientIp(client): crate::admission::ClientIp,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let (parts, _) = req.into_parts();
-    let headers = &parts.headers;
     let hub = s.stream.clone();
-    let slot = hub.open_slot(crate::admission::ClientAddr::ip_of(&parts))?;
+    let slot = hub.open_slot(client)?;
     // Subscribe before reading the buffer: nothing falls between the two.
     let live = hub.live.subscribe();
     let after = hub.resume_after(headers.get("last-event-id").and_then(|v| v.to_str().ok()));
