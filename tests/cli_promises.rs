@@ -294,3 +294,11 @@ async fn replay_reports_what_it_sent_not_deliveries_made_before() {
     assert!(err.contains("1 not sent again"), "{err}");
     assert_eq!(rx.requests("/managed").len(), 1);
 }
+
+#[test]
+fn an_id_outside_the_id_characters_is_refused_by_publish_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(dir.path(), &["publish", "--id", "two words", "x", "{}"], 2);
+    assert!(err.contains("event_id: contains ' '"), "{err}");
+    assert!(!dir.path().join("logs/events").exists(), "nothing logged");
+}
