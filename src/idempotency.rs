@@ -1,17 +1,24 @@
-//! Idempotent publish: an event published again with an `event_id` accepted in
-//! the last [`WINDOW`] is accepted once; the repeat returns the same id and
-//! does nothing (docs/architecture.md, invariant 6).
+//! Every event id is unique in the log: an event published again with an
+//! `event_id` accepted in the last [`WINDOW`] is accepted once; the repeat
+//! returns the same id and does nothing (docs/architecture.md, invariant 6).
 //!
-//! The ids remembered are those of the events this bus accepted, plus — loaded
-//! in the background when the bus starts, so start-up does not wait — those of
-//! the last [`LOAD_BYTES`] of today's and yesterday's event log files, which
-//! other processes and earlier runs wrote. A publish that brings its own id
-//! waits for that load; one whose id the bus makes does not look at all.
-//! At most [`MAX_IDS`] ids are remembered, the oldest forgotten first.
+//! Every publish path claims its event's id here before the event is written
+//! — ids the bus made as much as ids that came from outside — so an id the
+//! bus assigned is a duplicate when a caller sends it back. The ids known are
+//! those of the events this bus accepted, plus — loaded in the background when
+//! the bus starts, so start-up does not wait — those of the last
+//! [`LOAD_BYTES`] of today's and yesterday's event log files, which other
+//! processes and earlier runs wrote. A publish of an event built outside the
+//! bus waits for that load before it claims; a publish whose id the bus has
+//! just made does not (no log can hold it). At most [`MAX_IDS`] ids are
+//! remembered, the oldest forgotten first.
 //!
-//! Concurrent publishes of one id share a cell: the first writes the event,
-//! the others wait for it and get its id (if the first is refused, the next
-//! one tries).
+//! A claim is a [`Ticket`]: the id is *pending* until the ticket is
+//! [`done`](Ticket::done) (the event's line is written), and forgotten if the
+//! ticket is dropped first (the event was refused, so the next publish of
+//! that id may try). A concurrent publish of a pending id waits for it to
+//! settle, then claims again: one id is written once however many copies
+//! arrive at once.
 
 use crate::event::now_unix;
 use crate::journal::{day_path, today};
@@ -20,7 +27,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 
 /// How long an accepted id is remembered.
 pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -38,17 +45,27 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// The ids accepted recently; see the module docs.
+/// The ids accepted recently; see the module docs. Owned by a running bus
+/// (one per run); tickets hold it until they settle.
 pub(crate) struct RecentIds {
     index: Mutex<Index>,
     /// `true` once the log's ids are loaded.
     loaded: watch::Receiver<bool>,
 }
 
+/// The state of one remembered id.
+enum Slot {
+    /// Its event is written.
+    Done,
+    /// A publish holds its ticket. The sender exists once someone waits: the
+    /// ticket settling replaces the slot, which drops it and wakes them.
+    Pending(Option<watch::Sender<()>>),
+}
+
 #[derive(Default)]
 struct Index {
-    cells: HashMap<String, Arc<OnceCell<()>>>,
-    order: VecDeque<(f64, String)>,
+    slots: HashMap<Arc<str>, Slot>,
+    order: VecDeque<(f64, Arc<str>)>,
 }
 
 impl Index {
@@ -56,7 +73,9 @@ impl Index {
         let horizon = now_unix() - WINDOW.as_secs_f64();
         while let Some((at, id)) = self.order.front() {
             if *at < horizon || self.order.len() > MAX_IDS {
-                self.cells.remove(id);
+                if matches!(self.slots.get(id), Some(Slot::Done)) {
+                    self.slots.remove(id);
+                }
                 self.order.pop_front();
             } else {
                 break;
@@ -64,15 +83,57 @@ impl Index {
         }
     }
 
-    fn cell(&mut self, id: &str) -> Arc<OnceCell<()>> {
-        if let Some(c) = self.cells.get(id) {
-            return c.clone();
-        }
-        let c = Arc::new(OnceCell::new());
-        self.cells.insert(id.to_string(), c.clone());
-        self.order.push_back((now_unix(), id.to_string()));
+    fn insert(&mut self, id: &str, slot: Slot) -> Arc<str> {
+        let key: Arc<str> = Arc::from(id);
+        self.slots.insert(key.clone(), slot);
+        self.order.push_back((now_unix(), key.clone()));
         self.purge();
-        c
+        key
+    }
+}
+
+/// The outcome of [`RecentIds::claim`].
+pub(crate) enum Claim {
+    /// Nobody has this id: the holder writes the event, then settles the ticket.
+    Fresh(Ticket),
+    /// An event with this id is written already.
+    Duplicate,
+    /// Another publish holds the id: wait for this to change (or close), then claim again.
+    Pending(watch::Receiver<()>),
+}
+
+/// The claim of one id by the publish that writes its event. Owned by that
+/// publish (carried with the event to the log write); [`done`](Self::done)
+/// once the line is written, or dropped to give the id up.
+pub(crate) struct Ticket {
+    ids: Arc<RecentIds>,
+    id: Arc<str>,
+    settled: bool,
+}
+
+impl Ticket {
+    /// The event is written: the id is a duplicate from now on.
+    pub(crate) fn done(mut self) {
+        self.settle(true);
+    }
+
+    fn settle(&mut self, written: bool) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let mut index = self.ids.lock();
+        if written {
+            index.slots.insert(self.id.clone(), Slot::Done);
+        } else {
+            index.slots.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
 
@@ -90,10 +151,11 @@ impl RecentIds {
                 .name("pm-events-recent-ids".into())
                 .spawn(move || {
                     let found = load(&dir);
-                    let mut index = ids2.index.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut index = ids2.lock();
                     for id in found {
-                        let cell = index.cell(&id);
-                        let _ = cell.set(());
+                        if !index.slots.contains_key(id.as_str()) {
+                            index.insert(&id, Slot::Done);
+                        }
                     }
                     drop(index);
                     let _ = tx.send(true);
@@ -107,30 +169,73 @@ impl RecentIds {
         ids
     }
 
-    /// Runs `accept` unless an event with `id` was accepted already (or is being
-    /// accepted by a concurrent publish, which it then waits for).
-    pub(crate) async fn once<E>(
-        &self,
-        id: &str,
-        accept: impl AsyncFnOnce() -> Result<(), E>,
-    ) -> Result<Accepted, E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the ids of the log files are loaded (at once after the
+    /// first few moments of a run).
+    pub(crate) async fn loaded(&self) {
+        if *self.loaded.borrow() {
+            return;
+        }
         let mut loaded = self.loaded.clone();
         let _ = loaded.wait_for(|l| *l).await;
-        let cell = self
-            .index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .cell(id);
-        let mut first = false;
-        cell.get_or_try_init(|| async {
-            first = true;
-            accept().await
-        })
-        .await?;
-        Ok(Accepted {
-            event_id: id.to_string(),
-            duplicate: !first,
-        })
+    }
+
+    /// Claims `id` for a publish (see [`Claim`]). Call [`loaded`](Self::loaded)
+    /// first unless the bus has just made the id.
+    pub(crate) fn claim(self: &Arc<Self>, id: &str) -> Claim {
+        let mut index = self.lock();
+        match index.slots.get_mut(id) {
+            Some(Slot::Done) => Claim::Duplicate,
+            Some(Slot::Pending(tx)) => Claim::Pending(match tx {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (new, rx) = watch::channel(());
+                    *tx = Some(new);
+                    rx
+                }
+            }),
+            None => {
+                let id = index.insert(id, Slot::Pending(None));
+                Claim::Fresh(Ticket {
+                    ids: self.clone(),
+                    id,
+                    settled: false,
+                })
+            }
+        }
+    }
+
+    /// Claims `id` once the load is done: the ticket, `None` for a duplicate,
+    /// `Err` while another publish holds it.
+    pub(crate) async fn claim_waiting_now(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<Option<Ticket>, ()> {
+        self.loaded().await;
+        match self.claim(id) {
+            Claim::Fresh(t) => Ok(Some(t)),
+            Claim::Duplicate => Ok(None),
+            Claim::Pending(_) => Err(()),
+        }
+    }
+
+    /// Claims `id`, waiting for the load and for a concurrent publish of the
+    /// same id to settle: the ticket, or `None` when the id is a duplicate.
+    pub(crate) async fn claim_waiting(self: &Arc<Self>, id: &str) -> Option<Ticket> {
+        self.loaded().await;
+        loop {
+            match self.claim(id) {
+                Claim::Fresh(t) => return Some(t),
+                Claim::Duplicate => return None,
+                Claim::Pending(mut rx) => {
+                    // Changed or closed: either way it settled; claim again.
+                    let _ = rx.changed().await;
+                }
+            }
+        }
     }
 }
 
@@ -169,25 +274,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_id_is_accepted_once_even_by_concurrent_publishes() {
+    async fn an_id_is_claimed_once_even_by_concurrent_publishes() {
         let ids = RecentIds::start(None);
-        let runs = std::sync::atomic::AtomicUsize::new(0);
-        let publish = || async {
-            ids.once("k1", async || {
-                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                Ok::<(), ()>(())
-            })
-            .await
-            .unwrap()
-        };
-        let (a, b) = tokio::join!(publish(), publish());
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_ne!(a.duplicate, b.duplicate);
-        // A refused first try leaves the id free for the next.
-        let refused = ids.once("k2", async || Err::<(), _>("full")).await;
-        assert!(refused.is_err());
-        let again = ids.once("k2", async || Ok::<(), &str>(())).await.unwrap();
-        assert!(!again.duplicate);
+        let first = ids.claim_waiting("k1").await.expect("fresh");
+        // A second publish waits while the first holds the id...
+        let second = tokio::spawn({
+            let ids = ids.clone();
+            async move { ids.claim_waiting("k1").await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        // ...and is a duplicate once the first is written.
+        first.done();
+        assert!(second.await.unwrap());
+        // A refused first try (its ticket dropped) leaves the id free for the next.
+        drop(ids.claim_waiting("k2").await.expect("fresh"));
+        assert!(ids.claim_waiting("k2").await.is_some());
     }
 }

@@ -126,3 +126,109 @@ fn publish_with_an_id_publishes_once_across_runs() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("accepted already"));
     assert_eq!(logged(&dir.path().join("logs")).len(), 1);
 }
+
+/// The ids of the events in the log of `logs`, in order.
+fn logged_ids(logs: &std::path::Path) -> Vec<String> {
+    logged(logs)
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_the_bus_assigned_is_a_duplicate_on_every_publish_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EventBus::builder().log_dir(dir.path()).build();
+    bus.start().await.unwrap();
+    let id = bus.publish("order", json!({"n": 1})).await.unwrap();
+    let again = || {
+        let mut e = Event::new("order", json!({"n": 2}));
+        e.event_id = id.clone();
+        e
+    };
+    assert!(bus.publish_once(again()).await.unwrap().duplicate);
+    assert_eq!(bus.publish_event(again()).await.unwrap(), id);
+    assert_eq!(bus.publish(again(), None).await.unwrap(), id);
+    assert_eq!(bus.try_publish(again(), None).await.unwrap(), id);
+    assert_eq!(
+        bus.publish_pipelined(again()).await.unwrap().await.unwrap(),
+        id
+    );
+    // A batch keeps its new events and leaves the repeats out, within it too.
+    let fresh = Event::new("order", json!({"n": 3}));
+    let ids = bus
+        .publish_batch([again(), fresh.clone(), fresh.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        [id.clone(), fresh.event_id.clone(), fresh.event_id.clone()]
+    );
+    bus.stop().await.unwrap();
+    assert_eq!(logged_ids(dir.path()), [id, fresh.event_id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_events_with_an_assigned_id_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let url = format!("{}/events", srv.url);
+    let ct = vec![("content-type", "application/json".to_string())];
+    let (s, v) = post(&url, &ct, br#"{"type":"deployment","data":{"n":1}}"#).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["event_id"].as_str().unwrap().to_string();
+    let body = json!({"type": "deployment", "data": {"n": 2}, "event_id": id}).to_string();
+    let (s, v) = post(&url, &ct, body.as_bytes()).await;
+    assert_eq!((s, v["duplicate"].clone()), (202, json!(true)), "{v}");
+    let logs = srv.logs.clone();
+    srv.terminate();
+    assert_eq!(logged_ids(&logs), [id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_to_our_own_incoming_webhooks_logs_each_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server's own /webhooks/incoming as a route: its port is known once it runs,
+    // so the route is a managed endpoint (the walkthrough's shape).
+    let srv = Server::start(dir.path(), &[]);
+    let target = format!("{}/webhooks/incoming", srv.url);
+    common::api::create(
+        &srv,
+        json!({"url": target, "event_types": ["deployment"], "secret": common::server::SECRET}),
+    )
+    .await;
+    let id = common::api::publish(&srv, "deployment", json!({"service": "api"})).await;
+    // Delivered (the server acknowledged its own event as a duplicate).
+    common::api::until(
+        &format!("{}/api/v1/deliveries?event_id={id}", srv.url),
+        std::time::Duration::from_secs(20),
+        "the delivery delivered",
+        |s, v| s == 200 && v["data"][0]["status"] == "delivered",
+    )
+    .await;
+    let logs = srv.logs.clone();
+    srv.terminate();
+    assert_eq!(logged_ids(&logs), [id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_id_repeated_after_serve_restarts_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = br#"{"event_type":"deployment","data":{"service":"api"}}"#;
+    let now = pm_events::event::now_unix() as i64;
+    let headers = common::server::standard("msg_restart_1", now, body);
+    let srv = Server::start(dir.path(), &[]);
+    let (s, v) = post(&format!("{}/webhooks/incoming", srv.url), &headers, body).await;
+    assert_eq!(
+        (s, v["event_id"].clone()),
+        (202, json!("msg_restart_1")),
+        "{v}"
+    );
+    srv.terminate();
+    let srv = Server::start(dir.path(), &[]);
+    let (s, v) = post(&format!("{}/webhooks/incoming", srv.url), &headers, body).await;
+    assert_eq!((s, v["duplicate"].clone()), (202, json!(true)), "{v}");
+    let logs = srv.logs.clone();
+    srv.terminate();
+    assert_eq!(logged_ids(&logs), ["msg_restart_1"]);
+}

@@ -22,6 +22,7 @@
 use super::{EventBus, Run};
 use crate::error::{BusError, LogError};
 use crate::event::{Event, EventId};
+use crate::idempotency::Ticket;
 use crate::transport::{Permit, TransportError};
 use std::future::Future;
 use std::pin::Pin;
@@ -45,8 +46,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[must_use = "an event's acceptance is known only by awaiting its PublishAck"]
 pub struct PublishAck {
     event_id: EventId,
-    seq: u64,
-    board: Arc<Board>,
+    answer: Answer,
+}
+
+/// Where a [`PublishAck`]'s answer comes from.
+enum Answer {
+    /// The writer answers the staged event numbered `seq` on `board`.
+    Staged { seq: u64, board: Arc<Board> },
+    /// Known when the ack was made: a repeat of an id accepted before, or an
+    /// event accepted on the single-event path (`Err` once taken).
+    Known(Option<Result<(), BusError>>),
 }
 
 impl PublishAck {
@@ -54,28 +63,29 @@ impl PublishAck {
     pub fn event_id(&self) -> &str {
         &self.event_id
     }
-
-    fn outcome(&mut self) -> Result<EventId, BusError> {
-        match self.board.refusal(self.seq) {
-            None => Ok(std::mem::take(&mut self.event_id)),
-            Some(e) => Err(e),
-        }
-    }
 }
 
 impl Future for PublishAck {
     type Output = Result<EventId, BusError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.board.answered(self.seq) {
-            return Poll::Ready(self.outcome());
-        }
-        lock(&self.board.wakers).push(cx.waker().clone());
-        // Answered between the look and the registration: not lost.
-        if self.board.answered(self.seq) {
-            return Poll::Ready(self.outcome());
-        }
-        Poll::Pending
+        let this = &mut *self;
+        let refusal = match &mut this.answer {
+            Answer::Known(known) => known
+                .take()
+                .unwrap_or(Err(BusError::NotRunning("answered already"))),
+            Answer::Staged { seq, board } => {
+                if !board.answered(*seq) {
+                    lock(&board.wakers).push(cx.waker().clone());
+                    // Answered between the look and the registration: not lost.
+                    if !board.answered(*seq) {
+                        return Poll::Pending;
+                    }
+                }
+                board.refusal(*seq).map_or(Ok(()), Err)
+            }
+        };
+        Poll::Ready(refusal.map(|()| std::mem::take(&mut this.event_id)))
     }
 }
 
@@ -168,6 +178,8 @@ fn same_kind(a: &Refusal, b: &Refusal) -> bool {
 /// One event waiting for the writer.
 struct Staged {
     event: Event,
+    /// The claim of its id, settled once it is written.
+    ticket: Ticket,
     /// Its unit of capacity, until its handlers are done.
     permit: Permit,
     /// Keeps `stop` waiting until the event is written (publishes from
@@ -230,14 +242,23 @@ impl Pipeline {
     }
 }
 
+impl PublishAck {
+    fn known(event_id: EventId, outcome: Result<(), BusError>) -> PublishAck {
+        PublishAck {
+            event_id,
+            answer: Answer::Known(Some(outcome)),
+        }
+    }
+}
+
 impl EventBus {
     /// Hands `event` over without waiting for its write: waits only while the
     /// queue is full (backpressure), then returns a [`PublishAck`] that
     /// resolves once the event is accepted. Many events can be in flight from
     /// one publisher; they are written in batches and keep their order.
     ///
-    /// The id is not compared with earlier ones (see
-    /// [`publish_once`](Self::publish_once) for ids that come from outside).
+    /// An event whose id was accepted in the last 24 hours is not written
+    /// again: its ack resolves to that id at once (see [`crate::idempotency`]).
     ///
     /// ```
     /// # use pm_events::{Event, EventBus}; use serde_json::json;
@@ -260,6 +281,17 @@ impl EventBus {
         // The span marks the hand-over to the pipeline (its write is shared by a batch).
         let _span = super::publish::publish_span(&mut event);
         let (run, token) = self.enter()?;
+        let ticket = match run.recent.claim_waiting_now(&event.event_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(PublishAck::known(event.event_id, Ok(()))),
+            Err(()) => {
+                // Another publish holds the id: this one waits for it off the
+                // pipeline (rare), and answers the same as `publish_once`.
+                let id = event.event_id.clone();
+                let outcome = self.publish_once(event).await.map(drop);
+                return Ok(PublishAck::known(id, outcome));
+            }
+        };
         let permit = super::publish::capacity_unit(&run).await?;
         let event_id = event.event_id.clone();
         let pipeline = &run.pipeline;
@@ -276,6 +308,7 @@ impl EventBus {
             st.next_seq += 1;
             st.events.push(Staged {
                 event,
+                ticket,
                 permit,
                 _token: token,
             });
@@ -286,8 +319,10 @@ impl EventBus {
         }
         Ok(PublishAck {
             event_id,
-            seq,
-            board: pipeline.board.clone(),
+            answer: Answer::Staged {
+                seq,
+                board: pipeline.board.clone(),
+            },
         })
     }
 
@@ -306,8 +341,10 @@ impl EventBus {
         let board = &run.pipeline.board;
         let mut events = Vec::with_capacity(n);
         let mut rest = Vec::with_capacity(n);
+        let mut tickets = Vec::with_capacity(n);
         for s in batch {
             events.push(s.event);
+            tickets.push(s.ticket);
             rest.push((s.permit, s._token));
         }
         if let Some(log) = &run.log
@@ -325,6 +362,14 @@ impl EventBus {
             board.answer(start, end, Some(why));
             return;
         }
+        // In the log: repeats of these ids are duplicates from now on (without
+        // a log, once the transport has them).
+        let tickets = if run.log.is_some() {
+            tickets.into_iter().for_each(Ticket::done);
+            Vec::new()
+        } else {
+            tickets
+        };
         let types: Option<Vec<String>> = self
             .inner
             .settings
@@ -349,6 +394,7 @@ impl EventBus {
                 for ty in types.into_iter().flatten() {
                     metrics::counter!("pm_events_published_total", "type" => ty).increment(1);
                 }
+                tickets.into_iter().for_each(Ticket::done);
                 board.answer(start, end, None);
             }
             Err(e) => {

@@ -4,7 +4,7 @@ use super::dispatch::finish_one;
 use super::{EventBus, IN_HANDLER, Inner, Run};
 use crate::error::BusError;
 use crate::event::{Event, EventId};
-use crate::idempotency::Accepted;
+use crate::idempotency::{Accepted, Claim, Ticket};
 use crate::transport::{Permit, Priority};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -94,56 +94,62 @@ impl EventBus {
         event: impl Into<EventOrType>,
         data: impl Into<Option<Value>>,
     ) -> Result<EventId, BusError> {
-        match event.into() {
-            // A built event may carry an id accepted before: publish it once.
-            EventOrType::Event(e) => {
-                let e = make_event(EventOrType::Event(e), data.into());
-                self.publish_once(e).await.map(|a| a.event_id)
-            }
-            t @ EventOrType::Type(_) => self.publish_event(make_event(t, data.into())).await,
-        }
+        self.publish_one(make_event(event.into(), data.into()), true)
+            .await
+            .map(|a| a.event_id)
     }
 
     /// Publishes `event` unless an event with its `event_id` was accepted in the
     /// last 24 hours (see [`crate::idempotency`]): then it returns that id with
     /// `duplicate: true` and does nothing. Waits while the queue is full.
     pub async fn publish_once(&self, event: Event) -> Result<Accepted, BusError> {
-        self.publish_once_inner(event, true).await
+        self.publish_one(Built(event), true).await
     }
 
     /// Like [`publish_once`](Self::publish_once), with
     /// [`BusError::QueueFull`] instead of waiting when the queue is full.
     pub async fn try_publish_once(&self, event: Event) -> Result<Accepted, BusError> {
-        self.publish_once_inner(event, false).await
+        self.publish_one(Built(event), false).await
     }
 
-    pub(super) async fn publish_once_inner(
-        &self,
-        event: Event,
-        wait: bool,
-    ) -> Result<Accepted, BusError> {
-        event.validate().map_err(BusError::InvalidEvent)?;
-        let run = self.enter()?.0;
-        let id = event.event_id.clone();
-        run.recent
-            .once(&id, async || {
-                if wait {
-                    self.publish_event(event).await.map(|_| ())
-                } else {
-                    self.try_publish(event, None).await.map(|_| ())
-                }
-            })
-            .await
-    }
-
-    /// Publishes a built event without looking for an earlier one with its id
-    /// (the fast path for events whose id was just made; see
-    /// [`publish_once`](Self::publish_once) for ids that come from outside).
-    pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
-        event.validate().map_err(BusError::InvalidEvent)?;
+    /// The one way a single event is accepted: validated, its id claimed
+    /// (a repeat is a duplicate), a unit of capacity taken (waiting for it
+    /// when `wait`), written ahead, queued.
+    pub(super) async fn publish_one(&self, event: Made, wait: bool) -> Result<Accepted, BusError> {
+        let event = event.validated()?;
         let (run, _token) = self.enter()?;
-        let permit = capacity_unit(&run).await?;
-        self.accept(&run, event, permit).await
+        let Some(ticket) = claim(&run, &event).await else {
+            return Ok(Accepted {
+                event_id: event.event().event_id.clone(),
+                duplicate: true,
+            });
+        };
+        let permit = if wait {
+            capacity_unit(&run).await?
+        } else {
+            run.permits
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| BusError::QueueFull {
+                    capacity: self.inner.settings.capacity,
+                })?
+        };
+        let event_id = self
+            .accept(&run, event.into_event(), permit, ticket)
+            .await?;
+        Ok(Accepted {
+            event_id,
+            duplicate: false,
+        })
+    }
+
+    /// Publishes a built event; a repeat of an id accepted in the last 24
+    /// hours returns that id and does nothing (see
+    /// [`publish_once`](Self::publish_once), which tells the two apart).
+    pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
+        self.publish_one(Built(event), true)
+            .await
+            .map(|a| a.event_id)
     }
 
     /// Publishes without waiting for capacity: [`BusError::QueueFull`] when the queue is full.
@@ -152,17 +158,9 @@ impl EventBus {
         event: impl Into<EventOrType>,
         data: impl Into<Option<Value>>,
     ) -> Result<EventId, BusError> {
-        let event = make_event(event.into(), data.into());
-        event.validate().map_err(BusError::InvalidEvent)?;
-        let (run, _token) = self.enter()?;
-        let permit = run
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| BusError::QueueFull {
-                capacity: self.inner.settings.capacity,
-            })?;
-        self.accept(&run, event, permit).await
+        self.publish_one(make_event(event.into(), data.into()), false)
+            .await
+            .map(|a| a.event_id)
     }
 
     /// Publishes from code that is not async (a plain thread): blocks until the
@@ -197,7 +195,13 @@ impl EventBus {
         let mut ids = Vec::with_capacity(events.len());
         let mut rest = events.into_iter().peekable();
         while rest.peek().is_some() {
-            let mut chunk: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            let taken: Vec<Event> = rest.by_ref().take(chunk_len).collect();
+            ids.extend(taken.iter().map(|e| e.event_id.clone()));
+            // Repeats of ids accepted before (or earlier in this batch) are left out.
+            let (mut chunk, tickets) = claim_batch(&run, taken).await;
+            if chunk.is_empty() {
+                continue;
+            }
             // One `publish` span per event, when traces are on.
             let _spans: Vec<_> = if crate::telemetry::enabled() {
                 chunk.iter_mut().map(publish_span).collect()
@@ -212,9 +216,12 @@ impl EventBus {
                 .map_err(|_| BusError::NotRunning("stopping"))?;
             if let Some(log) = &run.log {
                 log.append_batch(&chunk).await?;
+                tickets.into_iter().for_each(Ticket::done);
+                self.enqueue_batch(chunk, permit).await?;
+            } else {
+                self.enqueue_batch(chunk, permit).await?;
+                tickets.into_iter().for_each(Ticket::done);
             }
-            ids.extend(chunk.iter().map(|e| e.event_id.clone()));
-            self.enqueue_batch(chunk, permit).await?;
         }
         Ok(ids)
     }
@@ -267,20 +274,31 @@ impl EventBus {
             .map_or(Priority::Normal, |r| r(e))
     }
 
+    /// Writes `event` ahead, settles its id's `ticket`, and queues it.
     pub(super) async fn accept(
         &self,
         run: &Run,
         mut event: Event,
         permit: Permit,
+        ticket: Ticket,
     ) -> Result<EventId, BusError> {
         let mut span = publish_span(&mut event);
-        if let Some(log) = &run.log
-            && let Err(e) = log.append(&event).await
-        {
-            span.fail(|| e.to_string());
-            return Err(e.into());
+        match &run.log {
+            Some(log) => {
+                if let Err(e) = log.append(&event).await {
+                    span.fail(|| e.to_string());
+                    return Err(e.into());
+                }
+                // In the log: a repeat of its id is a duplicate from now on.
+                ticket.done();
+                self.enqueue(event, permit).await
+            }
+            None => {
+                let id = self.enqueue(event, permit).await?;
+                ticket.done();
+                Ok(id)
+            }
         }
-        self.enqueue(event, permit).await
     }
 
     /// Hands a logged event to the transport (its line is in the event log already).
@@ -330,18 +348,85 @@ pub(super) fn publish_span(event: &mut Event) -> crate::telemetry::Span {
     span
 }
 
-pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Event {
-    match first {
-        EventOrType::Type(t) => {
-            Event::new(t, data.unwrap_or_else(|| Value::Object(Default::default())))
+/// An event about to be published, and whether its id was just made by the bus.
+pub(super) enum Made {
+    /// Built here from a type: its id is new, no log can hold it yet.
+    New(Event),
+    /// Built by the caller: its id may have been accepted before.
+    Built(Event),
+}
+use Made::Built;
+
+impl Made {
+    fn event(&self) -> &Event {
+        match self {
+            Made::New(e) | Made::Built(e) => e,
         }
+    }
+    fn into_event(self) -> Event {
+        match self {
+            Made::New(e) | Made::Built(e) => e,
+        }
+    }
+    fn validated(self) -> Result<Made, BusError> {
+        self.event().validate().map_err(BusError::InvalidEvent)?;
+        Ok(self)
+    }
+}
+
+pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Made {
+    match first {
+        EventOrType::Type(t) => Made::New(Event::new(
+            t,
+            data.unwrap_or_else(|| Value::Object(Default::default())),
+        )),
         EventOrType::Event(mut e) => {
             if let Some(d) = data {
                 e.data = d;
             }
-            e
+            Built(e)
         }
     }
+}
+
+/// Claims the id of `event` (see [`crate::idempotency`]): its ticket, or
+/// `None` for a duplicate. An id the bus has just made needs no look at the
+/// log's ids.
+async fn claim(run: &Run, event: &Made) -> Option<Ticket> {
+    if let Made::New(e) = event
+        && let Claim::Fresh(t) = run.recent.claim(&e.event_id)
+    {
+        return Some(t);
+    }
+    run.recent.claim_waiting(&event.event().event_id).await
+}
+
+/// Claims the ids of a batch: the events to write (repeats left out, the
+/// first of an id repeated within the batch kept) and their tickets.
+pub(super) async fn claim_batch(run: &Run, events: Vec<Event>) -> (Vec<Event>, Vec<Ticket>) {
+    run.recent.loaded().await;
+    let mut keep = Vec::with_capacity(events.len());
+    let mut tickets: Vec<Ticket> = Vec::with_capacity(events.len());
+    for e in events {
+        loop {
+            match run.recent.claim(&e.event_id) {
+                Claim::Fresh(t) => {
+                    tickets.push(t);
+                    keep.push(e);
+                }
+                Claim::Duplicate => {}
+                Claim::Pending(mut rx) => {
+                    if keep.iter().any(|k: &Event| k.event_id == e.event_id) {
+                        break; // held by this batch: a repeat within it
+                    }
+                    let _ = rx.changed().await;
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+    (keep, tickets)
 }
 
 /// One unit of capacity for a publish, waiting while the queue is full; a

@@ -24,12 +24,11 @@
 //! value that is not a JSON object is wrapped as `{"value": ...}`); `id` becomes the
 //! event id; `source` the source.
 //!
-//! **Replays**: the `webhook-id`, CloudEvents `id` or body `event_id` of every
-//! accepted webhook is remembered for [`RETENTION`] (at most [`MAX_REMEMBERED`]
-//! ids, oldest forgotten first); a webhook carrying one already seen is
-//! acknowledged as a duplicate and not published again. Concurrent copies of one
-//! id wait for the first to be published (or refused, in which case the next one
-//! tries), so one id is published once however many copies arrive at once.
+//! **Replays**: the event's id is the CloudEvents `id` of a CloudEvent, else
+//! the `webhook-id` (Standard Webhooks), else the body's `event_id`, so a webhook
+//! delivered again is a repeat of an event id, and the bus's idempotent publish
+//! ([`crate::idempotency`]: 24 h, across restarts, one memory for every entry
+//! point) acknowledges it as a duplicate without publishing it again.
 
 use super::sign::{self, DEFAULT_TOLERANCE, VerifyError, verify_hex_signature, verify_standard};
 use crate::bus::EventBus;
@@ -38,15 +37,9 @@ use crate::event::{Event, EventId, json_kind, now_unix};
 use crate::secret::Secret;
 use crate::strict_json;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
-
-/// How long an accepted id is remembered.
-pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// Most ids remembered.
-pub const MAX_REMEMBERED: usize = 100_000;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Why an incoming webhook was refused.
 #[derive(Debug, thiserror::Error)]
@@ -80,28 +73,6 @@ pub enum IncomingOutcome {
     Duplicate(EventId),
 }
 
-/// Remembered ids, bounded in number and age.
-#[derive(Default)]
-struct Seen {
-    order: VecDeque<(Instant, String)>,
-    /// Each key's event id, set once its event is accepted. The cell is shared
-    /// by concurrent copies of one webhook: the first publishes, the others wait.
-    ids: HashMap<String, Arc<OnceCell<EventId>>>,
-}
-
-impl Seen {
-    fn purge(&mut self) {
-        while let Some((at, id)) = self.order.front() {
-            if at.elapsed() > RETENTION || self.order.len() > MAX_REMEMBERED {
-                self.ids.remove(id);
-                self.order.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-}
-
 /// An admission check: refuses an event before it is published.
 pub type Admission =
     Arc<dyn Fn(&Event) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
@@ -110,7 +81,6 @@ pub type Admission =
 pub struct IncomingWebhooks {
     secrets: Vec<Secret>,
     tolerance: Duration,
-    seen: Mutex<Seen>,
     admission: Option<Admission>,
 }
 
@@ -136,7 +106,6 @@ impl IncomingWebhooks {
         IncomingWebhooks {
             secrets,
             tolerance: DEFAULT_TOLERANCE,
-            seen: Mutex::new(Seen::default()),
             admission: None,
         }
     }
@@ -224,7 +193,7 @@ impl IncomingWebhooks {
         headers: &BTreeMap<String, String>,
     ) -> Result<IncomingOutcome, IncomingError> {
         self.verify(body, headers)?;
-        let (mut event, key) = parse(body, headers)?;
+        let (mut event, _) = parse(body, headers)?;
         event.validate().map_err(bad)?;
         // A trace the sender started is continued.
         event.trace = headers
@@ -233,37 +202,19 @@ impl IncomingWebhooks {
         if let Some(check) = &self.admission {
             check(&event).map_err(IncomingError::Refused)?;
         }
-        let Some(key) = headers.get("webhook-id").cloned().or(key) else {
-            return Ok(IncomingOutcome::Published(
-                bus.try_publish(event, None).await?,
-            ));
-        };
-        let cell = {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            seen.purge();
-            let Seen { order, ids } = &mut *seen;
-            ids.entry(key.clone())
-                .or_insert_with(|| {
-                    order.push_back((Instant::now(), key));
-                    Arc::new(OnceCell::new())
-                })
-                .clone()
-        };
-        let mut published = false;
-        let id = cell
-            .get_or_try_init(|| async {
-                published = true;
-                bus.try_publish(event, None).await
-            })
-            .await?
-            .clone();
-        Ok(if published {
-            IncomingOutcome::Published(id)
+        // A CloudEvent keeps its own id; otherwise a Standard Webhooks message's
+        // id is its event's id (before the body's `event_id`).
+        let cloud_event = headers.contains_key("ce-specversion")
+            || media_type(headers) == "application/cloudevents+json";
+        if let Some(id) = headers.get("webhook-id").filter(|_| !cloud_event) {
+            crate::event::validate_id("webhook-id", id).map_err(bad)?;
+            event.event_id = id.clone();
+        }
+        let accepted = bus.try_publish_once(event).await?;
+        Ok(if accepted.duplicate {
+            IncomingOutcome::Duplicate(accepted.event_id)
         } else {
-            IncomingOutcome::Duplicate(id)
+            IncomingOutcome::Published(accepted.event_id)
         })
     }
 }
