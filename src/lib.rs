@@ -45,6 +45,7 @@
 //!
 //! The binary `pm-events` (in `src/bin/pm-events/`) is a thin CLI over this crate.
 
+pub mod app;
 pub mod bus;
 pub mod config;
 pub mod endpoint;

@@ -594,7 +594,7 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
     let (bare_addr, bare) = bare_receiver().await?;
     // The product: `serve`'s router over a bus with the built-in handlers and the log.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let app = crate::app::App::open_server(&cfg).await?;
+    let app = crate::app::open_server(&cfg).await?;
     app.bus.start().await?;
     let webhooks = app
         .webhooks
@@ -681,7 +681,7 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
     );
     server.abort();
     bare.abort();
-    app.stop(Duration::from_secs(5)).await?;
+    crate::app::stop(app, Duration::from_secs(5)).await?;
     let logged = pm_events::journal::read_day(&dir, pm_events::journal::today())?.len();
     anyhow::ensure!(logged == 2 * n, "{logged} of {} events in the log", 2 * n);
     say!("  {:<56} {:>10}", "run", "requests/s");

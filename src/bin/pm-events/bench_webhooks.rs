@@ -10,7 +10,8 @@
 use crate::bench::{Args, bare_receiver, bench_dir, bytes_of, make, median, publish_all};
 use crate::say;
 use anyhow::Result;
-use pm_events::{Config, Event, EventBus};
+use pm_events::app::App;
+use pm_events::{Config, Event};
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -195,28 +196,14 @@ async fn bare_posts(url: &str, n: u64, c: usize) -> Result<f64> {
 /// sends it, logs the attempt in webhook_attempts.jsonl and removes it.
 /// Deliveries/s, from the first publish until the last delivery is settled.
 async fn engine_deliveries(cfg: &Config, n: u64) -> Result<f64> {
-    use pm_events::webhook::WebhookHandler;
-    let handler = std::sync::Arc::new(WebhookHandler::from_config(cfg)?.track_deliveries());
-    handler.engine().start()?;
-    let bus = EventBus::builder().config(cfg).build();
-    bus.subscribe_arc("bench", handler.clone());
-    bus.start().await?;
+    let app = App::builder(cfg).build().await?;
+    app.bus.start().await?;
     let t0 = Instant::now();
-    publish_all(&bus, n, 8).await?;
-    bus.stop().await?;
-    let queued_at = t0.elapsed();
-    let ids = handler.take_queued();
-    let o = handler
-        .engine()
-        .wait(&ids, Duration::from_secs(600))
-        .await?;
+    publish_all(&app.bus, n, 8).await?;
+    let o = app.stop(Duration::from_secs(600)).await?.outcome;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
-    handler.engine().shutdown().await;
-    anyhow::ensure!(o.delivered as u64 == n, "engine: {o:?}");
-    tracing::info!(
-        queued_ms = queued_at.as_millis() as u64,
-        "all deliveries queued"
-    );
+    let delivered = o.as_ref().map_or(0, |o| o.delivered);
+    anyhow::ensure!(delivered as u64 == n, "engine: {o:?}");
     Ok(rate)
 }
 
@@ -240,38 +227,27 @@ async fn bare_posts_many(urls: &[String], n: u64, c: usize) -> Result<f64> {
 /// managed endpoint (one per URL of `urls`), signed with the endpoint's own secret,
 /// sent and logged. Deliveries/s over all endpoints.
 async fn fan_out_deliveries(cfg: &Config, events: u64, urls: &[String]) -> Result<f64> {
-    use pm_events::endpoint::Endpoints;
-    use pm_events::webhook::{EndpointFanOut, Routes, WebhookHandler};
     let mut cfg = cfg.clone();
     cfg.webhook_urls.clear();
     // The receivers listen on loopback: let the endpoints reach it.
-    let loopback = pm_events::endpoint::guard::NetGuard::parse_allow("127.0.0.0/8")?;
-    let guard = pm_events::endpoint::guard::NetGuard::new(loopback);
-    let eps = Endpoints::open_local(&cfg.log_dir, &Routes::default(), guard).await?;
+    cfg.endpoint_allow_nets = pm_events::endpoint::guard::NetGuard::parse_allow("127.0.0.0/8")?;
+    let eps = pm_events::app::open_endpoints(&cfg).await?;
     for u in urls {
         let mut m = serde_json::Map::new();
         m.insert("url".into(), json!(u));
         m.insert("event_types".into(), json!(["bench"]));
         eps.create(&m).await?;
     }
-    let handler = Arc::new(WebhookHandler::from_config(&cfg)?.track_deliveries());
-    handler.engine().attach_endpoints(eps)?;
-    handler.engine().start()?;
-    let bus = EventBus::builder().config(&cfg).build();
-    bus.subscribe_arc("bench", Arc::new(EndpointFanOut(handler.clone())));
-    bus.start().await?;
+    drop(eps);
+    let app = App::builder(&cfg).build().await?;
+    app.bus.start().await?;
     let t0 = Instant::now();
-    publish_all(&bus, events, 8).await?;
-    bus.stop().await?;
-    let ids = handler.take_queued();
-    let o = handler
-        .engine()
-        .wait(&ids, Duration::from_secs(600))
-        .await?;
+    publish_all(&app.bus, events, 8).await?;
+    let o = app.stop(Duration::from_secs(600)).await?.outcome;
     let total = events * urls.len() as u64;
     let rate = total as f64 / t0.elapsed().as_secs_f64();
-    handler.engine().shutdown().await;
-    anyhow::ensure!(o.delivered as u64 == total, "fan-out: {o:?}");
+    let delivered = o.as_ref().map_or(0, |o| o.delivered);
+    anyhow::ensure!(delivered as u64 == total, "fan-out: {o:?}");
     Ok(rate)
 }
 
@@ -329,7 +305,6 @@ async fn latencies(
     rate: u64,
     secs: u64,
 ) -> Result<((f64, f64, usize), (f64, f64, usize))> {
-    use pm_events::webhook::WebhookHandler;
     let n = rate * secs.max(1);
     let base = Instant::now();
     let (addr, seen, task) = timing_receiver(base).await?;
@@ -367,10 +342,8 @@ async fn latencies(
     let mut cfg = cfg.clone();
     cfg.webhook_urls.clear();
     cfg.webhook_urls.insert("PM_WEBHOOK_URL_BENCH".into(), url);
-    let handler = Arc::new(WebhookHandler::from_config(&cfg)?);
-    handler.engine().start()?;
-    let bus = EventBus::builder().config(&cfg).build();
-    bus.subscribe_arc("bench", handler.clone());
+    let app = App::builder(&cfg).embedded().build().await?;
+    let bus = app.bus.clone();
     bus.start().await?;
     let mut sent: HashMap<String, Duration> = HashMap::with_capacity(n as usize);
     let start = tokio::time::Instant::now();
@@ -384,8 +357,7 @@ async fn latencies(
     while seen.lock().map(|m| m.len()).unwrap_or(0) < sent.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bus.stop().await?;
-    handler.engine().shutdown().await;
+    app.stop(Duration::ZERO).await?;
     task.abort();
     let arrived = seen.lock().map(|m| m.clone()).unwrap_or_default();
     let lat: Vec<Duration> = sent

@@ -1,7 +1,7 @@
 //! `pm-events demo`: the specification's examples, run for real on the embedded bus — the
 //! built-in handlers on real files, signed webhooks to a local receiver, retries.
 
-use crate::app::App;
+use crate::app;
 use crate::receiver::Receiver;
 use crate::say;
 use anyhow::{Context as _, Result};
@@ -68,9 +68,11 @@ pub async fn run(mut cfg: Config, chosen_log_dir: bool) -> Result<ExitCode> {
         b"<!DOCTYPE html><html><body><h1>Monthly</h1></body></html>",
     )?;
 
-    let app = App::open(&cfg, true).await?;
+    let app = app::open(&cfg, true).await?;
     let bus = app.bus.clone();
     app.builtins
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the built-in handlers are not subscribed"))?
         .risk_alert
         .register_mitigation("block_ip", |a| {
             Ok(format!("blocked the sources of {}", a.alert_id))
@@ -247,7 +249,7 @@ pub async fn run(mut cfg: Config, chosen_log_dir: bool) -> Result<ExitCode> {
     say!(
         "waiting for the handlers and the webhook deliveries (the deployment endpoint fails twice first) ..."
     );
-    let outcome = app.stop(Duration::from_secs(60)).await?;
+    let outcome = app::stop(app, Duration::from_secs(60)).await?;
 
     say!("");
     say!("what the built-in handlers did (from their logs):");

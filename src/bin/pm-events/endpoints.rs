@@ -7,7 +7,7 @@ use crate::{UsageError, say};
 use anyhow::Result;
 use pm_events::endpoint::{Endpoint, EndpointError, Endpoints};
 use pm_events::timespec::parse_duration;
-use pm_events::webhook::{DeliveryConfig, WebhookEngine};
+use pm_events::webhook::WebhookEngine;
 use pm_events::{Config, Event};
 use serde_json::{Map, Value, json};
 use std::process::ExitCode;
@@ -257,9 +257,7 @@ fn list_line(ep: &Endpoint) -> String {
 
 /// The delivery engine of the log directory, with the endpoints attached.
 pub async fn engine(cfg: &Config, endpoints: &Endpoints) -> Result<WebhookEngine> {
-    let engine = WebhookEngine::open(DeliveryConfig::from_config(cfg), &cfg.webhook_secrets)?;
-    engine.attach_endpoints(endpoints.clone())?;
-    Ok(engine)
+    Ok(pm_events::app::open_engine(cfg, endpoints)?)
 }
 
 /// Waits for `ids`: this process delivers them when no other one does, else the

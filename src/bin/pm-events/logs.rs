@@ -1,6 +1,6 @@
 //! `tail`, `replay` and `stats`: the commands that read the logs.
 
-use crate::app::{App, describe, report, shutdown_signal};
+use crate::app::{describe, report, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, TimeZone, Utc};
@@ -268,7 +268,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     if a.no_mail {
         cfg.report_auto_distribute = false;
     }
-    let app = App::open_replay(&cfg).await?;
+    let app = crate::app::open_replay(&cfg).await?;
     app.bus.start().await?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(count as u64);
@@ -305,7 +305,7 @@ pub async fn replay(mut cfg: Config, a: ReplayArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let bus = app.bus.clone();
     let log_dir = app.log_dir.clone();
-    let outcome = app.stop(a.wait).await?;
+    let outcome = crate::app::stop(app, a.wait).await?;
     let st = bus.stats();
     say!(
         "replayed {} event(s) {:?}: {} handler run(s) ok, {} refused or failed",

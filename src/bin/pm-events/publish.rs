@@ -1,9 +1,10 @@
 //! `pm-events publish`: publish one event (`TYPE JSON`) or JSON Lines from stdin
 //! (`-`), in-process (handlers run, the bus drains) or to a running server (`--url`).
 
-use crate::app::{App, report};
+use crate::app::report;
 use crate::{UsageError, say};
 use anyhow::Result;
+use pm_events::app::App;
 use pm_events::timespec::parse_duration;
 use pm_events::{Config, Event, strict_json};
 use serde_json::Value;
@@ -92,7 +93,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let mut sink = match &args.url {
         Some(url) => Sink::Remote(Remote::new(&cfg, url)?),
         None => {
-            let app = App::open(&cfg, false).await?;
+            let app = crate::app::open(&cfg, false).await?;
             app.bus.start().await?;
             Sink::Local(app)
         }
@@ -331,7 +332,7 @@ impl Sink {
         };
         let bus = app.bus.clone();
         let log_dir = app.log_dir.clone();
-        let outcome = app.stop(wait).await?;
+        let outcome = crate::app::stop(app, wait).await?;
         let delivered = report(outcome, &log_dir);
         let st = bus.stats();
         // Each failed handler run has said so in its own line.

@@ -3,7 +3,7 @@
 
 use crate::admission::Limits;
 use crate::api::stream::StreamLimits;
-use crate::app::{App, shutdown_signal};
+use crate::app::shutdown_signal;
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use axum::body::Bytes;
@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pm_events::app::App;
 use pm_events::config::Secret;
 use pm_events::error::chain;
 use pm_events::handlers::{Access, Refusal, admit};
@@ -543,7 +544,7 @@ impl AppState {
         timeout: Duration,
         limits: Limits,
         streams: StreamLimits,
-    ) -> Result<Arc<Self>, pm_events::ConfigError> {
+    ) -> anyhow::Result<Arc<Self>> {
         let access = Access::server(cfg)?;
         let door = access.clone();
         let admission: Admission = Arc::new(move |e: &Event| {
@@ -563,7 +564,12 @@ impl AppState {
             endpoints: app.endpoints.clone(),
             log_dir: cfg.log_dir.clone(),
             stream: Arc::new(crate::api::stream::StreamHub::new(streams)),
-            risks: app.builtins.risk_alert.clone(),
+            risks: app
+                .builtins
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the built-in handlers are not subscribed"))?
+                .risk_alert
+                .clone(),
             sign_ins: Default::default(),
         }))
     }
@@ -590,7 +596,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("install the Prometheus recorder")?;
-    let app = App::open_server(&cfg).await?;
+    let app = crate::app::open_server(&cfg).await?;
     let bus = app.bus.clone();
     bus.start().await?;
     let webhooks = app
@@ -641,7 +647,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     })
     .await;
     // Every accepted event is handled and logged before this returns.
-    let outcome = app.stop(Duration::from_secs(5)).await?;
+    let outcome = crate::app::stop(app, Duration::from_secs(5)).await?;
     let st = bus.stats();
     eprintln!(
         "pm-events stopped: {} events published, {} handler runs ok, {} failed{}",

@@ -7,7 +7,7 @@
 //! anything matching an `--ignore` glob. A file that vanishes before it is read
 //! is skipped; directories themselves are not reported.
 
-use crate::app::{App, report, shutdown_signal};
+use crate::app::{report, shutdown_signal};
 use crate::{UsageError, say};
 use anyhow::{Context as _, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -193,7 +193,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|_| cfg.log_dir.clone());
     let skip = move |p: &Path| p.starts_with(&log_dir) || ignore.is_match(p);
 
-    let app = App::open(&cfg, false).await?;
+    let app = crate::app::open(&cfg, false).await?;
     app.bus.start().await?;
     // The files there now, so that a file replaced by a rename (an editor's atomic
     // save) reads as modified, not created; kept up to date from the events. Walked
@@ -319,7 +319,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
     drop(debouncer);
     eprintln!("stopping: {published} file change(s) published; draining");
     let log_dir = app.log_dir.clone();
-    let outcome = app.stop(args.wait).await?;
+    let outcome = crate::app::stop(app, args.wait).await?;
     report(outcome, &log_dir);
     Ok(ExitCode::SUCCESS)
 }
