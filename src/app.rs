@@ -329,7 +329,8 @@ pub async fn open_webhooks(
     force: bool,
     takes_queue: bool,
 ) -> Result<Option<Arc<WebhookHandler>>, AppError> {
-    if !(force || !cfg.webhook_urls.is_empty() || !endpoints.is_empty() || has_outbox(cfg)) {
+    let wanted = force || !cfg.webhook_urls.is_empty() || !endpoints.is_empty() || has_outbox(cfg);
+    if !wanted {
         return Ok(None);
     }
     let h = WebhookHandler::from_config(cfg)?;

@@ -160,29 +160,39 @@ pub struct PyEventBus {
     bridge: Arc<Bridge>,
     /// What was subscribed, to find it again in `unsubscribe`.
     subscriptions: Mutex<Vec<Subscription>>,
+    /// How many subscriptions on `*` are the system's (the delivery to the
+    /// endpoints), not counted by `get_subscribers`.
+    system: usize,
 }
 
 impl PyEventBus {
-    /// A Python bus over `bus`.
-    pub fn over(bus: EventBus) -> Self {
+    /// A Python bus over `bus`, `system` of whose subscriptions on `*` are the system's.
+    pub fn over(bus: EventBus, system: usize) -> Self {
         let bridge = Arc::new(Bridge::default());
         crate::shutdown::remember(&bus, &bridge);
         PyEventBus {
             bus,
             bridge,
             subscriptions: Mutex::new(Vec::new()),
+            system,
         }
+    }
+
+    /// A new bus of the process's system (see [`crate::system`]).
+    pub fn made(py: Python<'_>) -> PyResult<Self> {
+        let (bus, system) = crate::system::new_bus(py)?;
+        Ok(Self::over(bus, system))
     }
 }
 
 #[pymethods]
 impl PyEventBus {
-    /// `EventBus()`: configured from the environment (`PM_LOG_DIR` and the rest), no subscribers.
+    /// `EventBus()`: configured from the environment (`PM_LOG_DIR`, `PM_NATS_URL`
+    /// and the rest), no subscribers of its own; what it accepts is delivered to
+    /// the endpoints and route variables that take it, as by the binary.
     #[new]
-    fn new() -> PyResult<Self> {
-        let bus = EventBus::from_env()
-            .map_err(|e| crate::errors::ConfigError::new_err(pm_events::error::chain(&e)))?;
-        Ok(Self::over(bus))
+    fn new(py: Python<'_>) -> PyResult<Self> {
+        Self::made(py)
     }
 
     /// Calls `handler(event)` for each event of `event_type` (`*`: every type).
@@ -195,8 +205,10 @@ impl PyEventBus {
                 "subscribe: the handler must be callable",
             ));
         }
-        pm_events::event::validate_type(&event_type)
-            .map_err(crate::errors::InvalidEventError::new_err)?;
+        if event_type != "*" {
+            pm_events::event::validate_type(&event_type)
+                .map_err(crate::errors::InvalidEventError::new_err)?;
+        }
         let id = match native_handler(bound, &self.bus)? {
             // A built-in handler's method runs in the engine, with no Python in between.
             Some(native) => self.bus.subscribe_arc(&event_type, native),
@@ -321,8 +333,13 @@ impl PyEventBus {
     /// Subscriber counts by type: `{"file_change": 2, ...}`.
     fn get_subscribers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in self.bus.get_subscribers() {
-            d.set_item(k, v)?;
+        for (k, mut v) in self.bus.get_subscribers() {
+            if k == "*" {
+                v = v.saturating_sub(self.system);
+            }
+            if v > 0 {
+                d.set_item(k, v)?;
+            }
         }
         Ok(d)
     }

@@ -7,7 +7,7 @@
 //! (`bus.subscribe("file_change", h.handle_file_change)`) they run in the
 //! engine itself, with no Python in between.
 
-use crate::bus::{drive, runtime};
+use crate::bus::drive;
 use crate::convert::to_py;
 use crate::event::PyEvent;
 use pm_events::handler::Handler;
@@ -20,34 +20,15 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-fn config() -> PyResult<Config> {
-    Config::from_env().map_err(|e| crate::errors::ConfigError::new_err(pm_events::error::chain(&e)))
-}
+use crate::system::config;
 
-/// The webhook handler the built-in handlers share, when a route or endpoint is
-/// configured (made on first use, with its delivery engine on the engine's runtime).
-fn shared_webhooks(cfg: &Config) -> PyResult<Option<Arc<WebhookHandler>>> {
-    static SHARED: OnceLock<Option<Arc<WebhookHandler>>> = OnceLock::new();
-    if let Some(w) = SHARED.get() {
-        return Ok(w.clone());
-    }
-    let made = if cfg.webhook_urls.is_empty() {
-        None
-    } else {
-        let _guard = runtime().enter();
-        Some(Arc::new(WebhookHandler::from_config(cfg).map_err(|e| {
-            crate::errors::ConfigError::new_err(pm_events::error::chain(&e))
-        })?))
-    };
-    Ok(SHARED.get_or_init(|| made).clone())
-}
-
-/// The built-in handlers' context for `cfg`, with the shared webhook handler.
-fn context(cfg: &Config) -> PyResult<Context> {
+/// The built-in handlers' context for `cfg`, with the process's delivery (see
+/// [`crate::system`]), when any route or endpoint is configured.
+fn context(py: Python<'_>, cfg: &Config) -> PyResult<Context> {
     let mut ctx = Context::from_config(cfg);
-    ctx.webhooks = shared_webhooks(cfg)?;
+    ctx.webhooks = crate::system::webhooks(py, cfg, false)?;
     Ok(ctx)
 }
 
@@ -76,9 +57,9 @@ pub struct PyFileChangeHandler(Arc<FileChangeHandler>);
 impl PyFileChangeHandler {
     #[new]
     #[pyo3(signature = (log_changes=true))]
-    fn new(log_changes: bool) -> PyResult<Self> {
+    fn new(py: Python<'_>, log_changes: bool) -> PyResult<Self> {
         Ok(Self(Arc::new(
-            FileChangeHandler::with_context(log_changes, context(&config()?)?)
+            FileChangeHandler::with_context(log_changes, context(py, &config()?)?)
                 .map_err(setup_error)?,
         )))
     }
@@ -113,11 +94,11 @@ pub struct PyReportReadyHandler(Arc<ReportReadyHandler>);
 impl PyReportReadyHandler {
     #[new]
     #[pyo3(signature = (auto_distribute=true))]
-    fn new(auto_distribute: bool) -> PyResult<Self> {
+    fn new(py: Python<'_>, auto_distribute: bool) -> PyResult<Self> {
         let cfg = config()?;
         let mailer = Mailer::from_config(&cfg).map_err(setup_error)?;
         Ok(Self(Arc::new(
-            ReportReadyHandler::with_context(auto_distribute, context(&cfg)?, mailer)
+            ReportReadyHandler::with_context(auto_distribute, context(py, &cfg)?, mailer)
                 .map_err(setup_error)?,
         )))
     }
@@ -151,9 +132,9 @@ pub struct PyRiskAlertHandler(Arc<RiskAlertHandler>);
 impl PyRiskAlertHandler {
     #[new]
     #[pyo3(signature = (escalation_enabled=true))]
-    fn new(escalation_enabled: bool) -> PyResult<Self> {
+    fn new(py: Python<'_>, escalation_enabled: bool) -> PyResult<Self> {
         Ok(Self(Arc::new(
-            RiskAlertHandler::with_context(escalation_enabled, context(&config()?)?, None)
+            RiskAlertHandler::with_context(escalation_enabled, context(py, &config()?)?, None)
                 .map_err(setup_error)?,
         )))
     }
@@ -216,16 +197,19 @@ impl PyWebhookHandler {
     /// `max_retries`: retries after the first attempt (default `PM_WEBHOOK_MAX_RETRIES`, else 5).
     #[new]
     #[pyo3(signature = (max_retries=None))]
-    fn new(max_retries: Option<u32>) -> PyResult<Self> {
+    fn new(py: Python<'_>, max_retries: Option<u32>) -> PyResult<Self> {
         let mut cfg = config()?;
-        if let Some(n) = max_retries {
-            cfg.webhook_max_retries = n;
-        }
-        let _guard = runtime().enter();
-        Ok(Self(
-            Arc::new(WebhookHandler::from_config(&cfg).map_err(setup_error)?),
-            cfg.webhook_max_retries,
-        ))
+        let h = match max_retries {
+            // Other settings than the process's: an engine of its own, started the same way.
+            Some(n) if n != cfg.webhook_max_retries => {
+                cfg.webhook_max_retries = n;
+                crate::system::own_webhooks(py, &cfg)?
+            }
+            _ => crate::system::webhooks(py, &cfg, true)?.ok_or_else(|| {
+                crate::errors::ConfigError::new_err("the webhook handler could not be made")
+            })?,
+        };
+        Ok(Self(h, cfg.webhook_max_retries))
     }
 
     /// Retries after the first attempt.

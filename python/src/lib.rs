@@ -8,6 +8,7 @@
 //! - [`handlers`]: the built-in handlers.
 //! - [`convert`]: Python values ⇄ JSON.
 //! - [`errors`]: the exceptions.
+//! - [`system`]: the process's running system, from the library's builder.
 //! - [`shutdown`]: stopping the buses at interpreter exit.
 //! - [`python_calls`]: calls into Python from the engine's threads, closed at exit.
 //!
@@ -22,6 +23,7 @@ mod event;
 mod handlers;
 mod python_calls;
 mod shutdown;
+mod system;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -32,10 +34,9 @@ static GLOBAL: PyOnceLock<Py<bus::PyEventBus>> = PyOnceLock::new();
 /// The Python object of the process-wide bus.
 fn global_bus(py: Python<'_>) -> PyResult<&Py<bus::PyEventBus>> {
     GLOBAL.get_or_try_init(py, || {
-        Py::new(
-            py,
-            bus::PyEventBus::over(pm_events::bus::get_event_bus().clone()),
-        )
+        let b = bus::PyEventBus::made(py)?;
+        system::set_global(&b.bus);
+        Py::new(py, b)
     })
 }
 

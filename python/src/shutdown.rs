@@ -67,6 +67,8 @@ pub fn _stop_all(py: Python<'_>) -> usize {
             }
         }
     }
+    // Deliveries in flight end (what is pending stays in the outbox).
+    py.detach(crate::system::shutdown);
     // The interpreter is going away: the engine's threads must not call into
     // Python any more, and those doing so now finish first.
     crate::python_calls::close(py);

@@ -19,6 +19,8 @@ class Receiver:
 
     def __init__(self):
         self.requests = []
+        # The status every POST is answered with (a test may make it fail first).
+        self.status = 200
         self._cond = threading.Condition()
         outer = self
 
@@ -26,9 +28,10 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with outer._cond:
-                    outer.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    status = outer.status
+                    outer.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "status": status})
                     outer._cond.notify_all()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -42,6 +45,12 @@ class Receiver:
     def wait_for(self, n, timeout=20.0):
         with self._cond:
             self._cond.wait_for(lambda: len(self.requests) >= n, timeout)
+            return list(self.requests)
+
+    def answered(self, status, timeout=30.0):
+        """The requests, once one was answered `status` (or the timeout passed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: any(r["status"] == status for r in self.requests), timeout)
             return list(self.requests)
 
     def close(self):
