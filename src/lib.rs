@@ -26,7 +26,9 @@
 //! - [`event`]: the [`Event`] type and its JSON form.
 //! - [`bus`]: the [`EventBus`] — subscriptions, dispatch, backpressure, start/stop.
 //! - [`handlers`]: the built-in `file_change`, `report_ready` and `risk_alert` handlers.
-//! - [`input`]: events from the CLI's arguments and `publish -` lines, checked like the server's.
+//! - [`door`]: every entrance's form (`POST /events`, incoming webhooks, the CLI, `publish -`
+//!   lines) read into one event and admitted in one place.
+//! - [`app`]: the one builder of a running system (bus, built-ins, endpoints, delivery).
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
 //! - [`journal`]: the write-ahead main event log `events/events_YYYYMMDD.log`, and its readers.
@@ -48,13 +50,13 @@
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod door;
 pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod handler;
 pub mod handlers;
 pub mod idempotency;
-pub mod input;
 pub mod journal;
 pub mod jsonl;
 pub mod private_files;

@@ -175,7 +175,7 @@ fn bad_arguments_exit_2_with_one_clear_line() {
     for (args, needle) in [
         (vec!["publish", "x", "{not json"], "invalid JSON"),
         (vec!["publish", "x", "[1,2]"], "must be a JSON object"),
-        (vec!["publish", "a..b", "{}"], "invalid TYPE"),
+        (vec!["publish", "a..b", "{}"], "invalid type"),
         (vec!["publish", "x"], "JSON"),
         (vec!["no-such-command"], "no-such-command"),
     ] {

@@ -284,7 +284,7 @@ fn publish_from_stdin_reports_bad_lines_by_number_and_publishes_the_rest() {
         "{err}"
     );
     assert!(
-        err.contains("line 6: the event data must be a JSON object"),
+        err.contains("line 6: `data` must be a JSON object"),
         "{err}"
     );
     assert!(

@@ -232,3 +232,44 @@ async fn a_webhook_id_repeated_after_serve_restarts_is_a_duplicate() {
     srv.terminate();
     assert_eq!(logged_ids(&logs), ["msg_restart_1"]);
 }
+
+#[test]
+fn publish_lines_take_an_event_id_and_log_a_repeated_one_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pm-events"))
+        .args(["publish", "-"])
+        .env_remove("RUST_LOG")
+        .env("PM_LOG_DIR", &logs)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for n in 0..3 {
+            writeln!(
+                stdin,
+                r#"{{"type":"deployment","data":{{"n":{n}}},"event_id":"line-id"}}"#
+            )
+            .unwrap();
+        }
+        writeln!(stdin, r#"{{"type":"deployment","data":{{"n":9}}}}"#).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(&printed[..3], ["line-id", "line-id", "line-id"]);
+    let ids = logged_ids(&logs);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], "line-id");
+}

@@ -665,7 +665,9 @@ async fn handle_incoming_webhook_is_the_servers_logic_as_a_library_call() {
     assert!(
         matches!(
             full,
-            IncomingError::Bus(pm_events::BusError::QueueFull { .. })
+            IncomingError::Door(pm_events::door::DoorError::Bus(
+                pm_events::BusError::QueueFull { .. }
+            ))
         ),
         "{full}"
     );

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pm_events::webhook::incoming::parse;
+use pm_events::door::webhook_forms::parse;
 use std::collections::BTreeMap;
 
 fuzz_target!(|data: &[u8]| {

@@ -271,7 +271,17 @@ impl PyEventBus {
         let bus = self.bus.clone();
         drive(
             py,
-            async move { bus.publish_event(event).await.map_err(bus_error) },
+            async move {
+                // The library's door: the event's shape; a repeated id is accepted once.
+                match pm_events::door::Door::library()
+                    .admit(&bus, event, true)
+                    .await
+                {
+                    Ok(a) => Ok(a.event_id),
+                    Err(pm_events::door::DoorError::Bus(e)) => Err(bus_error(e)),
+                    Err(e) => Err(crate::errors::InvalidEventError::new_err(e.to_string())),
+                }
+            },
             id_to_py,
         )
     }

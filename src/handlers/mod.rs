@@ -349,6 +349,22 @@ pub fn admit(event: &Event, access: &Access) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The CLI's door (`publish`): built-in payloads must be valid (see [`crate::door`]).
+pub fn operator_door() -> crate::door::Door {
+    crate::door::Door::with_rules(std::sync::Arc::new(|e: &Event| {
+        validate_builtin(&e.event_type, &e.data)
+            .map_err(|x| Box::new(Refusal::Invalid(x)) as crate::door::BoxError)
+    }))
+}
+
+/// The server's door: built-in payloads valid, and their paths and mail
+/// recipients allowed by `access` ([`admit`]).
+pub fn server_door(access: Access) -> crate::door::Door {
+    crate::door::Door::with_rules(std::sync::Arc::new(move |e: &Event| {
+        admit(e, &access).map_err(|r| Box::new(r) as crate::door::BoxError)
+    }))
+}
+
 /// Checks the payload of a built-in type (`file_change`, `report_ready`,
 /// `risk_alert`) as it enters from outside; other types pass. The file system
 /// is not looked at: what can only be known when handling is the handler's.

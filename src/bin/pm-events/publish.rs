@@ -7,6 +7,7 @@ use anyhow::Result;
 use pm_events::app::App;
 use pm_events::timespec::parse_duration;
 use pm_events::{Config, Event, strict_json};
+use pm_events::{door, handlers};
 use serde_json::Value;
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -77,8 +78,9 @@ pub async fn run(cfg: Config, args: Args) -> Result<ExitCode> {
         })?;
         let data: Value = strict_json::from_str(json)
             .map_err(|e| UsageError(format!("invalid JSON for the event data: {e}")))?;
-        let mut e = pm_events::input::build_event(&args.event_type, data, args.source.as_deref())
-            .map_err(UsageError)?;
+        let mut e = door::from_parts(&args.event_type, data, args.source.as_deref())
+            .and_then(|e| handlers::operator_door().check(&e).map(|()| e))
+            .map_err(|e| UsageError(e.to_string()))?;
         if let Some(id) = &args.id {
             e.event_id = id.clone();
             e.validate()
@@ -154,6 +156,16 @@ struct Outcome {
     fatal: Option<anyhow::Error>,
 }
 
+/// One `publish -` line read by the door and checked by the CLI's door rules;
+/// the message names the problem.
+fn read_line(line: &[u8]) -> Result<Event, String> {
+    let e = door::line(line).map_err(|e| e.to_string())?;
+    handlers::operator_door()
+        .check(&e)
+        .map_err(|e| e.to_string())?;
+    Ok(e)
+}
+
 /// Events of `publish -` in flight at once (in-process).
 const IN_FLIGHT: usize = 1024;
 
@@ -211,7 +223,7 @@ async fn publish_pipelined(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match pm_events::input::parse_line(&line) {
+                match read_line(&line) {
                     Ok(e) => match app.bus.publish_pipelined(e).await {
                         Ok(ack) => window.push_back(ack),
                         Err(e) => {
@@ -252,7 +264,7 @@ async fn publish_lines(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match pm_events::input::parse_line(&line) {
+        match read_line(&line) {
             Ok(e) => match sink.send(e, false).await {
                 Ok(ok) => {
                     out.all_ok &= ok;

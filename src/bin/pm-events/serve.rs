@@ -16,11 +16,12 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pm_events::app::App;
 use pm_events::config::Secret;
+use pm_events::door::{self, Door, DoorError};
 use pm_events::error::chain;
-use pm_events::handlers::{Access, Refusal, admit};
+use pm_events::handlers::{Access, Refusal};
 use pm_events::timespec::parse_duration;
-use pm_events::webhook::incoming::{Admission, IncomingError, IncomingOutcome, IncomingWebhooks};
-use pm_events::{BusError, Config, Event, EventBus, strict_json};
+use pm_events::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks};
+use pm_events::{BusError, Config, EventBus};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -74,10 +75,10 @@ pub struct AppState {
     pub(crate) bus: EventBus,
     /// Verifies and publishes incoming webhooks.
     pub(crate) incoming: IncomingWebhooks,
+    /// The door of events from outside (`POST /events` and incoming webhooks).
+    pub(crate) door: Door,
     /// Credentials, body deadline and handler slots (`admission.rs`).
     pub(crate) admission: crate::admission::Admission,
-    /// What events from outside may name (PM_FILE_ROOTS, PM_MAIL_ALLOWED_DOMAINS).
-    access: Access,
     token: Option<Secret>,
     metrics: PrometheusHandle,
     /// Set once shutdown began: new requests get 503.
@@ -178,6 +179,33 @@ impl From<BusError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to a refusal of the door (`POST /events`' error codes).
+    pub fn from_door(e: DoorError) -> ApiError {
+        match e {
+            DoorError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", m),
+            DoorError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m),
+            e @ DoorError::UnsupportedMediaType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                e.to_string(),
+            ),
+            DoorError::Refused(r) => match r.downcast::<Refusal>() {
+                Ok(r) => (*r).into(),
+                Err(other) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "not_allowed", other.to_string())
+                }
+            },
+            DoorError::Bus(e) => e.into(),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
@@ -252,23 +280,10 @@ async fn incoming(
             "invalid_signature",
             e.to_string(),
         )),
-        Err(e @ IncomingError::UnsupportedMediaType(_)) => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            e.to_string(),
-        )),
-        Err(IncomingError::BadRequest(m)) => {
+        Err(IncomingError::Door(DoorError::Malformed(m) | DoorError::Invalid(m))) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", m))
         }
-        Err(IncomingError::Refused(r)) => match r.downcast::<Refusal>() {
-            Ok(r) => Err((*r).into()),
-            Err(other) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "not_allowed",
-                other.to_string(),
-            )),
-        },
-        Err(IncomingError::Bus(e)) => Err(e.into()),
+        Err(IncomingError::Door(e)) => Err(ApiError::from_door(e)),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -282,69 +297,28 @@ async fn publish(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let v: Value = strict_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m);
-    let Value::Object(mut m) = v else {
-        return Err(bad(
-            "the body must be a JSON object {\"type\",\"data\",\"source\"?}".into(),
-        ));
-    };
-    let ty = match m.remove("type") {
-        Some(Value::String(t)) => t,
-        Some(_) => return Err(bad("`type` must be a string".into())),
-        None => return Err(bad("missing field `type`".into())),
-    };
-    let data = match m.remove("data") {
-        Some(d @ Value::Object(_)) => d,
-        Some(_) => return Err(bad("`data` must be a JSON object".into())),
-        None => return Err(bad("missing field `data`".into())),
-    };
-    let mut event = Event::new(ty, data);
-    match m.remove("source") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(src)) => event.source = src,
-        Some(_) => return Err(bad("`source` must be a string".into())),
-    }
-    // An idempotency key: the header, or the body's `event_id` (the same if both).
-    let header_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+    let id_header = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(k)) => Some(k.to_string()),
-        Some(Err(_)) => return Err(bad("the Idempotency-Key header is not visible ASCII".into())),
-    };
-    let body_key = match m.remove("event_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) => Some(id),
-        Some(_) => return Err(bad("`event_id` must be a string".into())),
-    };
-    let key = match (header_key, body_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(bad(
-                "the Idempotency-Key header and the body's `event_id` differ; send one, or the same".into(),
+        Some(Ok(k)) => Some(k),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                "the Idempotency-Key header is not visible ASCII",
             ));
         }
-        (h, b) => h.or(b),
     };
-    if let Some(k) = m.keys().next() {
-        return Err(bad(format!(
-            "unknown field `{k}` (expected type, data, source, event_id)"
-        )));
-    }
-    if let Some(k) = &key {
-        event.event_id = k.clone();
-    }
-    event.validate().map_err(bad)?;
-    admit(&event, &s.access)?;
+    let mut event = door::envelope(&body, id_header).map_err(ApiError::from_door)?;
     // A trace the caller started is continued.
     event.trace = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(pm_events::telemetry::valid_traceparent);
-    if key.is_none() {
-        let id = s.bus.try_publish(event, None).await?;
-        return Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response());
-    }
-    let a = s.bus.try_publish_once(event).await?;
+    let a = s
+        .door
+        .admit(&s.bus, event, false)
+        .await
+        .map_err(ApiError::from_door)?;
     let body = if a.duplicate {
         json!({"event_id": a.event_id, "duplicate": true})
     } else {
@@ -545,16 +519,12 @@ impl AppState {
         limits: Limits,
         streams: StreamLimits,
     ) -> anyhow::Result<Arc<Self>> {
-        let access = Access::server(cfg)?;
-        let door = access.clone();
-        let admission: Admission = Arc::new(move |e: &Event| {
-            admit(e, &door).map_err(|r| Box::new(r) as Box<dyn std::error::Error + Send + Sync>)
-        });
+        let door = pm_events::handlers::server_door(Access::server(cfg)?);
         Ok(Arc::new(AppState {
             bus: app.bus.clone(),
-            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_admission(admission),
+            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_door(door.clone()),
+            door,
             admission: crate::admission::Admission::new(limits),
-            access,
             token: cfg.api_token.clone(),
             metrics,
             stopping: AtomicBool::new(false),
