@@ -28,6 +28,8 @@
 //! - [`handlers`]: the built-in `file_change`, `report_ready` and `risk_alert` handlers.
 //! - [`door`]: every entrance's form (`POST /events`, incoming webhooks, the CLI, `publish -`
 //!   lines) read into one event and admitted in one place.
+//! - [`server`] (feature `server`, on by default): the HTTP server of `pm-events serve` —
+//!   router, API, dashboard page, admission and connection limits.
 //! - [`app`]: the one builder of a running system (bus, built-ins, endpoints, delivery).
 //! - [`handler`]: the [`Handler`] trait (implemented by async closures) and filters.
 //! - [`transport`]: the queue behind the bus (`memory`, the embedded default; `nats`, NATS JetStream).
@@ -63,6 +65,8 @@ pub mod private_files;
 pub mod query;
 pub mod recovery;
 pub mod secret;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod strict_json;
 pub mod telemetry;
 pub mod timespec;

@@ -600,26 +600,26 @@ async fn serve(mut cfg: Config, a: Args) -> Result<ExitCode> {
         .webhooks
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the server's webhook engine is missing"))?;
-    let state = crate::serve::AppState::new(
+    let state = pm_events::server::AppState::new(
         &app,
         webhooks,
         &cfg,
         metrics,
         Duration::from_secs(30),
-        crate::admission::Limits {
+        pm_events::server::admission::Limits {
             max_body: cfg.max_body_bytes,
             ..Default::default()
         },
-        crate::api::stream::StreamLimits::default(),
+        pm_events::server::api::stream::StreamLimits::default(),
     )?;
-    let router = crate::serve::router(state, cfg.max_body_bytes);
+    let router = pm_events::server::router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let limits = crate::serve::ConnLimits {
+    let limits = pm_events::server::ConnLimits {
         max_connections: 1024,
         header_timeout: Duration::from_secs(10),
     };
-    let server = tokio::spawn(crate::serve::serve_http(
+    let server = tokio::spawn(pm_events::server::serve_http(
         listener,
         router,
         limits,

@@ -4,8 +4,6 @@
 //! subcommand lives in its own module. Exit codes: 0 success, 1 runtime
 //! failure, 2 usage or configuration error.
 
-mod admission;
-mod api;
 mod app;
 mod bench;
 mod bench_recovery;
@@ -14,8 +12,6 @@ mod deliveries;
 mod demo;
 mod endpoints;
 mod logs;
-mod origin;
-mod page;
 mod publish;
 mod receiver;
 mod serve;

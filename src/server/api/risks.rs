@@ -7,7 +7,7 @@
 //! dashboard without the alert as soon as the answer comes.
 
 use super::{bad, object, params};
-use crate::serve::{ApiError, AppState, Body};
+use crate::server::{ApiError, AppState, Body};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;

@@ -2,11 +2,11 @@
 //! handler outcomes and deliveries.
 
 use super::{bad, internal, limit, not_found, page, params, when};
-use crate::serve::{ApiError, AppState};
+use crate::server::{ApiError, AppState};
+use crate::webhook::history::{self, Query};
+use crate::{Event, journal, jsonl};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use pm_events::webhook::history::{self, Query};
-use pm_events::{Event, journal, jsonl};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -69,7 +69,7 @@ pub async fn list(
         }
         let data: Vec<Value> = keep.iter().rev().map(Event::to_value).collect();
         let next = more.then(|| keep.front().map(|e| e.event_id.clone()).unwrap_or_default());
-        Ok::<_, pm_events::error::LogError>(Ok((data, next)))
+        Ok::<_, crate::error::LogError>(Ok((data, next)))
     })
     .await
     .map_err(|e| internal(&e))?
@@ -80,7 +80,7 @@ pub async fn list(
 /// The handler log lines of `event_id`, with the handler's name.
 fn handler_outcomes(log_dir: &std::path::Path, event_id: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for (handler, rel) in pm_events::handlers::HANDLER_LOGS {
+    for (handler, rel) in crate::handlers::HANDLER_LOGS {
         for line in jsonl::iter_rotated::<Value>(&log_dir.join(rel)) {
             if line.get("event_id").and_then(Value::as_str) == Some(event_id) {
                 out.push(json!({"handler": handler, "log": rel, "line": line}));

@@ -14,12 +14,12 @@ pub mod risks;
 pub mod session;
 pub mod stream;
 
-use crate::serve::{ApiError, AppState, Body};
+use crate::endpoint::EndpointError;
+use crate::server::{ApiError, AppState, Body};
+use crate::strict_json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use pm_events::endpoint::EndpointError;
-use pm_events::strict_json;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -94,7 +94,7 @@ pub fn object(body: &Body) -> Result<Map<String, Value>, ApiError> {
             "invalid_body",
             format!(
                 "expected a JSON object, got {}",
-                pm_events::event::json_kind(&other)
+                crate::event::json_kind(&other)
             ),
         )),
         Err(e) => Err(bad("invalid_json", e.to_string())),
@@ -113,11 +113,11 @@ pub fn not_found(message: impl Into<String>) -> ApiError {
 
 /// A 500 answer for a failure of the server's own storage.
 pub fn internal(e: &(dyn std::error::Error + 'static)) -> ApiError {
-    tracing::error!(error = %pm_events::error::chain(e), "API request failed");
+    tracing::error!(error = %crate::error::chain(e), "API request failed");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
-        pm_events::error::chain(e),
+        crate::error::chain(e),
     )
 }
 
@@ -134,9 +134,9 @@ impl From<EndpointError> for ApiError {
     }
 }
 
-impl From<pm_events::webhook::WebhookError> for ApiError {
-    fn from(e: pm_events::webhook::WebhookError) -> Self {
-        if let pm_events::webhook::WebhookError::UnknownCursor(_) = e {
+impl From<crate::webhook::WebhookError> for ApiError {
+    fn from(e: crate::webhook::WebhookError) -> Self {
+        if let crate::webhook::WebhookError::UnknownCursor(_) = e {
             return bad("invalid_query", e.to_string());
         }
         internal(&e)
@@ -145,12 +145,13 @@ impl From<pm_events::webhook::WebhookError> for ApiError {
 
 /// A time given in a query or body: RFC 3339, a date, or a duration ago (`90m`).
 pub fn when(field: &str, v: &str) -> Result<f64, ApiError> {
-    crate::logs::parse_when(v).map_err(|e| bad("invalid_field", format!("{field}: {e}")))
+    crate::timespec::parse_when(v, crate::event::now_unix())
+        .map_err(|e| bad("invalid_field", format!("{field}: {e}")))
 }
 
 /// The `limit` of a list: 1 to 1000, default 50.
 pub fn limit(v: Option<&str>) -> Result<usize, ApiError> {
-    pm_events::query::limit(v).map_err(|e| bad("invalid_field", e.0))
+    crate::query::limit(v).map_err(|e| bad("invalid_field", e.0))
 }
 
 /// The parameters of a query string, refusing names not in `allowed` and repeats.
@@ -158,7 +159,7 @@ pub fn params(
     raw: Option<&str>,
     allowed: &[&str],
 ) -> Result<std::collections::HashMap<String, String>, ApiError> {
-    pm_events::query::params(raw, allowed).map_err(|e| bad("invalid_query", e.0))
+    crate::query::params(raw, allowed).map_err(|e| bad("invalid_query", e.0))
 }
 
 /// A list page.

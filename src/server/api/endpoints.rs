@@ -2,13 +2,13 @@
 //! rotation, a test delivery, and recovery of failed deliveries.
 
 use super::{bad, limit, object, page, params, when};
-use crate::serve::{ApiError, AppState, Body};
+use crate::Event;
+use crate::endpoint::{DEFAULT_OVERLAP, Endpoint, EndpointError};
+use crate::server::{ApiError, AppState, Body};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pm_events::Event;
-use pm_events::endpoint::{DEFAULT_OVERLAP, Endpoint, EndpointError};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,7 @@ pub async fn list(
 pub async fn create(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let fields = object(&body)?;
     let (ep, secret) = s.endpoints.create(&fields).await?;
-    tracing::info!(endpoint = %ep.id, url = %pm_events::webhook::delivery::redact_url(&ep.url), "endpoint created");
+    tracing::info!(endpoint = %ep.id, url = %crate::webhook::delivery::redact_url(&ep.url), "endpoint created");
     Ok((StatusCode::CREATED, Json(merged(json!(ep), secret))).into_response())
 }
 

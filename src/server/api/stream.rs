@@ -9,14 +9,14 @@
 //! falls more than the channel's bound behind is told so with an `event: lagged`
 //! message and goes on from the newest.
 
-use crate::serve::{ApiError, AppState};
+use crate::Event;
+use crate::handler::{Handler, HandlerError};
+use crate::server::{ApiError, AppState};
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
-use pm_events::Event;
-use pm_events::handler::{Handler, HandlerError};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -260,7 +260,7 @@ impl Handler for StreamFeed {
 /// `GET /api/v1/stream`.
 pub async fn stream(
     State(s): State<Arc<AppState>>,
-    crate::admission::ClientIp(client): crate::admission::ClientIp,
+    crate::server::admission::ClientIp(client): crate::server::admission::ClientIp,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let hub = s.stream.clone();

@@ -2,13 +2,13 @@
 //! and sending a dead one again.
 
 use super::{bad, internal, limit, not_found, page, params};
-use crate::serve::{ApiError, AppState};
+use crate::server::{ApiError, AppState};
+use crate::webhook::RetryError;
+use crate::webhook::history::{self, DeliveryStatus, Query};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pm_events::webhook::RetryError;
-use pm_events::webhook::history::{self, DeliveryStatus, Query};
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -9,8 +9,8 @@
 //! every session.
 
 use super::{bad, object};
-use crate::admission::ClientIp;
-use crate::serve::{ApiError, AppState, Body};
+use crate::server::admission::ClientIp;
+use crate::server::{ApiError, AppState, Body};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

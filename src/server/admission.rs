@@ -23,7 +23,7 @@
 //! JSON content types are the one rule for request bodies of `/events` and
 //! `/api/v1`: a non-empty body must be `application/json` (or `…+json`).
 
-use crate::serve::{ApiError, AppState, authorize};
+use crate::server::{ApiError, AppState, authorize};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
@@ -80,7 +80,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             body_timeout: Duration::from_secs(10),
-            max_body: pm_events::config::DEFAULT_MAX_BODY_BYTES,
+            max_body: crate::config::DEFAULT_MAX_BODY_BYTES,
             max_pending_bodies: 256,
             max_concurrency: 1024,
             reserved: 64,
