@@ -112,11 +112,57 @@ pub struct Config {
 
 /// The specification's webhook URL variables.
 pub const ROUTE_VARIABLES: [&str; 7] = {
-    let t = crate::webhook::route::ROUTE_TABLE;
+    let t = ROUTE_TABLE;
     [
         t[0].name, t[1].name, t[2].name, t[3].name, t[4].name, t[5].name, t[6].name,
     ]
 };
+
+/// One route variable of the specification and the events it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteVariable {
+    /// The variable.
+    pub name: &'static str,
+    /// The event type it takes.
+    pub event_type: &'static str,
+    /// For risk alerts: the `data.severity` it takes (`None`: any).
+    pub severity: Option<&'static str>,
+}
+
+impl RouteVariable {
+    /// The payload filter it amounts to (`{"data.severity": ...}`), if any.
+    pub fn filter(&self) -> Option<serde_json::Value> {
+        self.severity.map(|s| serde_json::json!({ "data.severity": s }))
+    }
+}
+
+const fn var(
+    name: &'static str,
+    event_type: &'static str,
+    severity: Option<&'static str>,
+) -> RouteVariable {
+    RouteVariable {
+        name,
+        event_type,
+        severity,
+    }
+}
+
+/// The route variables, in the order they are tried.
+pub const ROUTE_TABLE: [RouteVariable; 7] = [
+    var("FILE_CHANGE_WEBHOOK_URL", "file_change", None),
+    var("REPORT_READY_WEBHOOK_URL", "report_ready", None),
+    var("CRITICAL_ALERT_WEBHOOK_URL", "risk_alert", Some("critical")),
+    var("HIGH_ALERT_WEBHOOK_URL", "risk_alert", Some("high")),
+    var("MEDIUM_ALERT_WEBHOOK_URL", "risk_alert", Some("medium")),
+    var("LOW_ALERT_WEBHOOK_URL", "risk_alert", Some("low")),
+    var("DEFAULT_RISK_WEBHOOK_URL", "risk_alert", None),
+];
+
+/// The table entry of the variable `name`, if it is one of the table's.
+pub fn table_entry(name: &str) -> Option<&'static RouteVariable> {
+    ROUTE_TABLE.iter().find(|v| v.name == name)
+}
 
 /// `WEBHOOK_MAX_RETRIES`: retries of a delivery after its first attempt.
 pub const WEBHOOK_MAX_RETRIES: &str = "WEBHOOK_MAX_RETRIES";

@@ -12,52 +12,12 @@
 //! | `risk_alert` | `<SEVERITY>_ALERT_WEBHOOK_URL` (`CRITICAL`, `HIGH`, `MEDIUM`, `LOW`), `DEFAULT_RISK_WEBHOOK_URL`, `PM_WEBHOOK_URL_RISK_ALERT` |
 //! | any other type `t` | `PM_WEBHOOK_URL_<T>`: `t` upper-cased, `-` and `.` as `_` (`deployment` → `PM_WEBHOOK_URL_DEPLOYMENT`) |
 
+pub use crate::config::{ROUTE_TABLE, RouteVariable, table_entry};
 use crate::config::{CUSTOM_WEBHOOK_PREFIX, Config};
 use crate::endpoint::filter::Filter;
 use crate::event::Event;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
-
-/// One route variable of the specification and the events it takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteVariable {
-    /// The variable.
-    pub name: &'static str,
-    /// The event type it takes.
-    pub event_type: &'static str,
-    /// For risk alerts: the `data.severity` it takes (`None`: any).
-    pub severity: Option<&'static str>,
-}
-
-impl RouteVariable {
-    /// The payload filter it amounts to (`{"data.severity": ...}`), if any.
-    pub fn filter(&self) -> Option<Value> {
-        self.severity.map(|s| json!({ "data.severity": s }))
-    }
-}
-
-const fn var(
-    name: &'static str,
-    event_type: &'static str,
-    severity: Option<&'static str>,
-) -> RouteVariable {
-    RouteVariable {
-        name,
-        event_type,
-        severity,
-    }
-}
-
-/// The route variables, in the order they are tried.
-pub const ROUTE_TABLE: [RouteVariable; 7] = [
-    var("FILE_CHANGE_WEBHOOK_URL", "file_change", None),
-    var("REPORT_READY_WEBHOOK_URL", "report_ready", None),
-    var("CRITICAL_ALERT_WEBHOOK_URL", "risk_alert", Some("critical")),
-    var("HIGH_ALERT_WEBHOOK_URL", "risk_alert", Some("high")),
-    var("MEDIUM_ALERT_WEBHOOK_URL", "risk_alert", Some("medium")),
-    var("LOW_ALERT_WEBHOOK_URL", "risk_alert", Some("low")),
-    var("DEFAULT_RISK_WEBHOOK_URL", "risk_alert", None),
-];
 
 /// One destination: the variable that named it and its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,11 +50,6 @@ pub fn custom_var(event_type: &str) -> String {
         "{CUSTOM_WEBHOOK_PREFIX}{}",
         event_type.to_ascii_uppercase().replace(['-', '.'], "_")
     )
-}
-
-/// The table entry of the variable `name`, if it is one of the table's.
-pub fn table_entry(name: &str) -> Option<&'static RouteVariable> {
-    ROUTE_TABLE.iter().find(|v| v.name == name)
 }
 
 impl Routes {
