@@ -164,6 +164,24 @@ pub fn table_entry(name: &str) -> Option<&'static RouteVariable> {
     ROUTE_TABLE.iter().find(|v| v.name == name)
 }
 
+/// A bad `PM_ENDPOINT_ALLOW_NETS` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a CIDR network (such as 127.0.0.0/8 or fd00::/8)")]
+pub struct BadNet(pub String);
+
+/// Parses `PM_ENDPOINT_ALLOW_NETS`: comma-separated CIDRs (a bare address is its /32 or /128).
+pub fn parse_nets(text: &str) -> Result<Vec<ipnet::IpNet>, BadNet> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| BadNet(s.to_string()))
+        })
+        .collect()
+}
+
 /// `WEBHOOK_MAX_RETRIES`: retries of a delivery after its first attempt.
 pub const WEBHOOK_MAX_RETRIES: &str = "WEBHOOK_MAX_RETRIES";
 
@@ -556,7 +574,7 @@ impl Config {
         }
         if let Some(nets) = v.get("PM_ENDPOINT_ALLOW_NETS") {
             c.endpoint_allow_nets =
-                crate::endpoint::guard::NetGuard::parse_allow(nets).map_err(|e| {
+                parse_nets(nets).map_err(|e| {
                     err(
                         "PM_ENDPOINT_ALLOW_NETS",
                         &e.0,

@@ -147,10 +147,7 @@ pub struct NetGuard {
     allow: Vec<IpNet>,
 }
 
-/// A bad `PM_ENDPOINT_ALLOW_NETS` entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a CIDR network (such as 127.0.0.0/8 or fd00::/8)")]
-pub struct BadNet(pub String);
+pub use crate::config::BadNet;
 
 impl NetGuard {
     /// A guard allowing `allow`.
@@ -160,15 +157,7 @@ impl NetGuard {
 
     /// Parses `PM_ENDPOINT_ALLOW_NETS`: comma-separated CIDRs (a bare address is its /32 or /128).
     pub fn parse_allow(text: &str) -> Result<Vec<IpNet>, BadNet> {
-        text.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| BadNet(s.to_string()))
-            })
-            .collect()
+        crate::config::parse_nets(text)
     }
 
     /// The allowed networks.
