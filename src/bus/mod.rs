@@ -215,6 +215,11 @@ impl EventBus {
     pub fn builder() -> EventBusBuilder {
         EventBusBuilder::default()
     }
+    /// A snapshot of the bus's counters.
+    pub fn stats(&self) -> BusStats {
+        self.inner.stats.snapshot()
+    }
+
 
     /// A bus configured from the environment (docs/configuration.md).
     pub fn from_env() -> Result<Self, crate::error::ConfigError> {

@@ -1,7 +1,5 @@
 //! The counters of a bus ([`BusStats`]).
 
-use super::EventBus;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of a bus since it was built; see [`EventBus::stats`].
@@ -37,10 +35,10 @@ pub(super) struct Counters {
     pub(super) timed_out: AtomicU64,
 }
 
-impl EventBus {
-    /// A snapshot of the bus's counters.
-    pub fn stats(&self) -> BusStats {
-        let s = &self.inner.stats;
+impl Counters {
+    /// A snapshot of the counters.
+    pub(super) fn snapshot(&self) -> BusStats {
+        let s = self;
         BusStats {
             published: s.published.load(Ordering::Relaxed),
             dispatched: s.dispatched.load(Ordering::Relaxed),
