@@ -132,7 +132,8 @@ pub struct RouteVariable {
 impl RouteVariable {
     /// The payload filter it amounts to (`{"data.severity": ...}`), if any.
     pub fn filter(&self) -> Option<serde_json::Value> {
-        self.severity.map(|s| serde_json::json!({ "data.severity": s }))
+        self.severity
+            .map(|s| serde_json::json!({ "data.severity": s }))
     }
 }
 
@@ -573,14 +574,13 @@ impl Config {
                 })?;
         }
         if let Some(nets) = v.get("PM_ENDPOINT_ALLOW_NETS") {
-            c.endpoint_allow_nets =
-                parse_nets(nets).map_err(|e| {
-                    err(
-                        "PM_ENDPOINT_ALLOW_NETS",
-                        &e.0,
-                        "comma-separated CIDR networks such as 127.0.0.0/8,fd00::/8",
-                    )
-                })?;
+            c.endpoint_allow_nets = parse_nets(nets).map_err(|e| {
+                err(
+                    "PM_ENDPOINT_ALLOW_NETS",
+                    &e.0,
+                    "comma-separated CIDR networks such as 127.0.0.0/8,fd00::/8",
+                )
+            })?;
         }
         if let Some(roots) = v.get("PM_FILE_ROOTS") {
             c.file_roots = std::env::split_paths(roots)

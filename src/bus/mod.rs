@@ -220,7 +220,6 @@ impl EventBus {
         self.inner.stats.snapshot()
     }
 
-
     /// A bus configured from the environment (docs/configuration.md).
     pub fn from_env() -> Result<Self, crate::error::ConfigError> {
         Ok(Self::builder().config(&Config::from_env()?).build())

@@ -19,7 +19,7 @@
 //! `previous_checksum` (on a modification, when known), `webhook` (route and
 //! delivery id, or null).
 
-use super::{
+use super::common::{
     Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line, one_of,
 };
 use crate::event::Event;

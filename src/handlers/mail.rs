@@ -2,7 +2,7 @@
 //! (`smtp://host:port`, `smtps://...`, lettre's URL syntax), else `.eml` files in
 //! `<log dir>/outbox/` (one file per message, RFC 5322, ready for any mail tool).
 
-use super::SetupError;
+use super::common::SetupError;
 use crate::config::Config;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};

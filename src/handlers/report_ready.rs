@@ -26,11 +26,11 @@
 //! recipient `{recipient, status: sent | invalid_address | failed, detail}`),
 //! `webhook`.
 
-use super::mail::{MailAttachment, Mailer};
-use super::{
+use super::common::{
     Context, HandleError, SetupError, append, check_time, decode, extra_fields, log_line,
     now_rfc3339, one_of, write_atomic,
 };
+use super::mail::{MailAttachment, Mailer};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};
 use crate::jsonl::JsonlWriter;

@@ -12,8 +12,8 @@
 //! | `risk_alert` | `<SEVERITY>_ALERT_WEBHOOK_URL` (`CRITICAL`, `HIGH`, `MEDIUM`, `LOW`), `DEFAULT_RISK_WEBHOOK_URL`, `PM_WEBHOOK_URL_RISK_ALERT` |
 //! | any other type `t` | `PM_WEBHOOK_URL_<T>`: `t` upper-cased, `-` and `.` as `_` (`deployment` → `PM_WEBHOOK_URL_DEPLOYMENT`) |
 
-pub use crate::config::{ROUTE_TABLE, RouteVariable, table_entry};
 use crate::config::{CUSTOM_WEBHOOK_PREFIX, Config};
+pub use crate::config::{ROUTE_TABLE, RouteVariable, table_entry};
 use crate::endpoint::filter::Filter;
 use crate::event::Event;
 use serde_json::json;

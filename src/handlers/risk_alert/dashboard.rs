@@ -2,8 +2,8 @@
 //! alert id, written atomically and merged with what other processes on the same
 //! log directory wrote.
 
-use super::{RiskType, Severity};
-use crate::handlers::{now_rfc3339, write_atomic};
+use super::payload::{RiskType, Severity};
+use crate::handlers::common::{now_rfc3339, write_atomic};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

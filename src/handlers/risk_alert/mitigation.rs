@@ -1,7 +1,7 @@
 //! Mitigation steps: the executors registered by step name, and running an
 //! alert's steps through them.
 
-use super::RiskAlert;
+use super::payload::RiskAlert;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;

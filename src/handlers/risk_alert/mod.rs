@@ -46,7 +46,7 @@ pub use dashboard::{DASHBOARD_INTERVAL, Dashboard, OpenAlert};
 pub use mitigation::{MitigationExecutor, MitigationFn};
 pub use payload::{RiskAlert, RiskResolution, RiskType, Severity};
 
-use super::{Context, HandleError, SetupError, append, log_line};
+use super::common::{Context, HandleError, SetupError, append, log_line};
 use crate::bus::{EventBus, WeakEventBus};
 use crate::event::Event;
 use crate::handler::{Handler, HandlerError};

@@ -1,7 +1,7 @@
 //! The `risk_alert` and `risk_resolved` payloads: their fields, and the checks an
 //! event must pass before it is handled.
 
-use crate::handlers::{HandleError, check_time, decode, extra_fields, one_of};
+use crate::handlers::common::{HandleError, check_time, decode, extra_fields, one_of};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
