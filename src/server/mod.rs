@@ -14,215 +14,29 @@
 
 pub mod admission;
 pub mod api;
+pub mod error;
+pub mod limits;
 pub mod origin;
 pub mod page;
-
-use crate::app::{App, AppError};
-use crate::config::Secret;
-use crate::door::{self, Door, DoorError};
-use crate::error::chain;
-use crate::handlers::{Access, Refusal};
-use crate::webhook::incoming::{IncomingError, IncomingOutcome, IncomingWebhooks};
-use crate::{BusError, Config, EventBus};
-use admission::Limits;
-use api::stream::StreamLimits;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+pub mod session;
+pub mod state;
+pub mod stream_hub;
+use crate::door::{self, DoorError};
+use crate::webhook::incoming::{IncomingError, IncomingOutcome};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
+use error::lower_headers;
+pub use error::{ApiError, Body};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+pub use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
-
-/// Shared by every request.
-pub struct AppState {
-    pub(crate) bus: EventBus,
-    /// Verifies and publishes incoming webhooks.
-    pub(crate) incoming: IncomingWebhooks,
-    /// The door of events from outside (`POST /events` and incoming webhooks).
-    pub(crate) door: Door,
-    /// Credentials, body deadline and handler slots (`admission.rs`).
-    pub(crate) admission: admission::Admission,
-    token: Option<Secret>,
-    metrics: PrometheusHandle,
-    /// Set once shutdown began: new requests get 503.
-    stopping: AtomicBool,
-    timeout: Duration,
-    /// `PM_NODE_ID`, reported by `/healthz`.
-    node: String,
-    /// The webhook handler (fan-out, the delivery engine), for `/api/v1`.
-    pub(crate) webhooks: Arc<crate::webhook::WebhookHandler>,
-    /// The endpoints, for `/api/v1/endpoints`.
-    pub(crate) endpoints: crate::endpoint::Endpoints,
-    /// Where the logs are, for `/api/v1/events` and `/api/v1/deliveries`.
-    pub(crate) log_dir: std::path::PathBuf,
-    /// Accepted events and delivery outcomes, for `/api/v1/stream`.
-    pub(crate) stream: Arc<api::stream::StreamHub>,
-    /// Wrong dashboard sign-ins per client, to slow guessing down.
-    pub(crate) sign_ins: api::session::SignInThrottle,
-    /// The risk handler, whose dashboard `/api/v1/risks` shows.
-    pub(crate) risks: Arc<crate::handlers::RiskAlertHandler>,
-}
-
-/// An error answer: status plus JSON `{"error","message"}`.
-pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    message: String,
-    retry_after: Option<u32>,
-    /// Whether the answer closes the connection.
-    close: bool,
-}
-
-impl ApiError {
-    /// An answer with `status`, the code `error` and `message`.
-    pub(crate) fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            error,
-            message: message.into(),
-            retry_after: None,
-            close: false,
-        }
-    }
-}
-
-impl ApiError {
-    /// The same answer with `Retry-After: secs`.
-    pub(crate) fn retry_after(mut self, secs: u32) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    /// The same answer with `Connection: close`: the connection is not kept.
-    pub(crate) fn closing(mut self) -> Self {
-        self.close = true;
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            Json(json!({"error": self.error, "message": self.message})),
-        )
-            .into_response();
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        if self.close {
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        r
-    }
-}
-
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
-        match e {
-            BusError::QueueFull { .. } => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
-            },
-            BusError::InvalidEvent(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m),
-            BusError::Log(ref l) if l.is_storage_full() => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
-                format!("{}; the event was not accepted", chain(&e)),
-            ),
-            BusError::NotRunning(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", chain(&other)),
-        }
-    }
-}
-
-impl ApiError {
-    /// The answer to a refusal of the door (`POST /events`' error codes).
-    pub fn from_door(e: DoorError) -> ApiError {
-        match e {
-            DoorError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", m),
-            DoorError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", m),
-            e @ DoorError::UnsupportedMediaType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                e.to_string(),
-            ),
-            DoorError::Refused(r) => match r.downcast::<Refusal>() {
-                Ok(r) => (*r).into(),
-                Err(other) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "not_allowed", other.to_string())
-                }
-            },
-            DoorError::Bus(e) => e.into(),
-        }
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Invalid(e) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", e.to_string())
-            }
-            other => ApiError::new(StatusCode::BAD_REQUEST, "not_allowed", other.to_string()),
-        }
-    }
-}
-
-/// The body, with size-limit and read errors answered as JSON.
-pub struct Body(Bytes);
-
-impl Body {
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(Body(b)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the body is larger than the limit (PM_MAX_BODY_BYTES)",
-            )),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                e.body_text(),
-            )),
-        }
-    }
-}
-
-/// The headers with lower-case names, as the incoming-webhook checks take them.
-pub(crate) fn lower_headers(h: &HeaderMap) -> BTreeMap<String, String> {
-    h.iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
-        })
-        .collect()
-}
 
 async fn incoming(
     State(s): State<Arc<AppState>>,
@@ -287,29 +101,6 @@ async fn publish(
         json!({"event_id": a.event_id})
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-/// Checks `Authorization: Bearer $PM_API_TOKEN` (constant time), or the
-/// dashboard's session cookie, when a token is set.
-pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(token) = &s.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = match given {
-            Some(g) => bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())),
-            None => api::session::valid(token.expose().as_bytes(), headers),
-        };
-        if !ok {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token (Authorization: Bearer $PM_API_TOKEN)",
-            ));
-        }
-    }
-    Ok(())
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
@@ -458,61 +249,6 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
-}
-
-impl AppState {
-    /// Begins the shutdown: `/healthz` answers 503 and the live streams end,
-    /// so load balancers and pages let go while open requests finish.
-    pub fn begin_shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stream.close();
-        tracing::info!("shutting down: no new requests; draining the bus");
-    }
-
-    /// `PM_API_TOKEN`, if set.
-    pub(crate) fn token(&self) -> Option<&Secret> {
-        self.token.as_ref()
-    }
-
-    /// The time limit of a request's handling (`--request-timeout`).
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// The state of a server over `app`, whose bus is started, delivering through `webhooks`.
-    pub fn new(
-        app: &App,
-        webhooks: Arc<crate::webhook::WebhookHandler>,
-        cfg: &Config,
-        metrics: PrometheusHandle,
-        timeout: Duration,
-        limits: Limits,
-        streams: StreamLimits,
-    ) -> Result<Arc<Self>, AppError> {
-        let door = crate::handlers::server_door(Access::server(cfg)?);
-        Ok(Arc::new(AppState {
-            bus: app.bus.clone(),
-            incoming: IncomingWebhooks::new(cfg.webhook_secrets.clone()).with_door(door.clone()),
-            door,
-            admission: admission::Admission::new(limits),
-            token: cfg.api_token.clone(),
-            metrics,
-            stopping: AtomicBool::new(false),
-            timeout,
-            node: cfg.node_id.clone(),
-            webhooks,
-            endpoints: app.endpoints.clone(),
-            log_dir: cfg.log_dir.clone(),
-            stream: Arc::new(api::stream::StreamHub::new(streams)),
-            risks: app
-                .builtins
-                .as_ref()
-                .ok_or_else(|| AppError::Usage("the server needs the built-in handlers".into()))?
-                .risk_alert
-                .clone(),
-            sign_ins: Default::default(),
-        }))
-    }
 }
 
 /// A listener on `bind` whose queue of connections not yet accepted holds

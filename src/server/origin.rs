@@ -14,7 +14,7 @@
 //! `/webhooks/incoming` is exempt: senders are servers, and every request needs a
 //! valid signature.
 
-use crate::server::ApiError;
+use crate::server::error::ApiError;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 
 /// Whether `host` (a `Host` header: name or address, with an optional port) is loopback.

@@ -1,8 +1,9 @@
 //! `/api/v1/deliveries`: the deliveries with their status, one with its attempts,
 //! and sending a dead one again.
 
-use super::{bad, internal, limit, not_found, page, params};
-use crate::server::{ApiError, AppState};
+use super::common::{bad, internal, limit, not_found, page, params};
+use crate::server::error::ApiError;
+use crate::server::state::AppState;
 use crate::webhook::RetryError;
 use crate::webhook::history::{self, DeliveryStatus, Query};
 use axum::Json;

@@ -1,10 +1,11 @@
 //! `/api/v1/endpoints`: list, create, show, change, remove, the secret and its
 //! rotation, a test delivery, and recovery of failed deliveries.
 
-use super::{bad, limit, object, page, params, when};
+use super::common::{bad, limit, object, page, params, when};
 use crate::Event;
 use crate::endpoint::{DEFAULT_OVERLAP, Endpoint, EndpointError};
-use crate::server::{ApiError, AppState, Body};
+use crate::server::error::{ApiError, Body};
+use crate::server::state::AppState;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;

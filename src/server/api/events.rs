@@ -1,8 +1,9 @@
 //! `/api/v1/events`: events from the log, newest first, and one event with its
 //! handler outcomes and deliveries.
 
-use super::{bad, internal, limit, not_found, page, params, when};
-use crate::server::{ApiError, AppState};
+use super::common::{bad, internal, limit, not_found, page, params, when};
+use crate::server::error::ApiError;
+use crate::server::state::AppState;
 use crate::webhook::history::{self, Query};
 use crate::{Event, journal, jsonl};
 use axum::Json;

@@ -6,8 +6,9 @@
 //! that event. The route waits a moment for that, so the page can show the
 //! dashboard without the alert as soon as the answer comes.
 
-use super::{bad, object, params};
-use crate::server::{ApiError, AppState, Body};
+use super::common::{bad, object, params};
+use crate::server::error::{ApiError, Body};
+use crate::server::state::AppState;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -29,7 +30,7 @@ pub async fn dashboard(
     let risks = s.risks.clone();
     let d = tokio::task::spawn_blocking(move || risks.current_dashboard())
         .await
-        .map_err(|e| super::internal(&e))?;
+        .map_err(|e| super::common::internal(&e))?;
     Ok(Json(json!(d)))
 }
 
@@ -66,9 +67,9 @@ pub async fn resolve(
     let risks = s.risks.clone();
     let current = tokio::task::spawn_blocking(move || risks.current_dashboard())
         .await
-        .map_err(|e| super::internal(&e))?;
+        .map_err(|e| super::common::internal(&e))?;
     let Some(alert) = current.open_alerts.iter().find(|a| a.alert_id == alert_id) else {
-        return Err(super::not_found(format!(
+        return Err(super::common::not_found(format!(
             "no open risk alert {alert_id:?} on the dashboard"
         )));
     };
