@@ -11,7 +11,7 @@ use std::time::Duration;
 /// The library's error, with settings that cannot work together as a usage error (exit 2).
 fn usage(e: AppError) -> anyhow::Error {
     match e {
-        AppError::Usage(m) => crate::UsageError(m).into(),
+        AppError::Usage(m) => crate::cli::UsageError(m).into(),
         other => other.into(),
     }
 }

@@ -2,8 +2,8 @@
 //! `GET /api/v1/deliveries`, and sending a dead one again.
 
 use crate::app::open_endpoints;
+use crate::cli::say;
 use crate::endpoints::{engine, wait_for};
-use crate::say;
 use anyhow::Result;
 use pm_events::Config;
 use pm_events::timespec::parse_duration;

@@ -2,8 +2,8 @@
 //! built-in handlers on real files, signed webhooks to a local receiver, retries.
 
 use crate::app;
+use crate::cli::say;
 use crate::receiver::Receiver;
-use crate::say;
 use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -3,7 +3,7 @@
 //! second. The fields are checked exactly as `POST /api/v1/endpoints` checks them.
 
 use crate::app::open_endpoints;
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::Result;
 use pm_events::endpoint::{Endpoint, EndpointError, Endpoints};
 use pm_events::timespec::parse_duration;

@@ -1,7 +1,7 @@
 //! `tail`, `replay` and `stats`: the commands that read the logs.
 
 use crate::app::{describe, report, shutdown_signal};
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use pm_events::event::now_unix;

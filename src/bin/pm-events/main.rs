@@ -6,8 +6,7 @@
 
 mod app;
 mod bench;
-mod bench_recovery;
-mod bench_webhooks;
+mod cli;
 mod deliveries;
 mod demo;
 mod endpoints;
@@ -20,18 +19,10 @@ mod webhooks;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use cli::UsageError;
 use pm_events::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Prints a line to stdout, ignoring a closed pipe (`pm-events ... | head` is not an error).
-#[macro_export]
-macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($t)*);
-    }};
-}
 
 /// pm-events: the Personal Manager event bus, event log and webhooks.
 #[derive(Parser)]
@@ -87,11 +78,6 @@ publish risk_escalated again. Nothing is written to the event log a second time.
         shell: clap_complete::Shell,
     },
 }
-
-/// A usage problem: reported in one line, exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

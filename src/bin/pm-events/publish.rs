@@ -2,7 +2,7 @@
 //! (`-`), in-process (handlers run, the bus drains) or to a running server (`--url`).
 
 use crate::app::report;
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::Result;
 use pm_events::app::App;
 use pm_events::timespec::parse_duration;

@@ -2,7 +2,7 @@
 //! signature of what it receives, prints it, and fails the first attempts of
 //! the paths it is told to.
 
-use crate::say;
+use crate::cli::say;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};

@@ -3,7 +3,7 @@
 //! [`pm_events::server`] (docs/http-api.md).
 
 use crate::app::shutdown_signal;
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::{Context as _, Result};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use pm_events::Config;

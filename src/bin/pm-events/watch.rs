@@ -8,7 +8,7 @@
 //! is skipped; directories themselves are not reported.
 
 use crate::app::{report, shutdown_signal};
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::{Context as _, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify_debouncer_full::notify::RecursiveMode;

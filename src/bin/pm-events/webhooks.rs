@@ -1,6 +1,6 @@
 //! `pm-events webhooks ...`: sign and verify by hand, inspect and drive the outbox.
 
-use crate::{UsageError, say};
+use crate::cli::{UsageError, say};
 use anyhow::{Context, Result};
 use pm_events::Config;
 use pm_events::event::now_unix;

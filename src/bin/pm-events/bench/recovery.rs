@@ -8,7 +8,7 @@
 //!   end, as a clean stop leaves it), for each size of `--handled`; the time
 //!   should not depend on the size.
 
-use crate::say;
+use crate::cli::say;
 use anyhow::{Context, Result};
 use pm_events::{Event, EventBus};
 use serde_json::json;

@@ -7,8 +7,9 @@
 //! - latency: publish → first delivery at a steady rate (500/s), p50 and p99, beside a
 //!   bare POST round trip at the same rate.
 
-use crate::bench::{Args, bare_receiver, bench_dir, bytes_of, make, median, publish_all};
-use crate::say;
+use super::args::Args;
+use super::kit::{bare_receiver, bench_dir, bytes_of, make, median, publish_all};
+use crate::cli::say;
 use anyhow::Result;
 use pm_events::app::App;
 use pm_events::{Config, Event};
