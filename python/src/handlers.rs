@@ -7,15 +7,14 @@
 //! (`bus.subscribe("file_change", h.handle_file_change)`) they run in the
 //! engine itself, with no Python in between.
 
-use crate::bus::drive;
+use crate::awaitable::drive;
 use crate::convert::to_py;
 use crate::event::PyEvent;
-use pm_events::handler::Handler;
+use pm_events::Config;
 use pm_events::handlers::{
     Context, FileChangeHandler, ReportReadyHandler, RiskAlertHandler, mail::Mailer,
 };
 use pm_events::webhook::WebhookHandler;
-use pm_events::{Config, EventBus};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -51,7 +50,7 @@ fn handle_error(e: pm_events::handlers::HandleError) -> PyErr {
 
 /// Records file changes: `FileChangeHandler(log_changes=True)`.
 #[pyclass(name = "FileChangeHandler", module = "pm.events._native")]
-pub struct PyFileChangeHandler(Arc<FileChangeHandler>);
+pub struct PyFileChangeHandler(pub(crate) Arc<FileChangeHandler>);
 
 #[pymethods]
 impl PyFileChangeHandler {
@@ -88,7 +87,7 @@ impl PyFileChangeHandler {
 
 /// Validates and distributes reports: `ReportReadyHandler(auto_distribute=True)`.
 #[pyclass(name = "ReportReadyHandler", module = "pm.events._native")]
-pub struct PyReportReadyHandler(Arc<ReportReadyHandler>);
+pub struct PyReportReadyHandler(pub(crate) Arc<ReportReadyHandler>);
 
 #[pymethods]
 impl PyReportReadyHandler {
@@ -126,7 +125,7 @@ impl PyReportReadyHandler {
 
 /// Escalates, mitigates and tracks risk alerts: `RiskAlertHandler(escalation_enabled=True)`.
 #[pyclass(name = "RiskAlertHandler", module = "pm.events._native")]
-pub struct PyRiskAlertHandler(Arc<RiskAlertHandler>);
+pub struct PyRiskAlertHandler(pub(crate) Arc<RiskAlertHandler>);
 
 #[pymethods]
 impl PyRiskAlertHandler {
@@ -165,7 +164,7 @@ impl PyRiskAlertHandler {
 
 /// Sends and receives signed webhooks: `WebhookHandler(max_retries=...)`.
 #[pyclass(name = "WebhookHandler", module = "pm.events._native")]
-pub struct PyWebhookHandler(Arc<WebhookHandler>, u32);
+pub struct PyWebhookHandler(pub(crate) Arc<WebhookHandler>, u32);
 
 fn bool_to_py(py: Python<'_>, b: bool) -> PyResult<Py<PyAny>> {
     Ok(pyo3::types::PyBool::new(py, b)
@@ -251,7 +250,7 @@ impl PyWebhookHandler {
         headers: Option<BTreeMap<String, String>>,
     ) -> PyResult<Py<PyAny>> {
         let body = payload_bytes(payload)?;
-        let bus = crate::global_bus(py)?.borrow(py).bus.clone();
+        let bus = crate::system::global_bus(py)?.0;
         let h = self.0.clone();
         let headers = headers.unwrap_or_default();
         drive(
@@ -283,41 +282,4 @@ impl PyWebhookHandler {
             .0
             .verify_webhook_signature(&payload_bytes(payload)?, signature))
     }
-}
-
-/// The engine's handler behind `callable` when it is a built-in handler's method
-/// (`FileChangeHandler().handle_file_change` and the like); a risk handler then
-/// publishes its escalations on `bus`.
-pub fn native_handler(
-    callable: &Bound<'_, PyAny>,
-    bus: &EventBus,
-) -> PyResult<Option<Arc<dyn Handler>>> {
-    let (Ok(owner), Ok(name)) = (
-        callable.getattr("__self__"),
-        callable
-            .getattr("__name__")
-            .and_then(|n| n.extract::<String>()),
-    ) else {
-        return Ok(None);
-    };
-    Ok(match name.as_str() {
-        "handle_file_change" => owner
-            .cast::<PyFileChangeHandler>()
-            .ok()
-            .map(|h| h.borrow().0.clone() as Arc<dyn Handler>),
-        "handle_report_ready" => owner
-            .cast::<PyReportReadyHandler>()
-            .ok()
-            .map(|h| h.borrow().0.clone() as Arc<dyn Handler>),
-        "handle_risk_alert" => owner.cast::<PyRiskAlertHandler>().ok().map(|h| {
-            let h = h.borrow().0.clone();
-            h.publish_escalations_on(bus);
-            h as Arc<dyn Handler>
-        }),
-        "handle_webhook_trigger" => owner
-            .cast::<PyWebhookHandler>()
-            .ok()
-            .map(|h| h.borrow().0.clone() as Arc<dyn Handler>),
-        _ => None,
-    })
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`bus`]: `EventBus` and `get_event_bus()`.
 //! - [`event`]: the `Event` class.
+//! - [`awaitable`]: engine futures as Python awaitables.
+//! - [`native`]: a built-in handler's method subscribed runs the engine's handler.
 //! - [`bridge`]: Python handlers run on the asyncio loop that started the bus.
 //! - [`handlers`]: the built-in handlers.
 //! - [`convert`]: Python values ⇄ JSON.
@@ -15,12 +17,14 @@
 //! The engine's diagnostics (`tracing`, emitted as `log` records) go to Python's
 //! `logging` under `pm.events` (`pm.events.bus.dispatch`, …).
 
+mod awaitable;
 mod bridge;
 mod bus;
 mod convert;
 mod errors;
 mod event;
 mod handlers;
+mod native;
 mod python_calls;
 mod shutdown;
 mod system;
@@ -34,9 +38,8 @@ static GLOBAL: PyOnceLock<Py<bus::PyEventBus>> = PyOnceLock::new();
 /// The Python object of the process-wide bus.
 fn global_bus(py: Python<'_>) -> PyResult<&Py<bus::PyEventBus>> {
     GLOBAL.get_or_try_init(py, || {
-        let b = bus::PyEventBus::made(py)?;
-        system::set_global(&b.bus);
-        Py::new(py, b)
+        let (bus, system) = system::global_bus(py)?;
+        Py::new(py, bus::PyEventBus::over(bus, system))
     })
 }
 

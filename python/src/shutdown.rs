@@ -51,7 +51,7 @@ pub fn _stop_all(py: Python<'_>) -> usize {
     for (bus, bridge) in buses {
         let deadline = Instant::now() + EXIT_WAIT;
         let watched = bus.clone();
-        let stopping = crate::bus::runtime().spawn(async move { bus.stop().await });
+        let stopping = crate::awaitable::runtime().spawn(async move { bus.stop().await });
         let (mut last, mut since) = (runs_done(&watched), Instant::now());
         // Python handlers cannot run now (the loop is done): wait for the
         // engine's handlers only, and leave the rest for the next start.

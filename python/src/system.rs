@@ -4,7 +4,7 @@
 //! started, pending deliveries resumed — is shared by every bus, every built-in
 //! handler and `WebhookHandler()`.
 
-use crate::bus::runtime;
+use crate::awaitable::runtime;
 use pm_events::app::{self, Role};
 use pm_events::webhook::WebhookHandler;
 use pm_events::{Config, EventBus, WeakEventBus};
@@ -37,17 +37,20 @@ pub fn webhooks(
     force: bool,
 ) -> PyResult<Option<Arc<WebhookHandler>>> {
     // Without the GIL: the engine's start logs through Python's `logging`.
-    py.detach(|| {
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(h) = &*shared {
-            return Ok(Some(h.clone()));
-        }
-        let made = open(cfg, force)?;
-        if let Some(h) = &made {
-            *shared = Some(h.clone());
-        }
-        Ok(made)
-    })
+    py.detach(|| shared_webhooks(cfg, force))
+}
+
+/// [`webhooks`], on a thread that does not hold the GIL.
+fn shared_webhooks(cfg: &Config, force: bool) -> PyResult<Option<Arc<WebhookHandler>>> {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(h) = &*shared {
+        return Ok(Some(h.clone()));
+    }
+    let made = open(cfg, force)?;
+    if let Some(h) = &made {
+        *shared = Some(h.clone());
+    }
+    Ok(made)
 }
 
 /// A webhook handler of its own for `cfg` (settings other than the process's),
@@ -81,29 +84,49 @@ fn open(cfg: &Config, force: bool) -> PyResult<Option<Arc<WebhookHandler>>> {
         .map_err(setup_error)
 }
 
-/// The global bus (`get_event_bus()`), once made: where endpoint announcements go.
+/// The global bus (`get_event_bus()`) and how many of its subscriptions on `*`
+/// are the system's; made on first use. Endpoint announcements go to it.
+static GLOBAL: Mutex<Option<(EventBus, usize)>> = Mutex::new(None);
+
+/// Where endpoint announcements go, once the global bus exists.
 static GLOBAL_BUS: OnceLock<WeakEventBus> = OnceLock::new();
 
-/// Notes `bus` as the process-wide bus, for the library too (`pm_events::get_event_bus`).
-pub fn set_global(bus: &EventBus) {
-    let _ = GLOBAL_BUS.set(bus.downgrade());
-    let _ = pm_events::set_event_bus(bus.clone());
+/// The process-wide bus (the engine's side of `get_event_bus()`), made on
+/// first use from the environment, and how many of its subscriptions on `*`
+/// are the system's. The library's `pm_events::get_event_bus` is the same bus.
+pub fn global_bus(py: Python<'_>) -> PyResult<(EventBus, usize)> {
+    // Without the GIL: making it starts the engine, which logs through Python.
+    py.detach(|| {
+        let mut global = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(g) = &*global {
+            return Ok(g.clone());
+        }
+        let made = new_bus_detached()?;
+        let _ = GLOBAL_BUS.set(made.0.downgrade());
+        let _ = pm_events::set_event_bus(made.0.clone());
+        *global = Some(made.clone());
+        Ok(made)
+    })
 }
 
 /// A new bus for the environment, with the process's delivery subscribed
 /// (the fan-out to the endpoints and the route variables): returns it and how
 /// many of its subscriptions on `*` are the system's.
 pub fn new_bus(py: Python<'_>) -> PyResult<(EventBus, usize)> {
+    py.detach(new_bus_detached)
+}
+
+/// [`new_bus`], on a thread that does not hold the GIL.
+fn new_bus_detached() -> PyResult<(EventBus, usize)> {
     let cfg = config()?;
     let builder = {
         let cfg = cfg.clone();
-        py.detach(|| {
-            runtime().block_on(async move { app::bus_builder(&cfg, Role::Embedded).await })
-        })
-        .map_err(setup_error)?
+        runtime()
+            .block_on(async move { app::bus_builder(&cfg, Role::Embedded).await })
+            .map_err(setup_error)?
     };
     let bus = builder.build();
-    let system = match webhooks(py, &cfg, false)? {
+    let system = match shared_webhooks(&cfg, false)? {
         Some(h) => app::connect(&bus, &h).len(),
         None => 0,
     };
