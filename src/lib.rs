@@ -41,6 +41,7 @@
 //! - [`webhook`]: outgoing webhooks — signing, routing, the durable outbox, delivery
 //!   (and, with NATS, the JetStream work queue of deliveries).
 //! - [`config`]: settings from the environment, validated once.
+//! - [`redact`]: URLs as they may be shown (no credentials, no query).
 //! - [`secret`]: secrets that never print themselves, and their signing keys.
 //! - [`query`]: the HTTP API's query strings: unknown and repeated names refused, `limit` in range.
 //! - [`timespec`]: durations and points in time as users write them, parsed without panicking.
@@ -64,6 +65,7 @@ pub mod jsonl;
 pub mod private_files;
 pub mod query;
 pub mod recovery;
+pub mod redact;
 pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;

@@ -94,6 +94,13 @@ pub fn parse_when(s: &str, now: f64) -> Result<f64, TimeError> {
     }
 }
 
+/// Unix seconds as RFC 3339 (UTC, milliseconds), as the logs and the API write times.
+pub fn rfc3339(t: f64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros((t * 1e6) as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,8 +86,8 @@ impl Key {
 }
 
 /// A secret given at create: `whsec_` and the base64 of 24 to 64 bytes.
-pub fn given_secret(v: &serde_json::Value) -> Result<Key, super::FieldError> {
-    let bad = || super::FieldError {
+pub fn given_secret(v: &serde_json::Value) -> Result<Key, super::model::FieldError> {
+    let bad = || super::model::FieldError {
         field: "secret".into(),
         problem: "expected whsec_ followed by the base64 of 24 to 64 bytes".into(),
     };

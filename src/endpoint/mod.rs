@@ -13,6 +13,7 @@
 //! The route variables of the environment appear beside them as read-only
 //! endpoints with `"source": "env"` ([`env_endpoints`]).
 
+pub mod error;
 pub mod filter;
 pub mod guard;
 pub mod keys;
@@ -21,10 +22,11 @@ pub mod model;
 pub mod store;
 
 use crate::event::Event;
-use crate::webhook::Routes;
+use crate::webhook::route::Routes;
 use filter::Filter;
 use keys::{Key, Signers};
 use model::Change;
+pub use error::EndpointError;
 pub use model::{Endpoint, FieldError, Signing, Source};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, RwLock};
@@ -37,47 +39,6 @@ pub const ID_PREFIX: &str = "ep_";
 
 /// The default overlap of a secret rotation: 24 hours.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
-
-/// Errors of endpoint management.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EndpointError {
-    /// No endpoint has this id.
-    #[error("no endpoint {0}")]
-    NotFound(String),
-    /// An environment endpoint cannot be changed over the API.
-    #[error(
-        "endpoint {0} comes from the environment and is read-only; change the variable instead"
-    )]
-    ReadOnly(String),
-    /// A field was refused.
-    #[error(transparent)]
-    Invalid(#[from] FieldError),
-    /// A key could not be made.
-    #[error(transparent)]
-    Random(#[from] keys::RandomError),
-    /// The store could not be used.
-    #[error("{context}")]
-    Store {
-        /// What was being done.
-        context: String,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl EndpointError {
-    pub(crate) fn store(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        EndpointError::Store {
-            context: context.into(),
-            source: source.into(),
-        }
-    }
-}
 
 /// A managed endpoint ready for use: the record, its compiled filter and signers.
 #[derive(Debug)]
@@ -463,7 +424,7 @@ pub fn env_endpoints(routes: &Routes) -> Vec<Endpoint> {
             let (types, filter) = env_selection(var);
             let mut ep = Endpoint::new(
                 var.to_string(),
-                crate::webhook::delivery::redact_url(url),
+                crate::redact::redact_url(url),
                 Source::Env,
                 String::new(),
             );

@@ -6,7 +6,7 @@
 //! - [`KvStore`](super::kv::KvStore): the JetStream KV bucket `PM_ENDPOINTS`, shared by
 //!   every node of a NATS cluster; its watch tells each node of a change at once.
 
-use super::EndpointError;
+use super::error::EndpointError;
 use super::keys::Key;
 use super::model::Endpoint;
 use async_trait::async_trait;

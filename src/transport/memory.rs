@@ -3,7 +3,7 @@
 //! the bus attaches to each event (released when the event is acknowledged),
 //! so it needs no bound of its own.
 
-use super::{Ack, Consumer, Delivery, Permit, Priority, Transport, TransportError};
+use super::contract::{Ack, Consumer, Delivery, Permit, Priority, Transport, TransportError};
 use crate::event::Event;
 use async_trait::async_trait;
 use std::sync::Arc;

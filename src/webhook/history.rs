@@ -13,8 +13,8 @@
 //! Lists are newest first (delivery ids are time-ordered UUID v7); a page ends with
 //! a cursor, the last id shown, and the next page starts after it.
 
-use super::WebhookError;
-use super::delivery::rfc3339;
+use crate::webhook::error::WebhookError;
+use crate::timespec::rfc3339;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
 use crate::jsonl;
 use serde::{Deserialize, Serialize};

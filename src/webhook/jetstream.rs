@@ -29,7 +29,7 @@
 //! the consumer's `ack_wait`; a node that stops hands back what it has not
 //! attempted at once.
 
-use super::WebhookError;
+use crate::webhook::error::WebhookError;
 use super::outbox::{DeliveryRecord, DeliveryState};
 use async_nats::jetstream;
 use std::time::Duration;

@@ -15,7 +15,7 @@
 //! With `PM_FSYNC=always` SQLite runs with `synchronous=FULL` (a delivery survives a
 //! power loss); otherwise `NORMAL` (it survives a crash of the process).
 
-use super::WebhookError;
+use crate::webhook::error::WebhookError;
 use crate::config::FsyncPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;

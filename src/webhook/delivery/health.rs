@@ -14,7 +14,7 @@
 //!   (the engine disables managed endpoints). The time is measured by the running
 //!   process: a restart starts it again.
 
-use super::lines::rfc3339;
+use crate::timespec::rfc3339;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -5,34 +5,8 @@ use super::WebhookEngine;
 use super::policy::Outcome;
 use crate::event::now_unix;
 use crate::webhook::outbox::DeliveryRecord;
-use chrono::{DateTime, Utc};
+use crate::timespec::rfc3339;
 use serde::Serialize;
-
-/// `url` without user info and query, for logs.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let had_query = u.query().is_some();
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            let mut s = u.to_string();
-            if had_query {
-                s.push_str("?…");
-            }
-            s
-        }
-        Err(_) => "<invalid url>".into(),
-    }
-}
-
-/// Unix seconds as RFC 3339 (UTC, milliseconds), as the logs and the API write times.
-pub(crate) fn rfc3339(t: f64) -> String {
-    DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
 
 #[derive(Serialize)]
 struct AttemptLine<'a> {

@@ -53,8 +53,8 @@ mod wait;
 
 pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
 pub use health::{Breaker, HealthView};
-pub use lines::redact_url;
-pub(crate) use lines::rfc3339;
+pub use crate::redact::redact_url;
+pub(crate) use crate::timespec::rfc3339;
 pub use policy::Outcome;
 pub use policy::{backoff, parse_retry_after};
 use sender::Destination;
@@ -62,7 +62,7 @@ pub use sender::EXCERPT_LIMIT;
 use store::{DeliveryStore, Kept, OutboxStore, QueueStore, Settle};
 pub use wait::WaitOutcome;
 
-use super::WebhookError;
+use crate::webhook::error::WebhookError;
 use super::jetstream::JetStreamQueue;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox, Pick};
 use super::route::Route;
@@ -1245,7 +1245,7 @@ impl WebhookEngine {
             status,
             outcome: outcome.as_str(),
             error,
-            timestamp: lines::rfc3339(now_unix()),
+            timestamp: rfc3339(now_unix()),
         }));
     }
 

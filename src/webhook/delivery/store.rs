@@ -12,7 +12,7 @@
 
 use super::{WebhookEngine, lock};
 use crate::event::now_unix;
-use crate::webhook::WebhookError;
+use crate::webhook::error::WebhookError;
 use crate::webhook::jetstream::JetStreamQueue;
 use crate::webhook::outbox::{DeliveryRecord, DeliveryState, Outbox};
 use async_nats::jetstream::{AckKind, Message};

@@ -2,7 +2,7 @@
 //! for the deliveries they queued).
 
 use super::{WebhookEngine, lock};
-use crate::webhook::WebhookError;
+use crate::webhook::error::WebhookError;
 use std::time::Duration;
 
 /// How many of a set of deliveries ended which way; see [`WebhookEngine::wait`].
