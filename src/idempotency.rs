@@ -13,8 +13,8 @@
 //! just made does not (no log can hold it). At most [`MAX_IDS`] ids are
 //! remembered, the oldest forgotten first.
 //!
-//! A claim is a [`Ticket`]: the id is *pending* until the ticket is
-//! [`done`](Ticket::done) (the event's line is written), and forgotten if the
+//! A claim is a `Ticket`: the id is *pending* until the ticket is
+//! `done` (the event's line is written), and forgotten if the
 //! ticket is dropped first (the event was refused, so the next publish of
 //! that id may try). A concurrent publish of a pending id waits for it to
 //! settle, then claims again: one id is written once however many copies

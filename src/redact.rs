@@ -20,3 +20,16 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://user:pw@h.example/p?token=abc"),
+            "https://h.example/p?…"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9/x"), "http://127.0.0.1:9/x");
+    }
+}

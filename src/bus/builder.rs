@@ -1,6 +1,8 @@
 //! [`EventBusBuilder`]: the settings of a bus before it is built.
 
-use super::{Counters, EventBus, Inner, Settings, State, Table};
+use super::shared::{EventBus, Inner, PriorityRule, Settings, State};
+use super::stats::Counters;
+use super::table::Table;
 use crate::config::{Config, FsyncPolicy};
 use crate::event::Event;
 use crate::transport::{MemoryTransport, Priority, Transport};
@@ -9,9 +11,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
-
-/// Decides the lane of an event (see [`Priority`]).
-pub type PriorityRule = Arc<dyn Fn(&Event) -> Priority + Send + Sync + 'static>;
 
 /// Builds an [`EventBus`] with settings other than the defaults.
 pub struct EventBusBuilder {
@@ -119,5 +118,28 @@ impl EventBusBuilder {
                 stats: Counters::default(),
             }),
         }
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// A bus with the default settings (log under `./logs`, capacity 10,000, 30 s handler timeout).
+    pub fn new() -> Self {
+        EventBusBuilder::default().build()
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::default()
+    }
+
+    /// A bus configured from the environment (docs/configuration.md).
+    pub fn from_env() -> Result<Self, crate::error::ConfigError> {
+        Ok(Self::builder().config(&Config::from_env()?).build())
     }
 }

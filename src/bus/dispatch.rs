@@ -1,7 +1,8 @@
 //! The dispatcher: takes accepted events from the transport and runs their handlers.
 
-use super::subscriptions::{SubList, Subscription, matching};
-use super::{IN_HANDLER, Inner};
+use super::shared::{IN_HANDLER, Inner};
+use super::subscriptions::matching;
+use super::table::{SubList, Subscription};
 use crate::event::Event;
 use crate::recovery::Ledger;
 use crate::transport::{Ack, Consumer, Delivery};

@@ -1,6 +1,6 @@
 //! The process-wide bus ([`get_event_bus`]).
 
-use super::EventBus;
+use super::shared::EventBus;
 use crate::config::Config;
 
 use std::sync::OnceLock;

@@ -1,13 +1,13 @@
 //! Starting and stopping a bus, and the running state publishers enter.
 
-use super::{EventBus, IN_HANDLER, Run, State, read, write};
+use super::shared::{EventBus, IN_HANDLER, Run, State, read, write};
 use crate::error::{BusError, LogError};
 use crate::idempotency::RecentIds;
 use crate::journal::EventLog;
 use crate::recovery::{self};
 
 use super::dispatch::dispatch_loop;
-use super::pipeline::Pipeline;
+use super::staging::Pipeline;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use tokio::sync::Semaphore;
@@ -56,7 +56,7 @@ impl EventBus {
             pipeline: Pipeline::new(),
             cancel_recovery: tokio_util::sync::CancellationToken::new(),
         });
-        Pipeline::spawn_writer(self, &run);
+        super::pipeline::spawn_writer(self, &run);
         let dispatcher = tokio::spawn(dispatch_loop(
             self.inner.clone(),
             consumer,

@@ -52,19 +52,6 @@
 //! 5. sync and close the event log;
 //! 6. close the recovery ledger (its last ids written) and move the checkpoint.
 
-use crate::config::{Config, FsyncPolicy};
-use crate::idempotency::RecentIds;
-use crate::journal::{self, EventLog};
-use crate::recovery::{self, Ledger};
-use crate::transport::Transport;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
-
 mod builder;
 mod dispatch;
 mod global;
@@ -72,195 +59,17 @@ mod lifecycle;
 mod pipeline;
 mod publish;
 mod recovery_feed;
+mod shared;
+mod staging;
 mod stats;
 mod subscriptions;
+mod table;
 
-pub use builder::{EventBusBuilder, PriorityRule};
+pub use builder::EventBusBuilder;
 pub use global::{get_event_bus, set_event_bus};
-pub use pipeline::{MAX_BATCH as PIPELINE_MAX_BATCH, PublishAck};
-pub use publish::{EventOrType, WeakEventBus};
+pub use publish::EventOrType;
 pub use recovery_feed::TAKEOVER_INTERVAL;
+pub use shared::{EventBus, PriorityRule, WeakEventBus};
+pub use staging::{MAX_BATCH as PIPELINE_MAX_BATCH, PublishAck};
 pub use stats::BusStats;
-use stats::Counters;
-use subscriptions::Table;
-pub use subscriptions::{SubscriptionId, WILDCARD};
-
-tokio::task_local! {
-    /// Set while a handler runs: publishes made from it skip the capacity wait.
-    static IN_HANDLER: ();
-}
-
-#[derive(Clone)]
-/// What the builder set; read-only once built.
-struct Settings {
-    log_dir: Option<PathBuf>,
-    fsync: FsyncPolicy,
-    capacity: usize,
-    handler_timeout: Duration,
-    concurrency: usize,
-    /// Report per-type counters and latencies through the `metrics` facade.
-    metrics: bool,
-}
-
-/// What exists while the bus runs; shared by publishers, the dispatcher and `stop`.
-struct Run {
-    /// The write-ahead log; `None` when the bus runs without one.
-    log: Option<EventLog>,
-    /// `queue_capacity` units; a publisher holds one from before the event is
-    /// logged until its handlers are done (memory transport).
-    permits: Arc<Semaphore>,
-    /// Capacity for events published from inside handlers: never waited on.
-    overflow: Arc<Semaphore>,
-    /// Publishes from outside under way; `stop` waits for them after refusing new ones.
-    publishers: TaskTracker,
-    /// The runtime the bus was started on, for `publish_sync`.
-    runtime: tokio::runtime::Handle,
-    /// This run's record of finished events (log on, in-process transport);
-    /// the dispatcher writes to it, `stop` closes it.
-    ledger: Option<Arc<Ledger>>,
-    /// The recovery plan, handed here by the feeder once every recovered event
-    /// is queued; `stop` finishes it (moves the checkpoint) when all are done.
-    recovered: std::sync::Mutex<Option<recovery::Plan>>,
-    /// The ids accepted recently, for idempotent publishes (`publish_once`).
-    recent: Arc<RecentIds>,
-    /// Ends the recovery task; cancelled by `stop` first.
-    cancel_recovery: tokio_util::sync::CancellationToken,
-    /// Pipelined publishes staged for the writer task (see the `pipeline` module).
-    pipeline: pipeline::Pipeline,
-}
-
-/// Where the bus is in its life; behind `Inner::state`, written only by
-/// `start` and `stop` (which `Inner::lifecycle` serializes).
-enum State {
-    Idle,
-    Running {
-        run: Arc<Run>,
-        dispatcher: JoinHandle<()>,
-    },
-    Stopping(Arc<Run>),
-}
-
-/// The bus itself, shared by its clones and its tasks (see the module docs).
-struct Inner {
-    settings: Settings,
-    transport: Arc<dyn Transport>,
-    priority: Option<PriorityRule>,
-    /// Replaced whole by `subscribe`/`unsubscribe`; the dispatcher clones the
-    /// `Arc` and reads it without the lock.
-    table: RwLock<Arc<Table>>,
-    /// The next [`SubscriptionId`].
-    next_id: AtomicU64,
-    /// Read by every publish (to enter the run), written by `start` and `stop`.
-    state: RwLock<State>,
-    /// Serializes `start` and `stop`.
-    lifecycle: tokio::sync::Mutex<()>,
-    /// Events not finished yet: with a local transport, from acceptance; with a
-    /// remote one, from when the dispatcher takes them.
-    inflight: AtomicUsize,
-    /// Whether the transport is in-process (see [`Transport::is_local`]).
-    local: bool,
-    /// Woken when `inflight` drops to zero; `stop` waits on it.
-    idle: Notify,
-    /// Redelivered events whose handlers all finished; written by the
-    /// dispatcher's tasks, read by the recovery task to know a plan is done.
-    recovered_done: AtomicU64,
-    /// Relaxed counters, written by publishers and handler tasks.
-    stats: Counters,
-}
-
-/// The event bus. Cheap to clone: clones share one bus.
-///
-/// ```
-/// use pm_events::{Event, EventBus};
-/// use serde_json::json;
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let dir = tempfile::tempdir()?;
-/// let bus = EventBus::builder().log_dir(dir.path()).build();
-/// bus.subscribe("file_change", |event: Event| async move {
-///     println!("changed: {}", event.data["file_path"]);
-///     Ok::<(), std::io::Error>(())
-/// });
-/// bus.start().await?;
-/// let id = bus.publish("file_change", json!({"file_path": "/tmp/a.txt"})).await?;
-/// bus.stop().await?; // every accepted event is handled before this returns
-/// assert!(std::fs::read_to_string(bus.get_log_file())?.contains(&id));
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct EventBus {
-    inner: Arc<Inner>,
-}
-
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
-}
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl EventBus {
-    /// A bus with the default settings (log under `./logs`, capacity 10,000, 30 s handler timeout).
-    pub fn new() -> Self {
-        EventBusBuilder::default().build()
-    }
-
-    /// A builder for other settings.
-    pub fn builder() -> EventBusBuilder {
-        EventBusBuilder::default()
-    }
-    /// A snapshot of the bus's counters.
-    pub fn stats(&self) -> BusStats {
-        self.inner.stats.snapshot()
-    }
-
-    /// A bus configured from the environment (docs/configuration.md).
-    pub fn from_env() -> Result<Self, crate::error::ConfigError> {
-        Ok(Self::builder().config(&Config::from_env()?).build())
-    }
-
-    /// Today's event log file (where the next accepted event goes).
-    pub fn get_log_file(&self) -> PathBuf {
-        let dir = self
-            .inner
-            .settings
-            .log_dir
-            .clone()
-            .unwrap_or_else(|| Config::default().log_dir);
-        journal::day_path(&dir, journal::today())
-    }
-
-    /// The log directory, or `None` when the bus runs without a log.
-    pub fn log_dir(&self) -> Option<&std::path::Path> {
-        self.inner.settings.log_dir.as_deref()
-    }
-
-    /// Events accepted and waiting for the dispatcher.
-    pub fn queue_len(&self) -> usize {
-        self.inner.transport.queue_len()
-    }
-
-    /// The configured queue capacity.
-    pub fn capacity(&self) -> usize {
-        self.inner.settings.capacity
-    }
-
-    /// A handle that publishes on this bus without keeping it alive (for
-    /// handlers that publish follow-up events).
-    pub fn downgrade(&self) -> WeakEventBus {
-        WeakEventBus {
-            inner: Arc::downgrade(&self.inner),
-        }
-    }
-
-    /// Whether the bus is running (started and not stopping).
-    pub fn is_running(&self) -> bool {
-        matches!(*read(&self.inner.state), State::Running { .. })
-    }
-}
+pub use table::{SubscriptionId, WILDCARD};

@@ -1,34 +1,13 @@
 //! Accepting events: the publish calls, the write-ahead, the hand-off to the transport.
 
 use super::dispatch::finish_one;
-use super::{EventBus, IN_HANDLER, Inner, Run};
+use super::shared::{EventBus, IN_HANDLER, Run, WeakEventBus};
 use crate::error::BusError;
 use crate::event::{Event, EventId};
 use crate::idempotency::{Accepted, Claim, Ticket};
 use crate::transport::{Permit, Priority};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
-
-/// A publishing handle that does not keep the bus alive: what a handler that
-/// publishes follow-up events holds (a handler holding the [`EventBus`] that
-/// holds it would be an `Arc` cycle, and neither would ever be dropped).
-///
-/// ```
-/// # use pm_events::EventBus; use serde_json::json;
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let bus = EventBus::builder().without_log().build();
-/// let handle = bus.downgrade();
-/// bus.start().await?;
-/// handle.publish("follow_up", json!({})).await?;
-/// bus.stop().await?;
-/// drop(bus);
-/// assert!(handle.publish("follow_up", json!({})).await.is_err()); // the bus is gone
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct WeakEventBus {
-    pub(super) inner: std::sync::Weak<Inner>,
-}
 
 impl WeakEventBus {
     /// Publishes on the bus if it still exists (see [`EventBus::publish`]);

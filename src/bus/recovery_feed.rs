@@ -3,7 +3,7 @@
 //! [`TAKEOVER_INTERVAL`], those of a run that died beside this one once this
 //! one is the only process left on the log directory (see [`crate::recovery`]).
 
-use super::{EventBus, Run};
+use super::shared::{EventBus, Run};
 use crate::event::Event;
 use crate::recovery::{self, Plan};
 use std::sync::atomic::Ordering;

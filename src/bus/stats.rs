@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of a bus since it was built; see [`EventBus::stats`].
+/// Counters of a bus since it was built; see [`EventBus::stats`](crate::EventBus::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusStats {
     /// Events accepted (logged and queued).

@@ -4,7 +4,7 @@
 //! `publish` — becomes one [`Event`] and is admitted in one place.
 //!
 //! 1. **Form.** Each entrance's form is read into an event by this module:
-//!    [`envelope`] (`POST /events` and `publish -` lines:
+//!    [`envelope()`] (`POST /events` and `publish -` lines:
 //!    `{"type","data","source"?,"event_id"?}`), [`from_parts`] (`publish TYPE
 //!    JSON`) and [`webhook_forms`] (incoming webhooks). Every JSON text is
 //!    parsed with [`crate::strict_json`] (a repeated key is refused) and every

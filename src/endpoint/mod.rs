@@ -23,10 +23,10 @@ pub mod store;
 
 use crate::event::Event;
 use crate::webhook::route::Routes;
+pub use error::EndpointError;
 use filter::Filter;
 use keys::{Key, Signers};
 use model::Change;
-pub use error::EndpointError;
 pub use model::{Endpoint, FieldError, Signing, Source};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, RwLock};

@@ -61,9 +61,9 @@ pub(crate) const MAX_WAIT_SECS: u64 = 60;
 /// Clients remembered at most; past that, those not slowed down are forgotten.
 pub(crate) const MAX_CLIENTS: usize = 10_000;
 
-/// Wrong sign-ins per client address. After [`FREE_FAILURES`], each next try
+/// Wrong sign-ins per client address. After `FREE_FAILURES`, each next try
 /// waits twice as long as the one before (1 s, 2 s, 4 s … at most
-/// [`MAX_WAIT_SECS`]); a try before then is answered 429 with `Retry-After`,
+/// `MAX_WAIT_SECS`); a try before then is answered 429 with `Retry-After`,
 /// without looking at the token. A right token forgets the client. Owned by
 /// the server's `AppState`.
 #[derive(Default)]

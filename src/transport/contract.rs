@@ -6,7 +6,6 @@ use crate::event::Event;
 use async_trait::async_trait;
 use tokio::sync::OwnedSemaphorePermit;
 
-
 /// One unit of the bus's capacity, held while an event is in the transport's care.
 pub type Permit = OwnedSemaphorePermit;
 

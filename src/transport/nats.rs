@@ -18,7 +18,9 @@
 //! - `close` stops fetching and hands back at once (a *nak*) what was fetched ahead and
 //!   not dispatched; what was dispatched is finished and acknowledged by the bus.
 
-use super::contract::{Ack, Consumer, Delivery, Permit, Priority, RemoteAck, Transport, TransportError};
+use super::contract::{
+    Ack, Consumer, Delivery, Permit, Priority, RemoteAck, Transport, TransportError,
+};
 use crate::event::Event;
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer};
 use async_trait::async_trait;

@@ -13,10 +13,10 @@
 //! Lists are newest first (delivery ids are time-ordered UUID v7); a page ends with
 //! a cursor, the last id shown, and the next page starts after it.
 
-use crate::webhook::error::WebhookError;
-use crate::timespec::rfc3339;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox};
 use crate::jsonl;
+use crate::timespec::rfc3339;
+use crate::webhook::error::WebhookError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;

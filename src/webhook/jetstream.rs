@@ -29,8 +29,8 @@
 //! the consumer's `ack_wait`; a node that stops hands back what it has not
 //! attempted at once.
 
-use crate::webhook::error::WebhookError;
 use super::outbox::{DeliveryRecord, DeliveryState};
+use crate::webhook::error::WebhookError;
 use async_nats::jetstream;
 use std::time::Duration;
 

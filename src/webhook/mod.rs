@@ -26,8 +26,8 @@ use async_trait::async_trait;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-pub use error::{BoxError, WebhookError};
 pub use delivery::{DeliveryConfig, RetryError, WaitOutcome, WebhookEngine};
+pub use error::{BoxError, WebhookError};
 pub use route::{Route, Routes};
 pub use sign::{Signer, VerifyError};
 

@@ -15,8 +15,8 @@
 //! With `PM_FSYNC=always` SQLite runs with `synchronous=FULL` (a delivery survives a
 //! power loss); otherwise `NORMAL` (it survives a crash of the process).
 
-use crate::webhook::error::WebhookError;
 use crate::config::FsyncPolicy;
+use crate::webhook::error::WebhookError;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

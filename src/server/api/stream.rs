@@ -3,7 +3,7 @@
 //! dashboard (`event: risks`, `{"open_alerts": n}`; read `/api/v1/risks` for the
 //! rest), live.
 //!
-//! Each message has an id `<run>-<n>`. The server keeps the last [`REPLAY`] messages;
+//! Each message has an id `<run>-<n>`. The server keeps the last `REPLAY` (1,000) messages;
 //! a client that reconnects with `Last-Event-ID` first gets those it missed (all
 //! kept ones if the id is of an earlier run), then the live ones. A client that
 //! falls more than the channel's bound behind is told so with an `event: lagged`

@@ -51,10 +51,10 @@ mod sender;
 mod store;
 mod wait;
 
-pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
-pub use health::{Breaker, HealthView};
 pub use crate::redact::redact_url;
 pub(crate) use crate::timespec::rfc3339;
+pub use config::{DEFAULT_WINDOW, DeliveryConfig, MAX_RETRY_AFTER};
+pub use health::{Breaker, HealthView};
 pub use policy::Outcome;
 pub use policy::{backoff, parse_retry_after};
 use sender::Destination;
@@ -62,7 +62,6 @@ pub use sender::EXCERPT_LIMIT;
 use store::{DeliveryStore, Kept, OutboxStore, QueueStore, Settle};
 pub use wait::WaitOutcome;
 
-use crate::webhook::error::WebhookError;
 use super::jetstream::JetStreamQueue;
 use super::outbox::{DeliveryRecord, DeliveryState, Outbox, Pick};
 use super::route::Route;
@@ -70,6 +69,7 @@ use super::sign::Signer;
 use crate::endpoint::{Endpoints, Managed};
 use crate::event::{Event, now_unix};
 use crate::jsonl::JsonlWriter;
+use crate::webhook::error::WebhookError;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
