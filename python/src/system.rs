@@ -15,6 +15,10 @@ use std::time::Duration;
 /// The process's delivery; made on first use (see [`webhooks`]), shut down at exit.
 static SHARED: Mutex<Option<Arc<WebhookHandler>>> = Mutex::new(None);
 
+/// The engines of `WebhookHandler(max_retries=...)` with settings of their own;
+/// shut down at exit like the shared one.
+static OWN: Mutex<Vec<Arc<WebhookHandler>>> = Mutex::new(Vec::new());
+
 /// How long interpreter exit waits for the engine to finish its attempts in flight.
 const ENGINE_EXIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -56,8 +60,13 @@ fn shared_webhooks(cfg: &Config, force: bool) -> PyResult<Option<Arc<WebhookHand
 /// A webhook handler of its own for `cfg` (settings other than the process's),
 /// started like the shared one.
 pub fn own_webhooks(py: Python<'_>, cfg: &Config) -> PyResult<Arc<WebhookHandler>> {
-    py.detach(|| open(cfg, true))?
-        .ok_or_else(|| crate::errors::ConfigError::new_err("the webhook handler could not be made"))
+    let h = py.detach(|| open(cfg, true))?.ok_or_else(|| {
+        crate::errors::ConfigError::new_err("the webhook handler could not be made")
+    })?;
+    OWN.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(h.clone());
+    Ok(h)
 }
 
 fn open(cfg: &Config, force: bool) -> PyResult<Option<Arc<WebhookHandler>>> {
@@ -136,10 +145,14 @@ fn new_bus_detached() -> PyResult<(EventBus, usize)> {
 /// Stops the shared engine at interpreter exit (what is pending stays in the
 /// outbox for the next start).
 pub fn shutdown() {
-    let shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner).take();
-    if let Some(h) = shared {
-        runtime().block_on(async move {
-            let _ = tokio::time::timeout(ENGINE_EXIT_WAIT, h.engine().shutdown()).await;
-        });
-    }
+    let mut engines = std::mem::take(&mut *OWN.lock().unwrap_or_else(PoisonError::into_inner));
+    engines.extend(SHARED.lock().unwrap_or_else(PoisonError::into_inner).take());
+    runtime().block_on(async move {
+        let all = async {
+            for h in &engines {
+                h.engine().shutdown().await;
+            }
+        };
+        let _ = tokio::time::timeout(ENGINE_EXIT_WAIT, all).await;
+    });
 }
