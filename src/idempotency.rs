@@ -11,7 +11,10 @@
 //! processes and earlier runs wrote. A publish of an event built outside the
 //! bus waits for that load before it claims; a publish whose id the bus has
 //! just made does not (no log can hold it). At most [`MAX_IDS`] ids are
-//! remembered, the oldest forgotten first.
+//! remembered, the oldest forgotten first. The index keeps a 128-bit
+//! fingerprint of each id, not its text, in 16 shards with a lock each, so
+//! remembering every id costs a publisher one short uncontended lock and no
+//! allocation.
 //!
 //! A claim is a `Ticket`: the id is *pending* until the ticket is
 //! `done` (the event's line is written), and forgotten if the
@@ -45,12 +48,61 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+/// Shards of the index: publishers of different ids rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// An id as the index keeps it: 128 bits of two keyed hashes of its text (no
+/// copy of the text; two different ids share one with a chance of 2^-128).
+type Fingerprint = u128;
+
+fn fingerprint(id: &str) -> Fingerprint {
+    use std::hash::{BuildHasher, Hasher};
+    // A UUID (what the bus assigns) is random already: its bits are its fingerprint.
+    if id.len() == 36
+        && let Ok(u) = uuid::Uuid::try_parse(id)
+    {
+        return u.as_u128().rotate_left(67);
+    }
+    // Fixed keys: the same id has the same fingerprint in every shard and run.
+    let half = |seed: u8| {
+        let mut h =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+        h.write_u8(seed);
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    (u128::from(half(0x5a)) << 64) | u128::from(half(0xa5))
+}
+
+/// The hasher of fingerprints: they are hashes already.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl std::hash::Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type FingerprintMap<V> = HashMap<Fingerprint, V, std::hash::BuildHasherDefault<Passthrough>>;
+
 /// The ids accepted recently; see the module docs. Owned by a running bus
 /// (one per run); tickets hold it until they settle.
 pub(crate) struct RecentIds {
-    index: Mutex<Index>,
+    shards: [Mutex<Index>; SHARDS],
     /// `true` once the log's ids are loaded.
     loaded: watch::Receiver<bool>,
+    /// The same, read without a lock by every publish once it is true.
+    loaded_now: std::sync::atomic::AtomicBool,
 }
 
 /// The state of one remembered id.
@@ -62,19 +114,20 @@ enum Slot {
     Pending(Option<watch::Sender<()>>),
 }
 
+/// One shard: its ids, and the order they came in (seconds since the epoch).
 #[derive(Default)]
 struct Index {
-    slots: HashMap<Arc<str>, Slot>,
-    order: VecDeque<(f64, Arc<str>)>,
+    slots: FingerprintMap<Slot>,
+    order: VecDeque<(u32, Fingerprint)>,
 }
 
 impl Index {
-    fn purge(&mut self) {
-        let horizon = now_unix() - WINDOW.as_secs_f64();
-        while let Some((at, id)) = self.order.front() {
-            if *at < horizon || self.order.len() > MAX_IDS {
-                if matches!(self.slots.get(id), Some(Slot::Done)) {
-                    self.slots.remove(id);
+    fn purge(&mut self, now: f64) {
+        let horizon = (now - WINDOW.as_secs_f64()).max(0.0) as u32;
+        while let Some((at, fp)) = self.order.front() {
+            if *at < horizon || self.order.len() > MAX_IDS / SHARDS {
+                if matches!(self.slots.get(fp), Some(Slot::Done)) {
+                    self.slots.remove(fp);
                 }
                 self.order.pop_front();
             } else {
@@ -83,16 +136,15 @@ impl Index {
         }
     }
 
-    fn insert(&mut self, id: &str, slot: Slot) -> Arc<str> {
-        let key: Arc<str> = Arc::from(id);
-        self.slots.insert(key.clone(), slot);
-        self.order.push_back((now_unix(), key.clone()));
-        self.purge();
-        key
+    fn insert(&mut self, fp: Fingerprint, slot: Slot) {
+        let now = now_unix();
+        self.slots.insert(fp, slot);
+        self.order.push_back((now as u32, fp));
+        self.purge(now);
     }
 }
 
-/// The outcome of [`RecentIds::claim`].
+/// The outcome of [`RecentIds::claim_as`].
 pub(crate) enum Claim {
     /// Nobody has this id: the holder writes the event, then settles the ticket.
     Fresh(Ticket),
@@ -107,8 +159,22 @@ pub(crate) enum Claim {
 /// once the line is written, or dropped to give the id up.
 pub(crate) struct Ticket {
     ids: Arc<RecentIds>,
-    id: Arc<str>,
+    fp: Fingerprint,
     settled: bool,
+    /// Counted as written since the claim: `done` has nothing left to do.
+    optimistic: bool,
+}
+
+/// How a publish claims its id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claiming {
+    /// The id is pending until the event is written; a concurrent publish of
+    /// it waits for the outcome (`publish_once`).
+    Waiting,
+    /// The id counts as written at once, and is forgotten if the write fails:
+    /// one lock per event instead of two. A concurrent publish of the same id
+    /// is a duplicate at once (the other publish calls).
+    Optimistic,
 }
 
 impl Ticket {
@@ -122,11 +188,14 @@ impl Ticket {
             return;
         }
         self.settled = true;
-        let mut index = self.ids.lock();
+        if written && self.optimistic {
+            return;
+        }
+        let mut index = self.ids.shard(self.fp);
         if written {
-            index.slots.insert(self.id.clone(), Slot::Done);
+            index.slots.insert(self.fp, Slot::Done);
         } else {
-            index.slots.remove(&self.id);
+            index.slots.remove(&self.fp);
         }
     }
 }
@@ -142,7 +211,8 @@ impl RecentIds {
     pub(crate) fn start(log_dir: Option<&Path>) -> Arc<RecentIds> {
         let (tx, rx) = watch::channel(log_dir.is_none());
         let ids = Arc::new(RecentIds {
-            index: Mutex::new(Index::default()),
+            shards: std::array::from_fn(|_| Mutex::new(Index::default())),
+            loaded_now: std::sync::atomic::AtomicBool::new(log_dir.is_none()),
             loaded: rx,
         });
         if let Some(dir) = log_dir {
@@ -150,17 +220,20 @@ impl RecentIds {
             let spawned = std::thread::Builder::new()
                 .name("pm-events-recent-ids".into())
                 .spawn(move || {
-                    let found = load(&dir);
-                    let mut index = ids2.lock();
-                    for id in found {
-                        if !index.slots.contains_key(id.as_str()) {
-                            index.insert(&id, Slot::Done);
+                    for id in load(&dir) {
+                        let fp = fingerprint(&id);
+                        let mut index = ids2.shard(fp);
+                        if !index.slots.contains_key(&fp) {
+                            index.insert(fp, Slot::Done);
                         }
                     }
-                    drop(index);
+                    ids2.loaded_now
+                        .store(true, std::sync::atomic::Ordering::Release);
                     let _ = tx.send(true);
                 });
             if spawned.is_err() {
+                ids.loaded_now
+                    .store(true, std::sync::atomic::Ordering::Release);
                 tracing::warn!(
                     "cannot start loading the recent event ids; repeats are recognised only within this run"
                 );
@@ -169,25 +242,30 @@ impl RecentIds {
         ids
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The shard of `fp`, locked.
+    fn shard(&self, fp: Fingerprint) -> std::sync::MutexGuard<'_, Index> {
+        // The top bits choose the shard; the map hashes by the low ones.
+        self.shards[(fp >> 124) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until the ids of the log files are loaded (at once after the
     /// first few moments of a run).
     pub(crate) async fn loaded(&self) {
-        if *self.loaded.borrow() {
+        if self.loaded_now.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
         let mut loaded = self.loaded.clone();
         let _ = loaded.wait_for(|l| *l).await;
     }
 
-    /// Claims `id` for a publish (see [`Claim`]). Call [`loaded`](Self::loaded)
-    /// first unless the bus has just made the id.
-    pub(crate) fn claim(self: &Arc<Self>, id: &str) -> Claim {
-        let mut index = self.lock();
-        match index.slots.get_mut(id) {
+    /// Claims `id` for a publish, the way `how` says (see [`Claim`]). Call
+    /// [`loaded`](Self::loaded) first unless the bus has just made the id.
+    pub(crate) fn claim_as(self: &Arc<Self>, id: &str, how: Claiming) -> Claim {
+        let fp = fingerprint(id);
+        let mut index = self.shard(fp);
+        match index.slots.get_mut(&fp) {
             Some(Slot::Done) => Claim::Duplicate,
             Some(Slot::Pending(tx)) => Claim::Pending(match tx {
                 Some(tx) => tx.subscribe(),
@@ -198,11 +276,22 @@ impl RecentIds {
                 }
             }),
             None => {
-                let id = index.insert(id, Slot::Pending(None));
+                let optimistic = how == Claiming::Optimistic;
+                index.insert(
+                    fp,
+                    if optimistic {
+                        Slot::Done
+                    } else {
+                        Slot::Pending(None)
+                    },
+                );
                 Claim::Fresh(Ticket {
                     ids: self.clone(),
-                    id,
+                    fp,
+                    // An optimistic claim is settled as written already; its
+                    // drop without `done` still forgets it (see `Drop`).
                     settled: false,
+                    optimistic,
                 })
             }
         }
@@ -213,9 +302,10 @@ impl RecentIds {
     pub(crate) async fn claim_waiting_now(
         self: &Arc<Self>,
         id: &str,
+        how: Claiming,
     ) -> Result<Option<Ticket>, ()> {
         self.loaded().await;
-        match self.claim(id) {
+        match self.claim_as(id, how) {
             Claim::Fresh(t) => Ok(Some(t)),
             Claim::Duplicate => Ok(None),
             Claim::Pending(_) => Err(()),
@@ -224,10 +314,10 @@ impl RecentIds {
 
     /// Claims `id`, waiting for the load and for a concurrent publish of the
     /// same id to settle: the ticket, or `None` when the id is a duplicate.
-    pub(crate) async fn claim_waiting(self: &Arc<Self>, id: &str) -> Option<Ticket> {
+    pub(crate) async fn claim_waiting(self: &Arc<Self>, id: &str, how: Claiming) -> Option<Ticket> {
         self.loaded().await;
         loop {
-            match self.claim(id) {
+            match self.claim_as(id, how) {
                 Claim::Fresh(t) => return Some(t),
                 Claim::Duplicate => return None,
                 Claim::Pending(mut rx) => {
@@ -276,11 +366,14 @@ mod tests {
     #[tokio::test]
     async fn an_id_is_claimed_once_even_by_concurrent_publishes() {
         let ids = RecentIds::start(None);
-        let first = ids.claim_waiting("k1").await.expect("fresh");
+        let first = ids
+            .claim_waiting("k1", Claiming::Waiting)
+            .await
+            .expect("fresh");
         // A second publish waits while the first holds the id...
         let second = tokio::spawn({
             let ids = ids.clone();
-            async move { ids.claim_waiting("k1").await.is_none() }
+            async move { ids.claim_waiting("k1", Claiming::Waiting).await.is_none() }
         });
         tokio::task::yield_now().await;
         assert!(!second.is_finished());
@@ -288,7 +381,11 @@ mod tests {
         first.done();
         assert!(second.await.unwrap());
         // A refused first try (its ticket dropped) leaves the id free for the next.
-        drop(ids.claim_waiting("k2").await.expect("fresh"));
-        assert!(ids.claim_waiting("k2").await.is_some());
+        drop(
+            ids.claim_waiting("k2", Claiming::Optimistic)
+                .await
+                .expect("fresh"),
+        );
+        assert!(ids.claim_waiting("k2", Claiming::Waiting).await.is_some());
     }
 }

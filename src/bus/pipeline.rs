@@ -6,7 +6,7 @@ use super::shared::{EventBus, Run};
 use super::staging::{Answer, MAX_BATCH, PublishAck, Refusal, Staged, lock};
 use crate::error::{BusError, LogError};
 use crate::event::Event;
-use crate::idempotency::Ticket;
+use crate::idempotency::{Claiming, Ticket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -46,7 +46,11 @@ impl EventBus {
         // The span marks the hand-over to the pipeline (its write is shared by a batch).
         let _span = super::publish::publish_span(&mut event);
         let (run, token) = self.enter()?;
-        let ticket = match run.recent.claim_waiting_now(&event.event_id).await {
+        let ticket = match run
+            .recent
+            .claim_waiting_now(&event.event_id, Claiming::Optimistic)
+            .await
+        {
             Ok(Some(t)) => t,
             Ok(None) => return Ok(PublishAck::known(event.event_id, Ok(()))),
             Err(()) => {

@@ -4,7 +4,7 @@ use super::dispatch::finish_one;
 use super::shared::{EventBus, IN_HANDLER, Run, WeakEventBus};
 use crate::error::BusError;
 use crate::event::{Event, EventId};
-use crate::idempotency::{Accepted, Claim, Ticket};
+use crate::idempotency::{Accepted, Claim, Claiming, Ticket};
 use crate::transport::{Permit, Priority};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -73,31 +73,42 @@ impl EventBus {
         event: impl Into<EventOrType>,
         data: impl Into<Option<Value>>,
     ) -> Result<EventId, BusError> {
-        self.publish_one(make_event(event.into(), data.into()), true)
-            .await
-            .map(|a| a.event_id)
+        self.publish_one(
+            make_event(event.into(), data.into()),
+            true,
+            Claiming::Optimistic,
+        )
+        .await
+        .map(|a| a.event_id)
     }
 
     /// Publishes `event` unless an event with its `event_id` was accepted in the
     /// last 24 hours (see [`crate::idempotency`]): then it returns that id with
     /// `duplicate: true` and does nothing. Waits while the queue is full.
     pub async fn publish_once(&self, event: Event) -> Result<Accepted, BusError> {
-        self.publish_one(Built(event), true).await
+        self.publish_one(Built(event), true, Claiming::Waiting)
+            .await
     }
 
     /// Like [`publish_once`](Self::publish_once), with
     /// [`BusError::QueueFull`] instead of waiting when the queue is full.
     pub async fn try_publish_once(&self, event: Event) -> Result<Accepted, BusError> {
-        self.publish_one(Built(event), false).await
+        self.publish_one(Built(event), false, Claiming::Waiting)
+            .await
     }
 
     /// The one way a single event is accepted: validated, its id claimed
     /// (a repeat is a duplicate), a unit of capacity taken (waiting for it
     /// when `wait`), written ahead, queued.
-    pub(super) async fn publish_one(&self, event: Made, wait: bool) -> Result<Accepted, BusError> {
+    pub(super) async fn publish_one(
+        &self,
+        event: Made,
+        wait: bool,
+        how: Claiming,
+    ) -> Result<Accepted, BusError> {
         let event = event.validated()?;
         let (run, _token) = self.enter()?;
-        let Some(ticket) = claim(&run, &event).await else {
+        let Some(ticket) = claim(&run, &event, how).await else {
             return Ok(Accepted {
                 event_id: event.event().event_id.clone(),
                 duplicate: true,
@@ -126,7 +137,7 @@ impl EventBus {
     /// hours returns that id and does nothing (see
     /// [`publish_once`](Self::publish_once), which tells the two apart).
     pub async fn publish_event(&self, event: Event) -> Result<EventId, BusError> {
-        self.publish_one(Built(event), true)
+        self.publish_one(Built(event), true, Claiming::Optimistic)
             .await
             .map(|a| a.event_id)
     }
@@ -137,9 +148,13 @@ impl EventBus {
         event: impl Into<EventOrType>,
         data: impl Into<Option<Value>>,
     ) -> Result<EventId, BusError> {
-        self.publish_one(make_event(event.into(), data.into()), false)
-            .await
-            .map(|a| a.event_id)
+        self.publish_one(
+            make_event(event.into(), data.into()),
+            false,
+            Claiming::Optimistic,
+        )
+        .await
+        .map(|a| a.event_id)
     }
 
     /// Publishes from code that is not async (a plain thread): blocks until the
@@ -371,13 +386,13 @@ pub(super) fn make_event(first: EventOrType, data: Option<Value>) -> Made {
 /// Claims the id of `event` (see [`crate::idempotency`]): its ticket, or
 /// `None` for a duplicate. An id the bus has just made needs no look at the
 /// log's ids.
-async fn claim(run: &Run, event: &Made) -> Option<Ticket> {
+async fn claim(run: &Run, event: &Made, how: Claiming) -> Option<Ticket> {
     if let Made::New(e) = event
-        && let Claim::Fresh(t) = run.recent.claim(&e.event_id)
+        && let Claim::Fresh(t) = run.recent.claim_as(&e.event_id, how)
     {
         return Some(t);
     }
-    run.recent.claim_waiting(&event.event().event_id).await
+    run.recent.claim_waiting(&event.event().event_id, how).await
 }
 
 /// Claims the ids of a batch: the events to write (repeats left out, the
@@ -388,7 +403,7 @@ pub(super) async fn claim_batch(run: &Run, events: Vec<Event>) -> (Vec<Event>, V
     let mut tickets: Vec<Ticket> = Vec::with_capacity(events.len());
     for e in events {
         loop {
-            match run.recent.claim(&e.event_id) {
+            match run.recent.claim_as(&e.event_id, Claiming::Optimistic) {
                 Claim::Fresh(t) => {
                     tickets.push(t);
                     keep.push(e);
