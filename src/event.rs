@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The identifier of an event: a UUID v4 in its hyphenated text form.
+/// The identifier of an event: a UUID in its hyphenated text form (see [`minted`]), or an id a caller supplied.
 pub type EventId = String;
 
 /// The `source` every event gets unless its publisher says otherwise.
@@ -39,7 +39,7 @@ pub struct Event {
     pub data: Value,
     /// Unix timestamp in seconds (with fraction) at which the event was created.
     pub timestamp: f64,
-    /// Unique event identifier (UUID v4).
+    /// Unique event identifier (a UUID, see [`minted`]; or an id a caller supplied).
     pub event_id: EventId,
     /// The system that produced the event.
     #[serde(default = "default_source")]
@@ -59,6 +59,62 @@ fn default_source() -> String {
     DEFAULT_SOURCE.to_string()
 }
 
+/// The ids [`Event::new`] makes: UUIDs (version 8, RFC 9562) of a random
+/// 60-bit nonce drawn once per process and a 62-bit counter. Unique as a
+/// random UUID is, and recognisable: the bus tells an id this process made
+/// from any other by its nonce, and remembers the ones it accepted in a
+/// bitmap of counters instead of a hash index ([`crate::idempotency`]).
+pub mod minted {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    fn nonce() -> u64 {
+        *NONCE.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 4)
+    }
+
+    /// The next id.
+    pub fn next() -> uuid::Uuid {
+        let n = nonce();
+        let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut b = [0u8; 16];
+        b[0..6].copy_from_slice(&(n >> 12).to_be_bytes()[2..8]);
+        b[6] = ((n >> 8) & 0x0f) as u8;
+        b[7] = (n & 0xff) as u8;
+        b[8..16].copy_from_slice(&(c & ((1 << 62) - 1)).to_be_bytes());
+        uuid::Builder::from_custom_bytes(b).into_uuid()
+    }
+
+    /// The counter of `id` when this process made it; `None` for any other id.
+    pub fn counter_of(id: &str) -> Option<u64> {
+        if id.len() != 36 {
+            return None;
+        }
+        let u = uuid::Uuid::try_parse(id).ok()?;
+        if u.get_version_num() != 8 {
+            return None;
+        }
+        let b = u.as_bytes();
+        let mut hi = [0u8; 8];
+        hi[2..8].copy_from_slice(&b[0..6]);
+        let n = (u64::from_be_bytes(hi) << 12) | (u64::from(b[6] & 0x0f) << 8) | u64::from(b[7]);
+        if n != nonce() {
+            return None;
+        }
+        let mut lo = [0u8; 8];
+        lo.copy_from_slice(&b[8..16]);
+        Some(u64::from_be_bytes(lo) & ((1 << 62) - 1))
+    }
+
+    /// How many ids this process has made: an id of this process with a
+    /// counter at or above it was not made yet.
+    pub fn made() -> u64 {
+        COUNTER.load(Ordering::Relaxed)
+    }
+}
+
 /// The current time as Unix seconds with a fraction.
 pub fn now_unix() -> f64 {
     SystemTime::now()
@@ -69,13 +125,13 @@ pub fn now_unix() -> f64 {
 
 impl Event {
     /// A new event of `event_type` carrying `data`, stamped now, with a fresh
-    /// UUID v4 and the default source `"personal-manager"`.
+    /// id ([`minted`]: a UUID) and the default source `"personal-manager"`.
     pub fn new(event_type: impl Into<String>, data: Value) -> Self {
         Event {
             event_type: event_type.into(),
             data,
             timestamp: now_unix(),
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: minted::next().to_string(),
             source: DEFAULT_SOURCE.to_string(),
             redelivered: false,
             trace: None,
@@ -214,12 +270,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_unique_uuid_v4() {
+    fn ids_are_unique_uuids_this_process_recognises() {
         let a = Event::new("x", json!({}));
         let b = Event::new("x", json!({}));
         assert_ne!(a.event_id, b.event_id);
         let u = uuid::Uuid::parse_str(&a.event_id).unwrap();
-        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(u.get_version_num(), 8);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        let (ca, cb) = (
+            minted::counter_of(&a.event_id).unwrap(),
+            minted::counter_of(&b.event_id).unwrap(),
+        );
+        assert!(cb > ca && cb < minted::made());
+        // Anyone else's UUID is not one of ours.
+        assert_eq!(minted::counter_of(&uuid::Uuid::new_v4().to_string()), None);
+        assert_eq!(minted::counter_of("order-1"), None);
     }
 
     #[test]

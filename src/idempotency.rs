@@ -11,10 +11,14 @@
 //! processes and earlier runs wrote. A publish of an event built outside the
 //! bus waits for that load before it claims; a publish whose id the bus has
 //! just made does not (no log can hold it). At most [`MAX_IDS`] ids are
-//! remembered, the oldest forgotten first. The index keeps a 128-bit
-//! fingerprint of each id, not its text, in 16 shards with a lock each, so
-//! remembering every id costs a publisher one short uncontended lock and no
-//! allocation.
+//! remembered, the oldest forgotten first.
+//!
+//! The ids this process made ([`crate::event::minted`], what `Event::new`
+//! gives) are remembered as one bit each in a ring indexed by their counter:
+//! no hashing, and the bits touched are close together, so remembering every
+//! accepted event costs a publisher almost nothing. Other ids (from callers,
+//! other processes, earlier runs) are kept as 128-bit fingerprints in 16
+//! shards with a lock each.
 //!
 //! A claim is a `Ticket`: the id is *pending* until the ticket is
 //! `done` (the event's line is written), and forgotten if the
@@ -57,9 +61,10 @@ type Fingerprint = u128;
 
 fn fingerprint(id: &str) -> Fingerprint {
     use std::hash::{BuildHasher, Hasher};
-    // A UUID (what the bus assigns) is random already: its bits are its fingerprint.
+    // A random UUID is random already: its bits are its fingerprint.
     if id.len() == 36
         && let Ok(u) = uuid::Uuid::try_parse(id)
+        && u.get_version_num() == 4
     {
         return u.as_u128().rotate_left(67);
     }
@@ -95,10 +100,66 @@ impl std::hash::Hasher for Passthrough {
 
 type FingerprintMap<V> = HashMap<Fingerprint, V, std::hash::BuildHasherDefault<Passthrough>>;
 
+/// The counters of this process's own ids ([`crate::event::minted`]) that
+/// were accepted: one bit each, over the last [`RING_WORDS`] × 64 counters.
+/// Counters are made in order, so the bits touched are close together.
+#[derive(Default)]
+struct Ring {
+    /// The counter of the first bit of `words[0]`.
+    base: u64,
+    words: VecDeque<u64>,
+}
+
+/// Words of the ring: 2^16 × 64 = 4,194,304 counters (512 KiB).
+const RING_WORDS: usize = 1 << 16;
+
+impl Ring {
+    /// Sets `counter`'s bit; whether it was set already. A counter older than
+    /// the ring is reported as not set (it is older than [`MAX_IDS`] ids).
+    fn test_and_set(&mut self, counter: u64) -> bool {
+        if counter < self.base {
+            return false;
+        }
+        let window = (RING_WORDS * 64) as u64;
+        if counter - self.base >= window + (self.words.len() as u64) * 64 {
+            // Far ahead of every bit kept (many ids made, few accepted here):
+            // start the ring again just below it.
+            self.words.clear();
+            self.base = (counter - counter % 64).saturating_sub(window - 64);
+        }
+        while ((counter - self.base) / 64) as usize >= self.words.len() {
+            self.words.push_back(0);
+            if self.words.len() > RING_WORDS {
+                self.words.pop_front();
+                self.base += 64;
+            }
+        }
+        let word = ((counter - self.base) / 64) as usize;
+        let bit = 1u64 << ((counter - self.base) % 64);
+        let Some(w) = self.words.get_mut(word) else {
+            return false;
+        };
+        let was = *w & bit != 0;
+        *w |= bit;
+        was
+    }
+
+    fn clear(&mut self, counter: u64) {
+        if counter >= self.base {
+            let word = ((counter - self.base) / 64) as usize;
+            if let Some(w) = self.words.get_mut(word) {
+                *w &= !(1u64 << ((counter - self.base) % 64));
+            }
+        }
+    }
+}
+
 /// The ids accepted recently; see the module docs. Owned by a running bus
 /// (one per run); tickets hold it until they settle.
 pub(crate) struct RecentIds {
     shards: [Mutex<Index>; SHARDS],
+    /// This process's own ids that were accepted.
+    own: Mutex<Ring>,
     /// `true` once the log's ids are loaded.
     loaded: watch::Receiver<bool>,
     /// The same, read without a lock by every publish once it is true.
@@ -163,6 +224,8 @@ pub(crate) struct Ticket {
     settled: bool,
     /// Counted as written since the claim: `done` has nothing left to do.
     optimistic: bool,
+    /// The counter of one of this process's own ids (kept in the ring, not the index).
+    own: Option<u64>,
 }
 
 /// How a publish claims its id.
@@ -191,6 +254,16 @@ impl Ticket {
         if written && self.optimistic {
             return;
         }
+        if let Some(c) = self.own {
+            if !written {
+                self.ids
+                    .own
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear(c);
+            }
+            return;
+        }
         let mut index = self.ids.shard(self.fp);
         if written {
             index.slots.insert(self.fp, Slot::Done);
@@ -212,6 +285,7 @@ impl RecentIds {
         let (tx, rx) = watch::channel(log_dir.is_none());
         let ids = Arc::new(RecentIds {
             shards: std::array::from_fn(|_| Mutex::new(Index::default())),
+            own: Mutex::new(Ring::default()),
             loaded_now: std::sync::atomic::AtomicBool::new(log_dir.is_none()),
             loaded: rx,
         });
@@ -221,6 +295,13 @@ impl RecentIds {
                 .name("pm-events-recent-ids".into())
                 .spawn(move || {
                     for id in load(&dir) {
+                        if let Some(c) = crate::event::minted::counter_of(&id) {
+                            ids2.own
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .test_and_set(c);
+                            continue;
+                        }
                         let fp = fingerprint(&id);
                         let mut index = ids2.shard(fp);
                         if !index.slots.contains_key(&fp) {
@@ -263,6 +344,32 @@ impl RecentIds {
     /// Claims `id` for a publish, the way `how` says (see [`Claim`]). Call
     /// [`loaded`](Self::loaded) first unless the bus has just made the id.
     pub(crate) fn claim_as(self: &Arc<Self>, id: &str, how: Claiming) -> Claim {
+        if let Some(c) = crate::event::minted::counter_of(id) {
+            // One of this process's own ids: a bit of the ring, claimed at once
+            // (made here, so no other publish can be writing it but a repeat).
+            // An id of this process that it has not made yet can only be a
+            // guess: taking its bit now would make the real event a repeat
+            // later, so nothing is written for it.
+            if c >= crate::event::minted::made() {
+                return Claim::Duplicate;
+            }
+            let was = self
+                .own
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .test_and_set(c);
+            return if was {
+                Claim::Duplicate
+            } else {
+                Claim::Fresh(Ticket {
+                    ids: self.clone(),
+                    fp: 0,
+                    settled: false,
+                    optimistic: true,
+                    own: Some(c),
+                })
+            };
+        }
         let fp = fingerprint(id);
         let mut index = self.shard(fp);
         match index.slots.get_mut(&fp) {
@@ -292,6 +399,7 @@ impl RecentIds {
                     // drop without `done` still forgets it (see `Drop`).
                     settled: false,
                     optimistic,
+                    own: None,
                 })
             }
         }
@@ -362,6 +470,22 @@ fn load(log_dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_remembers_counters_and_survives_far_jumps() {
+        let mut r = Ring::default();
+        assert!(!r.test_and_set(5));
+        assert!(r.test_and_set(5));
+        // Far ahead (many ids made elsewhere, none accepted here): no endless loop.
+        let far = 5 + 10 * (RING_WORDS as u64) * 64;
+        assert!(!r.test_and_set(far));
+        assert!(r.test_and_set(far));
+        assert!(!r.test_and_set(far - 1000));
+        assert!(r.test_and_set(far - 1000));
+        r.clear(far);
+        assert!(!r.test_and_set(far));
+        assert!(r.words.len() <= RING_WORDS);
+    }
 
     #[tokio::test]
     async fn an_id_is_claimed_once_even_by_concurrent_publishes() {

@@ -11,7 +11,7 @@
 //!
 //! - `type` (string): the event type; `data` (object): the payload;
 //!   `timestamp` (number): Unix seconds with fraction, when the event was
-//!   created; `event_id` (string): UUID v4; `source` (string): who published it.
+//!   created; `event_id` (string): a UUID, or the id a caller supplied; `source` (string): who published it.
 //! - `YYYYMMDD` is the UTC date at which the line was **written**; the file
 //!   changes at UTC midnight. Lines of one publisher appear in its publish order.
 //!
