@@ -110,7 +110,10 @@ struct Ring {
     words: VecDeque<u64>,
 }
 
-/// Words of the ring: 2^16 × 64 = 4,194,304 counters (512 KiB).
+/// Rings of this process's own ids.
+const OWN_RINGS: usize = 4;
+
+/// Words of a ring: 2^16 × 64 = 4,194,304 bits (512 KiB).
 const RING_WORDS: usize = 1 << 16;
 
 impl Ring {
@@ -158,8 +161,9 @@ impl Ring {
 /// (one per run); tickets hold it until they settle.
 pub(crate) struct RecentIds {
     shards: [Mutex<Index>; SHARDS],
-    /// This process's own ids that were accepted.
-    own: Mutex<Ring>,
+    /// This process's own ids that were accepted: counter `c` in ring `c % 4`
+    /// as bit `c / 4`, so publishers of consecutive ids take different locks.
+    own: [Mutex<Ring>; OWN_RINGS],
     /// `true` once the log's ids are loaded.
     loaded: watch::Receiver<bool>,
     /// The same, read without a lock by every publish once it is true.
@@ -256,11 +260,8 @@ impl Ticket {
         }
         if let Some(c) = self.own {
             if !written {
-                self.ids
-                    .own
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clear(c);
+                let (bit, mut ring) = self.ids.own_ring(c);
+                ring.clear(bit);
             }
             return;
         }
@@ -285,7 +286,7 @@ impl RecentIds {
         let (tx, rx) = watch::channel(log_dir.is_none());
         let ids = Arc::new(RecentIds {
             shards: std::array::from_fn(|_| Mutex::new(Index::default())),
-            own: Mutex::new(Ring::default()),
+            own: std::array::from_fn(|_| Mutex::new(Ring::default())),
             loaded_now: std::sync::atomic::AtomicBool::new(log_dir.is_none()),
             loaded: rx,
         });
@@ -296,10 +297,8 @@ impl RecentIds {
                 .spawn(move || {
                     for id in load(&dir) {
                         if let Some(c) = crate::event::minted::counter_of(&id) {
-                            ids2.own
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .test_and_set(c);
+                            let (bit, mut ring) = ids2.own_ring(c);
+                            ring.test_and_set(bit);
                             continue;
                         }
                         let fp = fingerprint(&id);
@@ -321,6 +320,14 @@ impl RecentIds {
             }
         }
         ids
+    }
+
+    /// The ring of this process's id counter `c`, locked, and `c`'s bit in it.
+    fn own_ring(&self, c: u64) -> (u64, std::sync::MutexGuard<'_, Ring>) {
+        let ring = self.own[(c % OWN_RINGS as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (c / OWN_RINGS as u64, ring)
     }
 
     /// The shard of `fp`, locked.
@@ -353,11 +360,10 @@ impl RecentIds {
             if c >= crate::event::minted::made() {
                 return Claim::Duplicate;
             }
-            let was = self
-                .own
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .test_and_set(c);
+            let was = {
+                let (bit, mut ring) = self.own_ring(c);
+                ring.test_and_set(bit)
+            };
             return if was {
                 Claim::Duplicate
             } else {
