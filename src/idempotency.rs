@@ -61,13 +61,6 @@ type Fingerprint = u128;
 
 fn fingerprint(id: &str) -> Fingerprint {
     use std::hash::{BuildHasher, Hasher};
-    // A random UUID is random already: its bits are its fingerprint.
-    if id.len() == 36
-        && let Ok(u) = uuid::Uuid::try_parse(id)
-        && u.get_version_num() == 4
-    {
-        return u.as_u128().rotate_left(67);
-    }
     // Fixed keys: the same id has the same fingerprint in every shard and run.
     let half = |seed: u8| {
         let mut h =

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             headers.insert("ce-time".to_string(), "2025-01-15T10:30:00Z".to_string());
         }
     }
-    if let Ok((event, _key)) = parse(body, &headers) {
+    if let Ok(event) = parse(body, &headers) {
         let _ = event.validate();
         let _ = pm_events::handlers::validate_builtin(&event.event_type, &event.data);
     }

@@ -4,14 +4,25 @@ global bus), and a real HTTP receiver on 127.0.0.1 that records requests."""
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def pm_events_binary():
+    """The built `pm-events` (PM_EVENTS_BIN, the PATH, or target/debug), or None."""
+    found = os.environ.get("PM_EVENTS_BIN") or shutil.which("pm-events")
+    if found:
+        return found
+    built = Path(__file__).resolve().parents[2] / "target" / "debug" / "pm-events"
+    return str(built) if built.exists() else None
 
 
 class Receiver:

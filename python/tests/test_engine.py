@@ -3,7 +3,6 @@ the engine's message, the log shared with `pm-events serve`."""
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import lines
+from conftest import pm_events_binary, lines
 
 
 def test_python_handlers_run_on_the_loop_that_started_the_bus_and_errors_do_not_stop_others(run_script):
@@ -146,20 +145,14 @@ def test_an_event_left_by_a_python_handler_at_exit_is_handled_on_the_next_start(
     assert json.loads(p.stdout) == [{"n": 1}]
 
 
-def _binary():
-    found = os.environ.get("PM_EVENTS_BIN") or shutil.which("pm-events")
-    if found:
-        return found
-    built = Path(__file__).resolve().parents[2] / "target" / "debug" / "pm-events"
-    return str(built) if built.exists() else None
 
 
-@pytest.mark.skipif(_binary() is None, reason="the pm-events binary is not built (cargo build)")
+@pytest.mark.skipif(pm_events_binary() is None, reason="the pm-events binary is not built (cargo build)")
 def test_a_python_process_and_pm_events_serve_share_one_log_directory(run_script, tmp_path):
     logs = tmp_path / "logs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PM_")}
     env.update({"PM_LOG_DIR": str(logs), "RUST_LOG": "warn"})
-    serve = subprocess.Popen([_binary(), "serve", "--bind", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, text=True)
+    serve = subprocess.Popen([pm_events_binary(), "serve", "--bind", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, text=True)
     try:
         url = serve.stdout.readline().strip().rsplit(" ", 1)[-1]
         p, _ = run_script(

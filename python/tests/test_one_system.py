@@ -10,23 +10,16 @@ import subprocess
 import textwrap
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import standardwebhooks
 
-from conftest import SECRET, lines
+from conftest import SECRET, pm_events_binary
 
 
-def _binary():
-    found = os.environ.get("PM_EVENTS_BIN") or shutil.which("pm-events")
-    if found:
-        return found
-    built = Path(__file__).resolve().parents[2] / "target" / "debug" / "pm-events"
-    return str(built) if built.exists() else None
 
 
-needs_binary = pytest.mark.skipif(_binary() is None, reason="the pm-events binary is not built (cargo build)")
+needs_binary = pytest.mark.skipif(pm_events_binary() is None, reason="the pm-events binary is not built (cargo build)")
 
 
 def _env(logs, **more):
@@ -38,7 +31,7 @@ def _env(logs, **more):
 
 def _serve(env):
     """`pm-events serve` on a free port; returns the process and its URL."""
-    p = subprocess.Popen([_binary(), "serve", "--bind", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([pm_events_binary(), "serve", "--bind", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, text=True)
     return p, p.stdout.readline().strip().rsplit(" ", 1)[-1]
 
 
@@ -67,7 +60,7 @@ def with_wait(code):
 def test_python_delivers_to_a_managed_endpoint_added_by_the_cli(run_script, receiver, tmp_path):
     logs = tmp_path / "logs"
     added = subprocess.run(
-        [_binary(), "endpoints", "add", f"{receiver.url}/managed", "--types", "deployment", "--secret-env", "WEBHOOK_SIGNATURE_SECRET"],
+        [pm_events_binary(), "endpoints", "add", f"{receiver.url}/managed", "--types", "deployment", "--secret-env", "WEBHOOK_SIGNATURE_SECRET"],
         env=_env(logs), capture_output=True, text=True,
     )
     assert added.returncode == 0, added.stderr

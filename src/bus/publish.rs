@@ -410,9 +410,8 @@ pub(super) async fn claim_batch(run: &Run, events: Vec<Event>) -> (Vec<Event>, V
                 }
                 Claim::Duplicate => {}
                 Claim::Pending(mut rx) => {
-                    if keep.iter().any(|k: &Event| k.event_id == e.event_id) {
-                        break; // held by this batch: a repeat within it
-                    }
+                    // A `publish_once` of this id is under way: its outcome decides.
+                    // (A repeat within the batch is a duplicate: claimed optimistically.)
                     let _ = rx.changed().await;
                     continue;
                 }

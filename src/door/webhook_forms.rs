@@ -30,7 +30,7 @@ fn bad(m: impl Into<String>) -> IncomingError {
 /// The event of a verified incoming webhook: its body read by its form, its id
 /// as the module docs say, the sender's trace continued.
 pub fn event(body: &[u8], headers: &BTreeMap<String, String>) -> Result<Event, IncomingError> {
-    let (mut event, _) = parse(body, headers)?;
+    let mut event = parse(body, headers)?;
     let cloud_event = headers.contains_key("ce-specversion")
         || media_type(headers) == "application/cloudevents+json";
     if let Some(id) = headers.get("webhook-id").filter(|_| !cloud_event) {
@@ -75,12 +75,9 @@ fn rfc3339_secs(t: &str) -> Result<f64, IncomingError> {
         .map_err(|_| bad(format!("`time` is not an RFC 3339 time: {t:?}")))
 }
 
-/// Parses a verified body into an event (its id as the module docs say) and
-/// whether it is a CloudEvent.
-pub fn parse(
-    body: &[u8],
-    headers: &BTreeMap<String, String>,
-) -> Result<(Event, Option<String>), IncomingError> {
+/// Parses a verified body into an event (a CloudEvent's `id`, or the body's
+/// `event_id`, becomes its id).
+pub fn parse(body: &[u8], headers: &BTreeMap<String, String>) -> Result<Event, IncomingError> {
     let media = media_type(headers);
     if headers.contains_key("ce-specversion") {
         // CloudEvents binary mode: attributes in headers, data in the body.
@@ -105,11 +102,11 @@ pub fn parse(
         };
         let id = h("ce-id")?;
         let mut event = Event::new(h("ce-type")?, object_data(data)).with_source(h("ce-source")?);
-        event.event_id = id.clone();
+        event.event_id = id;
         if let Some(t) = headers.get("ce-time") {
             event.timestamp = rfc3339_secs(t)?;
         }
-        return Ok((event, Some(id)));
+        return Ok(event);
     }
     let v: Value = match media.as_str() {
         "application/json" | "application/cloudevents+json" => {
@@ -146,11 +143,11 @@ pub fn parse(
             object_data(m.remove("data").unwrap_or(Value::Null)),
         )
         .with_source(need(&m, "source")?);
-        event.event_id = id.clone();
+        event.event_id = id;
         if let Some(t) = string(&m, "time")? {
             event.timestamp = rfc3339_secs(&t)?;
         }
-        return Ok((event, Some(id)));
+        return Ok(event);
     }
     // The specification's payload.
     let event_type = string(&m, "event_type")?.ok_or_else(|| bad("missing field `event_type`"))?;
@@ -165,9 +162,8 @@ pub fn parse(
         None => return Err(bad("missing field `data`")),
     };
     let mut event = Event::new(event_type, data);
-    let key = string(&m, "event_id")?;
-    if let Some(id) = &key {
-        event.event_id = id.clone();
+    if let Some(id) = string(&m, "event_id")? {
+        event.event_id = id;
     }
     if let Some(src) = string(&m, "source")? {
         event.source = src;
@@ -182,5 +178,5 @@ pub fn parse(
             )));
         }
     }
-    Ok((event, key))
+    Ok(event)
 }

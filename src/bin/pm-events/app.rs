@@ -38,11 +38,6 @@ pub async fn open_replay(cfg: &Config) -> Result<App> {
     App::builder(cfg).without_log().build().await.map_err(usage)
 }
 
-/// The endpoints of `cfg` (see [`pm_events::app::open_endpoints`]).
-pub async fn open_endpoints(cfg: &Config) -> Result<pm_events::endpoint::Endpoints> {
-    Ok(pm_events::app::open_endpoints(cfg).await?)
-}
-
 /// Stops `app` ([`App::stop`]) and says on stderr what became of the deliveries
 /// that are not this run's to wait for; the outcome of those that are.
 pub async fn stop(app: App, wait: Duration) -> Result<Option<WaitOutcome>> {

@@ -1,11 +1,11 @@
 //! `pm-events deliveries ...`: what happened to webhook deliveries, the same view as
 //! `GET /api/v1/deliveries`, and sending a dead one again.
 
-use crate::app::open_endpoints;
 use crate::cli::say;
 use crate::endpoints::{engine, wait_for};
 use anyhow::Result;
 use pm_events::Config;
+use pm_events::app::open_endpoints;
 use pm_events::timespec::parse_duration;
 use pm_events::webhook::RetryError;
 use pm_events::webhook::history::{self, DeliveryStatus, DeliveryView, Query};

@@ -2,9 +2,9 @@
 //! the NATS cluster with `PM_NATS_URL`). A running `serve` sees a change within a
 //! second. The fields are checked exactly as `POST /api/v1/endpoints` checks them.
 
-use crate::app::open_endpoints;
 use crate::cli::{UsageError, say};
 use anyhow::Result;
+use pm_events::app::open_endpoints;
 use pm_events::endpoint::{Endpoint, EndpointError, Endpoints};
 use pm_events::timespec::parse_duration;
 use pm_events::webhook::WebhookEngine;

@@ -239,7 +239,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<ExitCode> {
 /// The engine, which must be the one delivering for this log directory (managed
 /// endpoints attached, so their deliveries go out too).
 async fn owner(cfg: &Config) -> Result<WebhookEngine> {
-    let eps = crate::app::open_endpoints(cfg).await?;
+    let eps = pm_events::app::open_endpoints(cfg).await?;
     let engine = crate::endpoints::engine(cfg, &eps).await?;
     if !engine.is_owner() {
         anyhow::bail!(
