@@ -65,14 +65,13 @@ fn default_source() -> String {
 /// from any other by its nonce, and remembers the ones it accepted in a
 /// bitmap of counters instead of a hash index ([`crate::idempotency`]).
 ///
-/// The counter is scrambled by a multiplication (invertible modulo 2^62) and
-/// comes first, so consecutive ids differ in their leading characters, which
+/// The counter, offset by a random start and scrambled by a multiplication
+/// (invertible modulo 2^62), comes first, so consecutive ids differ in their leading characters, which
 /// is what `tail`, the page and the logs show of an id.
 pub mod minted {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    static NONCE: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
 
     const BITS62: u64 = (1 << 62) - 1;
@@ -92,15 +91,25 @@ pub mod minted {
         x & BITS62
     }
 
+    /// The process's nonce (60 bits) and the start its counter is offset by
+    /// (62 bits), so no two processes' first ids look alike either.
     fn nonce() -> u64 {
-        *NONCE.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 4)
+        key().0
+    }
+
+    fn key() -> (u64, u64) {
+        static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+        *KEY.get_or_init(|| {
+            let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+            (a >> 4, b & BITS62)
+        })
     }
 
     /// The next id.
     pub fn next() -> uuid::Uuid {
         let c = COUNTER.fetch_add(1, Ordering::Relaxed) & BITS62;
-        let s = c.wrapping_mul(SCRAMBLE) & BITS62;
-        let n = nonce();
+        let (n, start) = key();
+        let s = c.wrapping_add(start).wrapping_mul(SCRAMBLE) & BITS62;
         // s: 48 bits, 12 bits (after the version nibble), 2 bits; then the
         // nonce: 4 bits (after the variant bits) and 56 bits.
         let mut b = [0u8; 16];
@@ -134,7 +143,7 @@ pub mod minted {
             | (u64::from(b[6] & 0x0f) << 10)
             | (u64::from(b[7]) << 2)
             | u64::from((b[8] >> 4) & 0x3);
-        Some(s.wrapping_mul(UNSCRAMBLE) & BITS62)
+        Some(s.wrapping_mul(UNSCRAMBLE).wrapping_sub(key().1) & BITS62)
     }
 
     /// How many ids this process has made: an id of this process with a
